@@ -1,0 +1,43 @@
+# Thin wrapper around CMake; see README.md.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+CONFIG     ?=
+CTEST_ARGS ?=
+
+.PHONY: all deps build build-asan run test test-fast test-asan bench clean docs
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+$(ASAN_BUILD)/CMakeCache.txt:
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCANOPY_SANITIZE=ON
+
+build-asan: $(ASAN_BUILD)/CMakeCache.txt
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+# Runs the collector on the embedded default config (or CONFIG=file.yaml).
+run: deps build
+	$(BUILD)/bin/canopy run $(if $(CONFIG),-c $(CONFIG),)
+
+# Every suite: the normal build, then the C suites again under ASan and UBSan.
+test: deps build build-asan
+	cd $(BUILD) && ctest --output-on-failure $(CTEST_ARGS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L sanitize $(CTEST_ARGS)
+
+test-fast: build
+	cd $(BUILD) && ctest --output-on-failure -L unit $(CTEST_ARGS)
+
+bench: deps build
+	tools/bench/run-all $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

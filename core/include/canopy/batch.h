@@ -1,0 +1,120 @@
+/*
+ * The data model. A cn_batch is one decoded SnapshotBatch from one agent. It
+ * is decoded into its own arena (protobuf-c with an arena allocator), so a
+ * batch is one allocation chain freed at once, and every string stays where
+ * it was decoded: stages pass references, never copies.
+ *
+ * A cn_chunk is what flows between stages: a list of references to snapshots
+ * in batches, holding one reference on every batch it points into. A chunk is
+ * immutable once emitted and shared (refcounted) by every exporter it fans
+ * out to.
+ */
+#ifndef CANOPY_BATCH_H
+#define CANOPY_BATCH_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "canopy/v1/canopy.pb-c.h"
+
+typedef Canopy__V1__Snapshot cn_snapshot;
+typedef Canopy__V1__AgentIdentity cn_agent_identity;
+
+typedef struct cn_arena cn_arena;
+
+typedef struct cn_batch {
+    atomic_uint refs;
+    const cn_agent_identity *agent;  /* never NULL after decode */
+    uint64_t batch_seq;
+    size_t n_strings;
+    char **strings;                  /* NUL-terminated, validated for length */
+    size_t n_snapshots;
+    cn_snapshot **snapshots;         /* indices validated against n_strings */
+    int64_t received_ms;             /* collector wall clock at receipt */
+    size_t wire_bytes;               /* size of the encoded request */
+    size_t mem_bytes;                /* arena bytes held, for memory accounting */
+    /* private */
+    cn_arena *arena;
+    Canopy__V1__Request *request;
+} cn_batch;
+
+/* Limits checked by cn_batch_decode; 0 means "no limit". */
+typedef struct cn_batch_limits {
+    int64_t max_snapshots;      /* per batch */
+    int64_t max_strings;        /* per batch string table */
+    int64_t max_string_length;  /* bytes */
+    int64_t max_frames;         /* per snapshot */
+} cn_batch_limits;
+
+/*
+ * Decodes a Request. On success *out_req is the decoded request (owned by
+ * *out_arena); when it carries a batch, *out_batch is a new batch holding one
+ * reference that owns the arena. On failure returns a Canopy__V1__Reason other
+ * than OK and writes a short human-readable detail.
+ */
+Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_batch_limits *limits,
+                                     Canopy__V1__Request **out_req, cn_arena **out_arena,
+                                     cn_batch **out_batch, char *detail, size_t detail_len);
+/* Validates a decoded batch against the limits and its own string table. */
+Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *limits,
+                                     char *detail, size_t detail_len);
+
+cn_arena *cn_arena_new(size_t first_block);
+void *cn_arena_alloc(cn_arena *a, size_t size);
+size_t cn_arena_bytes(const cn_arena *a);
+void cn_arena_free(cn_arena *a);
+
+static inline cn_batch *cn_batch_ref(cn_batch *b)
+{
+    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    return b;
+}
+void cn_batch_unref(cn_batch *b);
+
+static inline const char *cn_batch_str(const cn_batch *b, uint32_t idx) { return b->strings[idx]; }
+
+/* ---- chunks --------------------------------------------------------------- */
+
+typedef struct cn_snap_ref {
+    cn_batch *batch;
+    const cn_snapshot *snap;
+} cn_snap_ref;
+
+typedef struct cn_chunk {
+    atomic_uint refs;
+    /* Set when every snapshot belongs to this one task (merge_by_task output). */
+    char *task_id;
+    /* True on the last chunk of a task: the task ended; it may hold no snapshots. */
+    bool task_final;
+    /* Ordered by (segment, sequence) within each segment when from merge_by_task. */
+    size_t n;
+    cn_snap_ref *refs;
+    /* One reference on each batch the refs point into. */
+    size_t n_batches;
+    cn_batch **batches;
+} cn_chunk;
+
+/* A chunk of every snapshot in one batch, in batch order. Takes a new batch ref. */
+cn_chunk *cn_chunk_from_batch(cn_batch *b);
+/*
+ * An empty chunk with room for `cap` refs and `batch_cap` batches; fill refs and
+ * batches (with references taken) yourself. task_id is copied when not NULL.
+ */
+cn_chunk *cn_chunk_new(const char *task_id, size_t cap, size_t batch_cap);
+static inline cn_chunk *cn_chunk_ref(cn_chunk *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+void cn_chunk_unref(cn_chunk *c);
+
+static inline const char *cn_ref_task(const cn_snap_ref *r) { return r->batch->strings[r->snap->task]; }
+static inline const char *cn_ref_segment(const cn_snap_ref *r) { return r->batch->strings[r->snap->segment]; }
+static inline const char *cn_ref_frame(const cn_snap_ref *r, size_t i)
+{
+    return r->batch->strings[r->snap->frames[i]];
+}
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * A string-keyed hash map (open addressing, linear probing). Keys are copied
+ * into the map; values are opaque pointers. Not thread safe.
+ */
+#ifndef CANOPY_DICT_H
+#define CANOPY_DICT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cn_dict cn_dict;
+
+cn_dict *cn_dict_new(size_t initial_capacity);
+/* Calls free_value (when not NULL) on every value, then frees the map. */
+void cn_dict_free(cn_dict *d, void (*free_value)(void *));
+void *cn_dict_get(const cn_dict *d, const char *key);
+/* Inserts or replaces; returns 0, or -1 when out of memory. */
+int cn_dict_put(cn_dict *d, const char *key, void *value);
+/* Removes and returns the value, or NULL. */
+void *cn_dict_remove(cn_dict *d, const char *key);
+size_t cn_dict_size(const cn_dict *d);
+
+/* Iteration: start with *pos = 0; returns 0 when done. Do not modify meanwhile. */
+int cn_dict_next(const cn_dict *d, size_t *pos, const char **key, void **value);
+
+uint64_t cn_hash_bytes(const void *data, size_t len);
+
+#endif

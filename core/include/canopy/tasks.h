@@ -1,0 +1,82 @@
+/*
+ * The task registry: the profiling tasks agents are told about. Tasks come
+ * from sources (the static config list, later the admin API and an OAP
+ * proxy); agents read them through command queries, SkyWalking style.
+ * All functions are thread safe.
+ */
+#ifndef CANOPY_TASKS_H
+#define CANOPY_TASKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum cn_task_source {
+    CN_TASK_STATIC = 0,
+    CN_TASK_ADMIN,
+    CN_TASK_OAP,
+} cn_task_source;
+
+typedef struct cn_task {
+    char *id;
+    char *serial;            /* SerialNumber of the command; defaults to id */
+    char *service;
+    char *endpoint;
+    int64_t start_ms;        /* epoch ms */
+    int64_t duration_ms;
+    int64_t min_duration_ms; /* min_duration_threshold */
+    int64_t dump_period_ms;
+    int64_t max_sampling_count;
+    int64_t create_ms;       /* epoch ms; agents track the largest they saw */
+    cn_task_source source;
+    bool cancelled;
+} cn_task;
+
+typedef enum cn_task_state {
+    CN_TASK_UNKNOWN = 0,
+    CN_TASK_PENDING,  /* start_time in the future */
+    CN_TASK_RUNNING,
+    CN_TASK_ENDED,    /* duration elapsed or cancelled */
+} cn_task_state;
+
+typedef struct cn_task_registry cn_task_registry;
+
+/* Called (outside the registry lock) when an agent asks or reports. */
+typedef struct cn_task_listener {
+    void *arg;
+    void (*on_query)(void *arg, const char *service, const char *instance, int64_t last_command_time);
+    void (*on_finish)(void *arg, const char *service, const char *instance, const char *task_id);
+    struct cn_task_listener *next; /* owned by the registry */
+} cn_task_listener;
+
+cn_task_registry *cn_tasks_new(size_t max_tasks);
+void cn_tasks_free(cn_task_registry *r);
+
+/* Copies t. Fails (-1, message in err) on a duplicate id, a missing field or the limit. */
+int cn_tasks_add(cn_task_registry *r, const cn_task *t, char *err, size_t err_len);
+/* Marks a task cancelled; it ends now. Returns -1 when unknown. */
+int cn_tasks_cancel(cn_task_registry *r, const char *id);
+cn_task_state cn_tasks_state(cn_task_registry *r, const char *id, int64_t now_ms);
+/* Fills a copy of the task; free with cn_task_clear. Returns -1 when unknown. */
+int cn_tasks_get(cn_task_registry *r, const char *id, cn_task *out);
+void cn_task_clear(cn_task *t);
+/* Copies of all tasks, oldest first; free each with cn_task_clear, then the array. */
+size_t cn_tasks_list(cn_task_registry *r, cn_task **out);
+const char *cn_task_state_name(cn_task_state s);
+
+/*
+ * The tasks for `service` with create_ms > last_command_time that have not
+ * ended, as copies (see cn_tasks_list). Also tells the listeners an agent asked.
+ */
+size_t cn_tasks_query(cn_task_registry *r, const char *service, const char *instance,
+                      int64_t last_command_time, int64_t now_ms, cn_task **out);
+/* An agent reports a task finished; passed on to the listeners. */
+void cn_tasks_report_finish(cn_task_registry *r, const char *service, const char *instance,
+                            const char *task_id);
+/* Registers a listener (copied). */
+int cn_tasks_listen(cn_task_registry *r, const cn_task_listener *l);
+
+/* Removes ended tasks older than keep_ms after their end; returns how many. */
+size_t cn_tasks_expire(cn_task_registry *r, int64_t now_ms, int64_t keep_ms);
+
+#endif
