@@ -1,0 +1,595 @@
+/*
+ * Calls to the OAP on the gRPC C core: one channel per configured endpoint,
+ * shared by every call so the OAP sees one connection per address from this
+ * collector, and one pluck completion queue per exporter context.
+ *
+ * No generated gRPC stubs exist for C, so calls are made by hand: the method
+ * path as a slice, messages packed with protobuf-c into byte buffers.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "skywalking/v3/profile.pb-c.h"
+#include "sw.h"
+
+#define SW_METHOD_COLLECT "/skywalking.v3.ProfileTask/collectSnapshot"
+
+/* Extra time past the call deadline that a pluck waits; the call's own
+ * deadline is what ends a hung call, this only guards against a lost tag. */
+#define SW_PLUCK_SLACK_MS 5000
+
+/* Skip window after a failed call: 500 ms doubling per failure, capped. */
+#define SW_DOWN_BASE_MS 500
+#define SW_DOWN_MAX_MS 30000
+
+static const char *const sw_code_names[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+};
+
+const char *sw_status_name(grpc_status_code code)
+{
+    if ((int)code >= 0 && (size_t)code < CN_ARRAY_LEN(sw_code_names))
+        return sw_code_names[code];
+    return "UNKNOWN_CODE";
+}
+
+bool sw_status_retryable(const sw_rpc_status *st)
+{
+    switch (st->code) {
+    case GRPC_STATUS_UNAVAILABLE:
+    case GRPC_STATUS_DEADLINE_EXCEEDED:
+    case GRPC_STATUS_RESOURCE_EXHAUSTED:
+    /* gRPC's own guidance: ABORTED is retried at a higher level. */
+    case GRPC_STATUS_ABORTED:
+        return true;
+    /*
+     * A stream the OAP reset (it is restarting or going away) ends as
+     * CANCELLED on our side. Nothing was acknowledged, so it is transient;
+     * only a cancel we made ourselves (shutdown) is final.
+     */
+    case GRPC_STATUS_CANCELLED:
+        return !st->cancelled_by_us;
+    default:
+        return false;
+    }
+}
+
+/* ---- setup and teardown --------------------------------------------------- */
+
+static char *read_pem(const char *path, const char *what)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cn_error(SW_LOG, "cannot open tls.%s %s: %s", what, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+        if (cap - len - 1 == 0) {
+            if (cap >= (16u << 20)) {
+                cn_error(SW_LOG, "tls.%s %s is larger than 16 MiB; not a PEM file?", what, path);
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (buf && ferror(f)) {
+        cn_error(SW_LOG, "cannot read tls.%s %s: %s", what, path, strerror(errno));
+        free(buf);
+        buf = NULL;
+    } else if (buf) {
+        buf[len] = '\0';
+    } else if (!ferror(f)) {
+        cn_error(SW_LOG, "out of memory reading tls.%s %s", what, path);
+    }
+    fclose(f);
+    return buf;
+}
+
+static int make_credentials(sw_ctx *c)
+{
+    if (!c->tls_enabled) {
+        c->creds = grpc_insecure_credentials_create();
+        return c->creds ? 0 : -1;
+    }
+    char *ca = NULL, *cert = NULL, *key = NULL;
+    int rc = -1;
+    if (c->tls.ca_file && !(ca = read_pem(c->tls.ca_file, "ca_file")))
+        goto out;
+    if (c->tls.cert_file && !(cert = read_pem(c->tls.cert_file, "cert_file")))
+        goto out;
+    if (c->tls.key_file && !(key = read_pem(c->tls.key_file, "key_file")))
+        goto out;
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+    /* The credentials copy the PEM text, so ours are freed right after. */
+    c->creds = grpc_ssl_credentials_create(ca, (cert && key) ? &pair : NULL, NULL, NULL);
+    if (!c->creds) {
+        cn_error(SW_LOG, "[%s] gRPC refused the TLS settings (ca_file, cert_file, key_file)", c->id);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(ca);
+    free(cert);
+    if (key) {
+        /* A private key should not linger in freed heap memory. */
+        memset(key, 0, strlen(key));
+        free(key);
+    }
+    return rc;
+}
+
+int sw_grpc_setup(sw_ctx *c)
+{
+    grpc_init();
+    c->grpc_started = true;
+
+    if (make_credentials(c) != 0)
+        return -1;
+
+    /*
+     * gRPC's default reconnect backoff grows to 120 s, so after a long OAP
+     * outage the channel could sit idle for minutes after the OAP is back.
+     * Cap it: the exporter's own retry policy is what paces the data.
+     */
+    grpc_arg args[4];
+    size_t n = 0;
+    args[n].type = GRPC_ARG_INTEGER;
+    args[n].key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
+    args[n].value.integer = 500;
+    n++;
+    args[n].type = GRPC_ARG_INTEGER;
+    args[n].key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
+    args[n].value.integer = (int)c->reconnect_backoff_max_ms;
+    n++;
+    args[n].type = GRPC_ARG_STRING;
+    args[n].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
+    args[n].value.string = (char *)"canopy-collector";
+    n++;
+    if (c->tls_enabled && c->tls.server_name && c->tls.server_name[0]) {
+        args[n].type = GRPC_ARG_STRING;
+        args[n].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[n].value.string = c->tls.server_name;
+        n++;
+    }
+    grpc_channel_args chargs = {.num_args = n, .args = args};
+
+    for (size_t i = 0; i < c->n_eps; i++) {
+        /* Never NULL: a bad target gives a "lame" channel whose calls fail. */
+        c->eps[i].channel = grpc_channel_create(c->eps[i].target, c->creds, &chargs);
+        if (!c->eps[i].channel) {
+            cn_error(SW_LOG, "[%s] cannot create a gRPC channel to %s", c->id, c->eps[i].target);
+            return -1;
+        }
+    }
+    c->cq = grpc_completion_queue_create_for_pluck(NULL);
+    if (!c->cq) {
+        cn_error(SW_LOG, "[%s] cannot create a gRPC completion queue", c->id);
+        return -1;
+    }
+    return 0;
+}
+
+void sw_grpc_teardown(sw_ctx *c)
+{
+    for (size_t i = 0; c->eps && i < c->n_eps; i++) {
+        if (c->eps[i].channel) {
+            grpc_channel_destroy(c->eps[i].channel);
+            c->eps[i].channel = NULL;
+        }
+    }
+    if (c->cq) {
+        /* Every call was plucked to completion before we get here. */
+        grpc_completion_queue_shutdown(c->cq);
+        grpc_completion_queue_destroy(c->cq);
+        c->cq = NULL;
+    }
+    if (c->creds) {
+        grpc_channel_credentials_release(c->creds);
+        c->creds = NULL;
+    }
+    if (c->grpc_started) {
+        /* Refcounted by the library: other users of gRPC in the process are unaffected. */
+        grpc_shutdown();
+        c->grpc_started = false;
+    }
+}
+
+/* ---- endpoint choice ------------------------------------------------------ */
+
+sw_endpoint *sw_pick_endpoint(sw_ctx *c)
+{
+    pthread_mutex_lock(&c->ep_lock);
+    int64_t now = cn_mono_ms();
+    size_t chosen = c->rr_next % c->n_eps, soonest = chosen;
+    bool found = false;
+    for (size_t i = 0; i < c->n_eps; i++) {
+        size_t k = (c->rr_next + i) % c->n_eps;
+        if (c->eps[k].down_until_ms <= now) {
+            chosen = k;
+            found = true;
+            break;
+        }
+        if (c->eps[k].down_until_ms < c->eps[soonest].down_until_ms)
+            soonest = k;
+    }
+    /* All recently failed: use the one whose window ends first, rather than
+     * waiting; the caller's retry policy already paces attempts. */
+    if (!found)
+        chosen = soonest;
+    c->rr_next = chosen + 1;
+    pthread_mutex_unlock(&c->ep_lock);
+    return &c->eps[chosen];
+}
+
+void sw_endpoint_result(sw_ctx *c, sw_endpoint *ep, const sw_rpc_status *st)
+{
+    int prev_fails;
+    pthread_mutex_lock(&c->ep_lock);
+    prev_fails = ep->fails;
+    if (st->code == GRPC_STATUS_OK) {
+        ep->fails = 0;
+        ep->down_until_ms = 0;
+    } else if (sw_status_retryable(st) && !st->cancelled_by_us) {
+        ep->fails++;
+        int shift = ep->fails < 7 ? ep->fails - 1 : 6;
+        int64_t window = (int64_t)SW_DOWN_BASE_MS << shift;
+        ep->down_until_ms = cn_mono_ms() + (window < SW_DOWN_MAX_MS ? window : SW_DOWN_MAX_MS);
+    }
+    int fails = ep->fails;
+    pthread_mutex_unlock(&c->ep_lock);
+
+    /* Log the edges only; the per-call failures are counted and rate limited elsewhere. */
+    if (st->code == GRPC_STATUS_OK && prev_fails > 0)
+        cn_info(c->id, "OAP %s answers again, after %d failed call%s", ep->target, prev_fails,
+                prev_fails == 1 ? "" : "s");
+    else if (fails == 1 && prev_fails == 0)
+        cn_warn(c->id, "OAP %s is not answering: %s: %s", ep->target, sw_status_name(st->code),
+                st->detail);
+}
+
+/* ---- one call ------------------------------------------------------------- */
+
+typedef struct sw_call {
+    sw_ctx *c;
+    grpc_call *call;
+    grpc_metadata md[1];
+    size_t n_md;
+    grpc_metadata_array initial_md;
+    grpc_metadata_array trailing_md;
+    grpc_status_code status;
+    grpc_slice details;
+    const char *error_string;
+    grpc_byte_buffer *reply;
+    gpr_timespec pluck_deadline;
+    sw_cancel_slot *slot;
+    bool status_pending;
+    /* Distinct addresses serve as the pluck tags of this call. */
+    char tag_send, tag_recv, tag_status;
+} sw_call;
+
+static gpr_timespec deadline_in(int64_t ms)
+{
+    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+static void set_status(sw_rpc_status *st, grpc_status_code code, const char *detail)
+{
+    st->code = code;
+    st->cancelled_by_us = false;
+    snprintf(st->detail, sizeof st->detail, "%s", detail ? detail : "");
+}
+
+static int call_begin(sw_ctx *c, sw_endpoint *ep, const char *method, sw_call *k, sw_cancel_slot *slot)
+{
+    memset(k, 0, sizeof *k);
+    k->c = c;
+    k->slot = slot;
+    grpc_metadata_array_init(&k->initial_md);
+    grpc_metadata_array_init(&k->trailing_md);
+    k->details = grpc_empty_slice();
+    if (c->authentication && c->authentication[0]) {
+        /* Static slices: the key is a literal and the token lives as long as ctx. */
+        k->md[0].key = grpc_slice_from_static_string("authentication");
+        k->md[0].value = grpc_slice_from_static_string(c->authentication);
+        k->n_md = 1;
+    }
+    k->pluck_deadline = deadline_in(c->timeout_ms + SW_PLUCK_SLACK_MS);
+    k->call = grpc_channel_create_call(ep->channel, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq,
+                                       grpc_slice_from_static_string(method), NULL,
+                                       deadline_in(c->timeout_ms), NULL);
+    if (!k->call)
+        return -1;
+    if (slot) {
+        pthread_mutex_lock(slot->lock);
+        slot->call = k->call;
+        if (slot->cancelled)
+            grpc_call_cancel(k->call, NULL);
+        pthread_mutex_unlock(slot->lock);
+    }
+    return 0;
+}
+
+/* Waits for one of this call's tags. Returns the event's success flag. */
+static int call_wait(sw_call *k, void *tag)
+{
+    grpc_event ev = grpc_completion_queue_pluck(k->c->cq, tag, k->pluck_deadline, NULL);
+    if (ev.type == GRPC_OP_COMPLETE)
+        return ev.success;
+    /*
+     * The call's deadline should have ended it long ago. Cancel, then the
+     * tag is guaranteed to come back.
+     */
+    cn_warn(k->c->id, "gRPC call outlived its deadline by %d ms; cancelling it", SW_PLUCK_SLACK_MS);
+    grpc_call_cancel(k->call, NULL);
+    ev = grpc_completion_queue_pluck(k->c->cq, tag, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    return ev.type == GRPC_OP_COMPLETE ? ev.success : 0;
+}
+
+/* Collects the final status and releases everything the call holds. */
+static int call_end(sw_call *k, sw_rpc_status *st)
+{
+    if (k->status_pending) {
+        call_wait(k, &k->tag_status);
+        k->status_pending = false;
+    }
+    bool we_cancelled = false;
+    if (k->slot) {
+        pthread_mutex_lock(k->slot->lock);
+        k->slot->call = NULL;
+        we_cancelled = k->slot->cancelled;
+        pthread_mutex_unlock(k->slot->lock);
+    }
+    char *details = grpc_slice_to_c_string(k->details);
+    if (k->status == GRPC_STATUS_OK || !k->error_string || (details && details[0]))
+        set_status(st, k->status, details);
+    else
+        set_status(st, k->status, k->error_string);
+    st->cancelled_by_us = we_cancelled && k->status == GRPC_STATUS_CANCELLED;
+    gpr_free(details);
+    if (k->error_string)
+        gpr_free((void *)k->error_string);
+    grpc_slice_unref(k->details);
+    grpc_metadata_array_destroy(&k->initial_md);
+    grpc_metadata_array_destroy(&k->trailing_md);
+    if (k->reply)
+        grpc_byte_buffer_destroy(k->reply);
+    if (k->call)
+        grpc_call_unref(k->call);
+    return st->code == GRPC_STATUS_OK ? 0 : -1;
+}
+
+/* Starts the receive of the final status, so a failing OAP ends the call early. */
+static int call_start_status(sw_call *k)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    op.data.recv_status_on_client.trailing_metadata = &k->trailing_md;
+    op.data.recv_status_on_client.status = &k->status;
+    op.data.recv_status_on_client.status_details = &k->details;
+    op.data.recv_status_on_client.error_string = &k->error_string;
+    if (grpc_call_start_batch(k->call, &op, 1, &k->tag_status, NULL) != GRPC_CALL_OK)
+        return -1;
+    k->status_pending = true;
+    return 0;
+}
+
+static grpc_byte_buffer *pack_message(const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    /* grpc_slice_malloc aborts rather than return NULL, as all gpr allocations do. */
+    grpc_slice s = grpc_slice_malloc(len);
+    protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+static ProtobufCMessage *unpack_reply(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc)
+{
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return NULL;
+    grpc_slice s = grpc_byte_buffer_reader_readall(&reader);
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+    grpc_slice_unref(s);
+    grpc_byte_buffer_reader_destroy(&reader);
+    return m;
+}
+
+int sw_unary(sw_ctx *c, sw_endpoint *ep, const char *method, const ProtobufCMessage *req,
+             const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, sw_cancel_slot *slot,
+             sw_rpc_status *st)
+{
+    sw_call k;
+    if (resp)
+        *resp = NULL;
+    if (call_begin(c, ep, method, &k, slot) != 0) {
+        set_status(st, GRPC_STATUS_INTERNAL, "cannot create a gRPC call");
+        call_end(&k, st);
+        set_status(st, GRPC_STATUS_INTERNAL, "cannot create a gRPC call");
+        return -1;
+    }
+    grpc_byte_buffer *msg = pack_message(req);
+    grpc_op ops[6];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = k.n_md;
+    ops[0].data.send_initial_metadata.metadata = k.n_md ? k.md : NULL;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = msg;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &k.initial_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &k.reply;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &k.trailing_md;
+    ops[5].data.recv_status_on_client.status = &k.status;
+    ops[5].data.recv_status_on_client.status_details = &k.details;
+    ops[5].data.recv_status_on_client.error_string = &k.error_string;
+    grpc_call_error e = grpc_call_start_batch(k.call, ops, 6, &k.tag_status, NULL);
+    if (e == GRPC_CALL_OK)
+        call_wait(&k, &k.tag_status);
+    else
+        k.status = GRPC_STATUS_INTERNAL;
+    grpc_byte_buffer_destroy(msg);
+    if (e != GRPC_CALL_OK) {
+        call_end(&k, st);
+        set_status(st, GRPC_STATUS_INTERNAL, grpc_call_error_to_string(e));
+        return -1;
+    }
+    if (k.status == GRPC_STATUS_OK && resp) {
+        *resp = k.reply ? unpack_reply(k.reply, resp_desc) : NULL;
+        if (!*resp) {
+            call_end(&k, st);
+            set_status(st, GRPC_STATUS_INTERNAL, "the OAP's reply could not be decoded");
+            return -1;
+        }
+    }
+    return call_end(&k, st);
+}
+
+/* ---- collectSnapshot ------------------------------------------------------ */
+
+static grpc_byte_buffer *encode_snapshot(sw_ctx *c, const cn_snap_ref *r)
+{
+    const cn_snapshot *s = r->snap;
+    if (s->n_frames > c->sig_cap) {
+        size_t cap = c->sig_cap ? c->sig_cap : 64;
+        while (cap < s->n_frames)
+            cap *= 2;
+        char **v = realloc(c->sig_scratch, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        c->sig_scratch = v;
+        c->sig_cap = cap;
+    }
+    /* protobuf-c wants char *; the strings are only read while packing. */
+    for (size_t i = 0; i < s->n_frames; i++)
+        c->sig_scratch[i] = (char *)cn_ref_frame(r, i);
+    Skywalking__V3__ThreadStack stack = SKYWALKING__V3__THREAD_STACK__INIT;
+    stack.n_codesignatures = s->n_frames;
+    stack.codesignatures = c->sig_scratch;
+    Skywalking__V3__ThreadSnapshot m = SKYWALKING__V3__THREAD_SNAPSHOT__INIT;
+    m.taskid = (char *)cn_ref_task(r);
+    m.tracesegmentid = (char *)cn_ref_segment(r);
+    m.time = s->time_ms;
+    m.sequence = s->sequence;
+    m.stack = &stack;
+    return pack_message(&m.base);
+}
+
+int sw_collect_snapshots(sw_ctx *c, sw_endpoint *ep, const cn_snap_ref *refs, size_t n, sw_rpc_status *st)
+{
+    sw_call k;
+    if (call_begin(c, ep, SW_METHOD_COLLECT, &k, NULL) != 0) {
+        call_end(&k, st);
+        set_status(st, GRPC_STATUS_INTERNAL, "cannot create a gRPC call");
+        return -1;
+    }
+    grpc_op ops[3];
+    grpc_byte_buffer *cur = NULL, *next = NULL;
+    bool ok = true;
+    const char *local_err = NULL;
+    /* Out of memory is worth a retry; gRPC refusing an operation is a bug. */
+    grpc_status_code local_code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+
+    cur = encode_snapshot(c, &refs[0]);
+    if (!cur) {
+        local_err = "out of memory encoding a snapshot";
+        goto cancel;
+    }
+    for (size_t i = 0; i < n && ok; i++) {
+        size_t nops = 0;
+        memset(ops, 0, sizeof ops);
+        if (i == 0) {
+            ops[nops].op = GRPC_OP_SEND_INITIAL_METADATA;
+            ops[nops].data.send_initial_metadata.count = k.n_md;
+            ops[nops].data.send_initial_metadata.metadata = k.n_md ? k.md : NULL;
+            nops++;
+        }
+        ops[nops].op = GRPC_OP_SEND_MESSAGE;
+        ops[nops].data.send_message.send_message = cur;
+        nops++;
+        if (i + 1 == n) {
+            /* Half-close with the last message: the OAP replies once it sees it. */
+            ops[nops].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+            nops++;
+        }
+        if (grpc_call_start_batch(k.call, ops, nops, &k.tag_send, NULL) != GRPC_CALL_OK) {
+            local_err = "gRPC refused a send operation";
+            local_code = GRPC_STATUS_INTERNAL;
+            goto cancel;
+        }
+        if (i == 0 && call_start_status(&k) != 0) {
+            /* The send batch is in flight: take it back before giving up. */
+            call_wait(&k, &k.tag_send);
+            local_err = "gRPC refused the status operation";
+            local_code = GRPC_STATUS_INTERNAL;
+            goto cancel;
+        }
+        /* Encode the next snapshot while this one is on its way. */
+        if (i + 1 < n) {
+            next = encode_snapshot(c, &refs[i + 1]);
+        }
+        ok = call_wait(&k, &k.tag_send) != 0;
+        grpc_byte_buffer_destroy(cur);
+        cur = next;
+        next = NULL;
+        if (i + 1 < n && !cur && ok) {
+            local_err = "out of memory encoding a snapshot";
+            goto cancel;
+        }
+    }
+    if (cur) {
+        /* A send failed, which means the call is over; the status says why. */
+        grpc_byte_buffer_destroy(cur);
+        cur = NULL;
+    }
+    if (ok) {
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[0].data.recv_initial_metadata.recv_initial_metadata = &k.initial_md;
+        ops[1].op = GRPC_OP_RECV_MESSAGE;
+        ops[1].data.recv_message.recv_message = &k.reply;
+        if (grpc_call_start_batch(k.call, ops, 2, &k.tag_recv, NULL) == GRPC_CALL_OK)
+            call_wait(&k, &k.tag_recv);
+    }
+    /* The reply's Commands are not used: canopy gets tasks through polling. */
+    return call_end(&k, st);
+
+cancel:
+    if (cur)
+        grpc_byte_buffer_destroy(cur);
+    if (k.call)
+        grpc_call_cancel(k.call, NULL);
+    call_end(&k, st);
+    set_status(st, local_code, local_err);
+    return -1;
+}

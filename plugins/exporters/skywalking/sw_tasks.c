@@ -1,0 +1,720 @@
+/*
+ * Task source `tasks.skywalking`: proxies the OAP's profile tasks to agents.
+ *
+ * The OAP keeps a per-instance log of which instance was told about which
+ * task, so canopy asks getProfileTaskCommands on behalf of each agent
+ * instance it has seen, with that instance's own service and name. Agents
+ * query the collector's registry as often as they like; a registry listener
+ * notes each instance, and one thread here asks the OAP at most once per
+ * poll_interval per instance. New ProfileTaskQuery commands go into the
+ * registry, from which every agent of the service picks them up.
+ *
+ * Agents' finish reports go the other way, to reportTaskFinish, through a
+ * bounded queue that survives OAP outages (retried with backoff).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "canopy/dict.h"
+#include "skywalking/v3/profile.pb-c.h"
+#include "sw.h"
+
+#define SW_METHOD_QUERY "/skywalking.v3.ProfileTask/getProfileTaskCommands"
+#define SW_METHOD_FINISH "/skywalking.v3.ProfileTask/reportTaskFinish"
+
+typedef struct sw_tasks_opts {
+    char *exporter;
+    int64_t poll_interval_ms;
+    int64_t max_instances;
+    int64_t finish_queue_size;
+    int64_t finish_max_elapsed_ms;
+} sw_tasks_opts;
+
+static const cn_option sw_tasks_options[] = {
+    {.type = CN_OPT_STR, .name = "exporter", .offset = offsetof(sw_tasks_opts, exporter), .required = true,
+     .description = "Id of the skywalking exporter whose endpoints, TLS and token are used"},
+    {.type = CN_OPT_DURATION, .name = "poll_interval", .default_value = "20s",
+     .offset = offsetof(sw_tasks_opts, poll_interval_ms), .min = 100, .max = 3600 * 1000,
+     .description = "Least time between two getProfileTaskCommands calls for one agent instance"},
+    {.type = CN_OPT_INT, .name = "max_instances", .default_value = "4096",
+     .offset = offsetof(sw_tasks_opts, max_instances), .min = 1, .max = 1000000,
+     .description = "Agent instances polled for; more are refused (counted and logged)"},
+    {.type = CN_OPT_INT, .name = "finish_queue_size", .default_value = "1024",
+     .offset = offsetof(sw_tasks_opts, finish_queue_size), .min = 1, .max = 1000000,
+     .description = "Finish reports waiting for the OAP; more are dropped (counted and logged)"},
+    {.type = CN_OPT_DURATION, .name = "finish_max_elapsed_time", .default_value = "10m",
+     .offset = offsetof(sw_tasks_opts, finish_max_elapsed_ms), .min = 1000, .max = 24 * 3600 * 1000,
+     .description = "How long a finish report is retried while the OAP is unavailable"},
+    CN_OPT_END,
+};
+
+typedef struct sw_instance {
+    char *service;
+    char *instance;
+    int64_t agent_last;      /* largest lastCommandTime the agent reported */
+    int64_t oap_cursor;      /* largest CreateTime the OAP gave us for it */
+    int64_t last_ask_ms;     /* monotonic: the agent's latest query */
+    int64_t last_poll_ms;    /* monotonic: our latest poll for it; 0 = never */
+    bool asked;              /* asked since our latest poll */
+} sw_instance;
+
+typedef struct sw_finish {
+    char *service;
+    char *instance;
+    char *task_id;
+    int attempts;
+    int64_t first_ms;        /* monotonic */
+    int64_t next_ms;         /* monotonic: not before */
+} sw_finish;
+
+/* Work copied out of the lock, done without it. */
+typedef struct sw_poll {
+    char *key;
+    char *service;
+    char *instance;
+    int64_t cursor;
+} sw_poll;
+
+struct sw_tasks {
+    sw_ctx *c;
+    cn_task_registry *reg;
+    sw_tasks_opts opt;
+    bool opt_applied;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool lock_ok, cond_ok;
+    pthread_t thread;
+    bool thread_ok;
+    bool stop;
+
+    cn_dict *instances;      /* "service\x1finstance" -> sw_instance */
+    sw_finish *fq;           /* finish reports waiting, oldest first */
+    size_t fq_n;
+    sw_cancel_slot slot;     /* the thread's in-flight call, cancelled by stop */
+    unsigned seed;           /* rand_r state for retry jitter (task thread only) */
+
+    cn_metric *m_polls;
+    cn_metric *m_poll_errors;
+    cn_metric *m_commands;
+    cn_metric *m_instances;
+    cn_metric *m_instances_refused;
+    cn_metric *m_finish_sent;
+    cn_metric *m_finish_retried;
+    cn_metric *m_finish_dropped;
+    cn_ratelimit rl_poll;
+    cn_ratelimit rl_refused;
+    cn_ratelimit rl_finish;
+};
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static char *instance_key(const char *service, const char *instance)
+{
+    size_t ls = strlen(service), li = strlen(instance);
+    char *k = malloc(ls + li + 2);
+    if (!k)
+        return NULL;
+    memcpy(k, service, ls);
+    k[ls] = '\x1f';
+    memcpy(k + ls + 1, instance, li + 1);
+    return k;
+}
+
+static void instance_free(void *v)
+{
+    sw_instance *in = v;
+    if (!in)
+        return;
+    free(in->service);
+    free(in->instance);
+    free(in);
+}
+
+static void finish_clear(sw_finish *f)
+{
+    free(f->service);
+    free(f->instance);
+    free(f->task_id);
+    memset(f, 0, sizeof *f);
+}
+
+static void poll_clear(sw_poll *p)
+{
+    free(p->key);
+    free(p->service);
+    free(p->instance);
+}
+
+/* Jitter of +-20 %, so many collectors do not retry in lockstep. */
+static int64_t jitter(unsigned *seed, int64_t ms)
+{
+    int64_t span = ms / 5;
+    if (span <= 0)
+        return ms;
+    return ms - span + (int64_t)(rand_r(seed) % (unsigned)(2 * span + 1));
+}
+
+/* ---- registry listener (called on the receiver's and admin's threads) ----- */
+
+static void on_query(void *arg, const char *service, const char *instance, int64_t last_command_time)
+{
+    sw_tasks *t = arg;
+    if (!service || !instance || !service[0] || !instance[0])
+        return;
+    char *key = instance_key(service, instance);
+    if (!key)
+        return; /* out of memory: this query is simply not proxied; the next one is */
+    pthread_mutex_lock(&t->lock);
+    if (t->stop)
+        goto out;
+    sw_instance *in = cn_dict_get(t->instances, key);
+    if (!in) {
+        if ((int64_t)cn_dict_size(t->instances) >= t->opt.max_instances) {
+            cn_metric_inc(t->m_instances_refused);
+            cn_log_limited(&t->rl_refused, CN_LOG_WARN, t->c->id,
+                           "task source: already polling for %lld instances (max_instances); "
+                           "instance %s of %s is not polled for",
+                           (long long)t->opt.max_instances, instance, service);
+            goto out;
+        }
+        in = calloc(1, sizeof *in);
+        if (in) {
+            in->service = cn_strdup(service);
+            in->instance = cn_strdup(instance);
+        }
+        if (!in || !in->service || !in->instance || cn_dict_put(t->instances, key, in) != 0) {
+            instance_free(in);
+            goto out;
+        }
+        cn_metric_set(t->m_instances, (int64_t)cn_dict_size(t->instances));
+        cn_debug(t->c->id, "task source: new agent instance %s of %s", instance, service);
+        pthread_cond_signal(&t->cond); /* its first poll is due now */
+    }
+    in->last_ask_ms = cn_mono_ms();
+    in->asked = true;
+    if (last_command_time > in->agent_last)
+        in->agent_last = last_command_time;
+out:
+    pthread_mutex_unlock(&t->lock);
+    free(key);
+}
+
+static void on_finish(void *arg, const char *service, const char *instance, const char *task_id)
+{
+    sw_tasks *t = arg;
+    if (!task_id || !task_id[0])
+        return;
+    pthread_mutex_lock(&t->lock);
+    if (t->stop) {
+        pthread_mutex_unlock(&t->lock);
+        return;
+    }
+    if ((int64_t)t->fq_n >= t->opt.finish_queue_size) {
+        cn_metric_inc(t->m_finish_dropped);
+        cn_log_limited(&t->rl_finish, CN_LOG_WARN, t->c->id,
+                       "task source: finish report of task %s by %s dropped: %zu reports already "
+                       "wait for the OAP (finish_queue_size)",
+                       task_id, instance ? instance : "?", t->fq_n);
+        pthread_mutex_unlock(&t->lock);
+        return;
+    }
+    sw_finish *f = &t->fq[t->fq_n];
+    f->service = cn_strdup(service ? service : "");
+    f->instance = cn_strdup(instance ? instance : "");
+    f->task_id = cn_strdup(task_id);
+    if (!f->service || !f->instance || !f->task_id) {
+        finish_clear(f);
+        cn_metric_inc(t->m_finish_dropped);
+        cn_log_limited(&t->rl_finish, CN_LOG_WARN, t->c->id,
+                       "task source: out of memory; finish report of task %s dropped", task_id);
+    } else {
+        f->attempts = 0;
+        f->first_ms = f->next_ms = cn_mono_ms();
+        t->fq_n++;
+        pthread_cond_signal(&t->cond);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* ---- OAP calls (task thread, no lock held) -------------------------------- */
+
+static int64_t arg_int(const Skywalking__V3__Command *cmd, const char *key, int64_t dflt, bool *bad)
+{
+    for (size_t i = 0; i < cmd->n_args; i++) {
+        const Skywalking__V3__KeyStringValuePair *kv = cmd->args[i];
+        if (kv->key && strcmp(kv->key, key) == 0) {
+            int64_t v;
+            if (cn_parse_int(kv->value, &v) != 0) {
+                *bad = true;
+                return dflt;
+            }
+            return v;
+        }
+    }
+    return dflt;
+}
+
+static char *arg_str(const Skywalking__V3__Command *cmd, const char *key)
+{
+    for (size_t i = 0; i < cmd->n_args; i++) {
+        const Skywalking__V3__KeyStringValuePair *kv = cmd->args[i];
+        if (kv->key && strcmp(kv->key, key) == 0)
+            return kv->value;
+    }
+    return NULL;
+}
+
+/*
+ * Adds one ProfileTaskQuery command to the registry. Returns its CreateTime
+ * when the registry has the task afterwards (added now or earlier), else -1.
+ */
+static int64_t add_command(sw_tasks *t, const sw_poll *p, const Skywalking__V3__Command *cmd)
+{
+    bool bad = false;
+    cn_task task;
+    memset(&task, 0, sizeof task);
+    task.id = arg_str(cmd, "TaskId");
+    task.serial = arg_str(cmd, "SerialNumber");
+    task.endpoint = arg_str(cmd, "EndpointName");
+    task.service = p->service; /* the command does not name it: it is the service we asked for */
+    /* Units as in the SkyWalking protocol: Duration in minutes, the rest ms. */
+    task.duration_ms = arg_int(cmd, "Duration", 0, &bad) * 60000;
+    task.min_duration_ms = arg_int(cmd, "MinDurationThreshold", 0, &bad);
+    task.dump_period_ms = arg_int(cmd, "DumpPeriod", 10, &bad);
+    task.max_sampling_count = arg_int(cmd, "MaxSamplingCount", 5, &bad);
+    task.start_ms = arg_int(cmd, "StartTime", 0, &bad);
+    task.create_ms = arg_int(cmd, "CreateTime", 0, &bad);
+    task.source = CN_TASK_OAP;
+    if (!task.id || !task.id[0] || bad) {
+        cn_log_limited(&t->rl_poll, CN_LOG_WARN, t->c->id,
+                       "task source: ignoring a ProfileTaskQuery command for %s with %s",
+                       p->service, bad ? "a non-numeric argument" : "no TaskId");
+        return -1;
+    }
+    if (task.start_ms == 0)
+        task.start_ms = task.create_ms;
+
+    cn_task have;
+    if (cn_tasks_get(t->reg, task.id, &have) == 0) {
+        cn_task_clear(&have); /* another instance of the service brought it already */
+        return task.create_ms;
+    }
+    char err[256];
+    if (cn_tasks_add(t->reg, &task, err, sizeof err) != 0) {
+        if (cn_tasks_get(t->reg, task.id, &have) == 0) {
+            cn_task_clear(&have); /* lost a race with a concurrent add: fine */
+            return task.create_ms;
+        }
+        cn_log_limited(&t->rl_poll, CN_LOG_WARN, t->c->id,
+                       "task source: the registry refused OAP task %s for %s: %s", task.id, p->service, err);
+        return -1;
+    }
+    cn_metric_inc(t->m_commands);
+    cn_info(t->c->id, "task source: OAP task %s (service %s, endpoint %s, %lld min) is now offered to agents",
+            task.id, p->service, task.endpoint ? task.endpoint : "", (long long)(task.duration_ms / 60000));
+    return task.create_ms;
+}
+
+/* Tries each endpoint once until one answers or refuses for good. */
+static int call_with_failover(sw_tasks *t, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                              sw_rpc_status *st, sw_endpoint **ep_out)
+{
+    sw_ctx *c = t->c;
+    for (size_t i = 0; i < c->n_eps; i++) {
+        sw_endpoint *ep = sw_pick_endpoint(c);
+        *ep_out = ep;
+        int rc = sw_unary(c, ep, method, req, resp_desc, resp, &t->slot, st);
+        sw_endpoint_result(c, ep, st);
+        if (rc == 0 || !sw_status_retryable(st) || st->cancelled_by_us)
+            return rc;
+    }
+    return -1;
+}
+
+/* Returns the new cursor (largest CreateTime now in the registry), or -1. */
+static int64_t poll_instance(sw_tasks *t, const sw_poll *p)
+{
+    Skywalking__V3__ProfileTaskCommandQuery q = SKYWALKING__V3__PROFILE_TASK_COMMAND_QUERY__INIT;
+    q.service = p->service;
+    q.serviceinstance = p->instance;
+    q.lastcommandtime = p->cursor;
+    ProtobufCMessage *resp = NULL;
+    sw_rpc_status st;
+    sw_endpoint *ep = NULL;
+    cn_metric_inc(t->m_polls);
+    if (call_with_failover(t, SW_METHOD_QUERY, &q.base, &skywalking__v3__commands__descriptor, &resp, &st,
+                           &ep) != 0) {
+        if (!st.cancelled_by_us) {
+            cn_metric_inc(t->m_poll_errors);
+            cn_log_limited(&t->rl_poll, CN_LOG_WARN, t->c->id,
+                           "task source: getProfileTaskCommands for %s (%s) at %s failed: %s: %s",
+                           p->instance, p->service, ep ? ep->target : "?", sw_status_name(st.code), st.detail);
+        }
+        return -1;
+    }
+    int64_t cursor = p->cursor;
+    Skywalking__V3__Commands *cmds = (Skywalking__V3__Commands *)resp;
+    for (size_t i = 0; i < cmds->n_commands; i++) {
+        const Skywalking__V3__Command *cmd = cmds->commands[i];
+        if (!cmd->command || strcmp(cmd->command, "ProfileTaskQuery") != 0) {
+            cn_debug(t->c->id, "task source: ignoring OAP command %s", cmd->command ? cmd->command : "?");
+            continue;
+        }
+        int64_t created = add_command(t, p, cmd);
+        if (created > cursor)
+            cursor = created;
+    }
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return cursor;
+}
+
+/* 0: sent; 1: retry later; -1: dropped for good. */
+static int send_finish(sw_tasks *t, const sw_finish *f)
+{
+    Skywalking__V3__ProfileTaskFinishReport r = SKYWALKING__V3__PROFILE_TASK_FINISH_REPORT__INIT;
+    r.service = f->service;
+    r.serviceinstance = f->instance;
+    r.taskid = f->task_id;
+    sw_rpc_status st;
+    sw_endpoint *ep = NULL;
+    if (call_with_failover(t, SW_METHOD_FINISH, &r.base, &skywalking__v3__commands__descriptor, NULL, &st, &ep) == 0) {
+        cn_metric_inc(t->m_finish_sent);
+        cn_debug(t->c->id, "task source: reported task %s finished by %s", f->task_id, f->instance);
+        return 0;
+    }
+    if (st.cancelled_by_us)
+        return 1;
+    if (sw_status_retryable(&st)) {
+        cn_log_limited(&t->rl_finish, CN_LOG_WARN, t->c->id,
+                       "task source: reportTaskFinish (task %s, %s) at %s failed: %s: %s; will retry",
+                       f->task_id, f->instance, ep ? ep->target : "?", sw_status_name(st.code), st.detail);
+        return 1;
+    }
+    cn_log_limited(&t->rl_finish, CN_LOG_ERROR, t->c->id,
+                   "task source: OAP %s refused the finish report of task %s by %s: %s: %s%s",
+                   ep ? ep->target : "?", f->task_id, f->instance, sw_status_name(st.code), st.detail,
+                   st.code == GRPC_STATUS_UNAUTHENTICATED ? " (the OAP refused the authentication token)" : "");
+    return -1;
+}
+
+/* ---- the thread ----------------------------------------------------------- */
+
+static void wait_until(sw_tasks *t, int64_t wake_mono_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t delta = wake_mono_ms - now_ms;
+    if (delta <= 0)
+        return;
+    int64_t ns = (int64_t)ts.tv_nsec + (delta % 1000) * 1000000;
+    ts.tv_sec += (time_t)(delta / 1000 + ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+}
+
+/*
+ * Under the lock: moves the due polls and finish reports out into the
+ * arrays given, forgets instances that stopped asking, and returns when the
+ * next piece of work is due.
+ */
+static int64_t take_due(sw_tasks *t, int64_t now, sw_poll **polls, size_t *n_polls, sw_finish **fins,
+                        size_t *n_fins)
+{
+    int64_t interval = t->opt.poll_interval_ms;
+    /* An instance that stopped asking (worker exited) is forgotten after a while. */
+    int64_t ttl = interval * 10 > 60000 ? interval * 10 : 60000;
+    int64_t next = now + 1000;
+    size_t cap = cn_dict_size(t->instances);
+    *polls = cap ? calloc(cap, sizeof **polls) : NULL;
+    *n_polls = 0;
+
+    size_t pos = 0;
+    const char *key;
+    void *val;
+    char **expired = NULL;
+    size_t n_expired = 0;
+    while (cn_dict_next(t->instances, &pos, &key, &val)) {
+        sw_instance *in = val;
+        if (now - in->last_ask_ms > ttl) {
+            char **e = realloc(expired, (n_expired + 1) * sizeof *e);
+            if (e) {
+                expired = e;
+                expired[n_expired] = cn_strdup(key);
+                if (expired[n_expired])
+                    n_expired++;
+            }
+            continue;
+        }
+        if (!in->asked)
+            continue;
+        int64_t due = in->last_poll_ms ? in->last_poll_ms + interval : now;
+        if (due > now) {
+            if (due < next)
+                next = due;
+            continue;
+        }
+        if (!*polls)
+            continue; /* out of memory: try again on the next round */
+        sw_poll *p = &(*polls)[*n_polls];
+        p->key = cn_strdup(key);
+        p->service = cn_strdup(in->service);
+        p->instance = cn_strdup(in->instance);
+        p->cursor = in->agent_last > in->oap_cursor ? in->agent_last : in->oap_cursor;
+        if (!p->key || !p->service || !p->instance) {
+            poll_clear(p);
+            continue;
+        }
+        in->asked = false;
+        in->last_poll_ms = now;
+        (*n_polls)++;
+    }
+    for (size_t i = 0; i < n_expired; i++) {
+        instance_free(cn_dict_remove(t->instances, expired[i]));
+        free(expired[i]);
+    }
+    free(expired);
+    if (n_expired)
+        cn_metric_set(t->m_instances, (int64_t)cn_dict_size(t->instances));
+
+    /* Finish reports: take the due ones, keep order for the rest. */
+    *fins = NULL;
+    *n_fins = 0;
+    size_t due_count = 0;
+    for (size_t i = 0; i < t->fq_n; i++)
+        due_count += t->fq[i].next_ms <= now;
+    if (due_count && (*fins = calloc(due_count, sizeof **fins))) {
+        size_t keep = 0;
+        for (size_t i = 0; i < t->fq_n; i++) {
+            if (t->fq[i].next_ms <= now)
+                (*fins)[(*n_fins)++] = t->fq[i];
+            else
+                t->fq[keep++] = t->fq[i];
+        }
+        t->fq_n = keep;
+    }
+    for (size_t i = 0; i < t->fq_n; i++) {
+        if (t->fq[i].next_ms < next)
+            next = t->fq[i].next_ms;
+    }
+    return next;
+}
+
+static void *task_thread(void *arg)
+{
+    sw_tasks *t = arg;
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop) {
+        sw_poll *polls;
+        sw_finish *fins;
+        size_t n_polls, n_fins;
+        int64_t next = take_due(t, cn_mono_ms(), &polls, &n_polls, &fins, &n_fins);
+        if (n_polls == 0 && n_fins == 0) {
+            free(polls);
+            free(fins);
+            wait_until(t, next);
+            continue;
+        }
+        pthread_mutex_unlock(&t->lock);
+
+        int64_t *cursors = n_polls ? calloc(n_polls, sizeof *cursors) : NULL;
+        for (size_t i = 0; i < n_polls; i++) {
+            int64_t cur = poll_instance(t, &polls[i]);
+            if (cursors)
+                cursors[i] = cur;
+        }
+        int *fin_rc = n_fins ? calloc(n_fins, sizeof *fin_rc) : NULL;
+        for (size_t i = 0; i < n_fins; i++) {
+            int rc = send_finish(t, &fins[i]);
+            if (fin_rc)
+                fin_rc[i] = rc;
+        }
+
+        pthread_mutex_lock(&t->lock);
+        int64_t now = cn_mono_ms();
+        for (size_t i = 0; i < n_polls; i++) {
+            sw_instance *in = cn_dict_get(t->instances, polls[i].key);
+            if (in && cursors && cursors[i] > in->oap_cursor)
+                in->oap_cursor = cursors[i];
+            poll_clear(&polls[i]);
+        }
+        for (size_t i = 0; i < n_fins; i++) {
+            sw_finish *f = &fins[i];
+            int rc = fin_rc ? fin_rc[i] : 1;
+            if (rc == 1 && now - f->first_ms > t->opt.finish_max_elapsed_ms) {
+                cn_log_limited(&t->rl_finish, CN_LOG_ERROR, t->c->id,
+                               "task source: gave up reporting task %s finished by %s after %d attempts "
+                               "(finish_max_elapsed_time)", f->task_id, f->instance, f->attempts + 1);
+                rc = -1;
+            }
+            if (rc == 1 && (int64_t)t->fq_n < t->opt.finish_queue_size) {
+                f->attempts++;
+                int shift = f->attempts < 7 ? f->attempts - 1 : 6;
+                int64_t backoff = (int64_t)1000 << shift; /* 1 s doubling to 64 s */
+                f->next_ms = now + jitter(&t->seed, backoff);
+                t->fq[t->fq_n++] = *f;
+                cn_metric_inc(t->m_finish_retried);
+                continue;
+            }
+            if (rc != 0)
+                cn_metric_inc(t->m_finish_dropped);
+            finish_clear(f);
+        }
+        free(cursors);
+        free(fin_rc);
+        free(polls);
+        free(fins);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+int sw_tasks_check(const cn_node *cfg, cn_diag *d)
+{
+    sw_tasks_opts opt;
+    memset(&opt, 0, sizeof opt);
+    int rc = cn_options_apply(sw_tasks_options, &opt, cfg, d);
+    cn_options_free(sw_tasks_options, &opt);
+    return rc == 0 ? 0 : -1;
+}
+
+int sw_tasks_start(sw_ctx *c, const cn_node *cfg, cn_task_registry *reg, cn_diag *d)
+{
+    if (c->tasks) {
+        cn_diag_error(d, cfg, "exporter %s already serves as a task source", c->id ? c->id : "skywalking");
+        return -1;
+    }
+    if (!c->cq) {
+        cn_diag_error(d, cfg, "exporter %s is not started; it cannot serve as a task source",
+                      c->id ? c->id : "skywalking");
+        return -1;
+    }
+    sw_tasks *t = calloc(1, sizeof *t);
+    if (!t) {
+        cn_diag_error(d, cfg, "out of memory");
+        return -1;
+    }
+    c->tasks = t; /* from here on sw_tasks_free cleans up whatever exists */
+    t->c = c;
+    t->reg = reg;
+    t->opt_applied = true;
+    if (cn_options_apply(sw_tasks_options, &t->opt, cfg, d) != 0)
+        return -1;
+    t->fq = calloc((size_t)t->opt.finish_queue_size, sizeof *t->fq);
+    t->instances = cn_dict_new(64);
+    if (!t->fq || !t->instances) {
+        cn_diag_error(d, cfg, "out of memory");
+        return -1;
+    }
+    if (pthread_mutex_init(&t->lock, NULL) != 0) {
+        cn_diag_error(d, cfg, "cannot create a mutex");
+        return -1;
+    }
+    t->lock_ok = true;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&t->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) {
+        cn_diag_error(d, cfg, "cannot create a condition variable");
+        return -1;
+    }
+    t->cond_ok = true;
+    t->slot.lock = &t->lock;
+    t->seed = (unsigned)cn_mono_ns() | 1u;
+    t->rl_poll.interval_ms = 30000;
+    t->rl_refused.interval_ms = 60000;
+    t->rl_finish.interval_ms = 10000;
+
+    const char *l = cn_component_labels(c->self);
+    t->m_polls = cn_counter("canopy_skywalking_task_polls_total",
+                            "getProfileTaskCommands calls made on behalf of agent instances", l);
+    t->m_poll_errors = cn_counter("canopy_skywalking_task_poll_errors_total",
+                                  "getProfileTaskCommands calls that failed", l);
+    t->m_commands = cn_counter("canopy_skywalking_task_commands_total",
+                               "OAP profile tasks added to the task registry", l);
+    t->m_instances = cn_gauge("canopy_skywalking_task_instances",
+                              "Agent instances the task source polls for", l);
+    t->m_instances_refused = cn_counter("canopy_skywalking_task_instances_refused_total",
+                                        "Agent instances not polled for, over max_instances", l);
+    t->m_finish_sent = cn_counter("canopy_skywalking_finish_reports_sent_total",
+                                  "Task finish reports the OAP accepted", l);
+    t->m_finish_retried = cn_counter("canopy_skywalking_finish_reports_retried_total",
+                                     "Finish report attempts that failed transiently", l);
+    t->m_finish_dropped = cn_counter("canopy_skywalking_finish_reports_dropped_total",
+                                     "Finish reports dropped (queue full, refused, or retried too long)", l);
+
+    cn_task_listener listener = {.arg = t, .on_query = on_query, .on_finish = on_finish};
+    if (cn_tasks_listen(reg, &listener) != 0) {
+        cn_diag_error(d, cfg, "cannot listen to the task registry");
+        return -1;
+    }
+    if (pthread_create(&t->thread, NULL, task_thread, t) != 0) {
+        cn_diag_error(d, cfg, "cannot start the task source thread");
+        /* The listener stays registered; stop makes it inert. */
+        pthread_mutex_lock(&t->lock);
+        t->stop = true;
+        pthread_mutex_unlock(&t->lock);
+        return -1;
+    }
+    t->thread_ok = true;
+    cn_info(c->id, "task source: proxying the OAP's profile tasks, polling at most every %lld ms per agent instance",
+            (long long)t->opt.poll_interval_ms);
+    return 0;
+}
+
+void sw_tasks_stop(sw_ctx *c)
+{
+    sw_tasks *t = c->tasks;
+    if (!t || !t->lock_ok)
+        return;
+    pthread_mutex_lock(&t->lock);
+    t->stop = true;
+    /* Cut short a call to a hung OAP instead of waiting out its deadline. */
+    t->slot.cancelled = true;
+    if (t->slot.call)
+        grpc_call_cancel(t->slot.call, NULL);
+    if (t->cond_ok)
+        pthread_cond_broadcast(&t->cond);
+    size_t pending = t->fq_n;
+    pthread_mutex_unlock(&t->lock);
+    if (t->thread_ok) {
+        pthread_join(t->thread, NULL);
+        t->thread_ok = false;
+    }
+    if (pending) {
+        cn_warn(c->id, "task source: %zu finish report%s not delivered to the OAP before shutdown",
+                pending, pending == 1 ? "" : "s");
+        cn_metric_add(t->m_finish_dropped, (int64_t)pending);
+    }
+}
+
+void sw_tasks_free(sw_ctx *c)
+{
+    sw_tasks *t = c->tasks;
+    if (!t)
+        return;
+    if (t->thread_ok)
+        sw_tasks_stop(c);
+    if (t->instances)
+        cn_dict_free(t->instances, instance_free);
+    if (t->fq) {
+        for (size_t i = 0; i < t->fq_n; i++)
+            finish_clear(&t->fq[i]);
+        free(t->fq);
+    }
+    if (t->cond_ok)
+        pthread_cond_destroy(&t->cond);
+    if (t->lock_ok)
+        pthread_mutex_destroy(&t->lock);
+    if (t->opt_applied)
+        cn_options_free(sw_tasks_options, &t->opt);
+    free(t);
+    c->tasks = NULL;
+}
