@@ -1,0 +1,274 @@
+/*
+ * The native sampler thread.
+ *
+ * A real pthread, so gevent's monkey-patching cannot turn it into a greenlet
+ * that only runs when the app yields. It has two jobs:
+ *
+ *  - Sampling (sampling and thread modes). Every dump_period it takes the
+ *    GIL and snapshots what is running at that moment: in sampling mode the
+ *    greenlet each switch callback reports as current, read from that
+ *    thread's live frames (greenlet swaps the frame stack on every switch, so
+ *    the thread's frames are the current greenlet's); in thread mode every
+ *    profiled thread. When nothing is profiled it does not touch the GIL.
+ *
+ *  - Housekeeping, without the GIL: it watches the library's task commands
+ *    and sends a task-finish report when a task's time window ends, even if
+ *    the app receives no request at that moment.
+ *
+ * It keeps one Python thread state for its whole life (created on start):
+ * PyGILState_Ensure/Release per tick would create and destroy a thread state
+ * each time.
+ */
+#include "cx.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#define HOUSEKEEPING_MS 200
+
+static pthread_t thread;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv;
+static int cv_ready;
+static int running;
+static int stopping;
+
+/* Only the sampler thread uses this (it is large: keep it off the stack). */
+static cn_command commands[CN_AGENT_MAX_COMMANDS];
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static PyThreadState *find_tstate(PyInterpreterState *interp, unsigned long thread_id)
+{
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t; t = PyThreadState_Next(t)) {
+        if (t->thread_id == thread_id)
+            return t;
+    }
+    return NULL;
+}
+
+/* Is the segment due at this tick? Ticks jitter, so accept half a period early. */
+static int due(cx_segment *seg, int64_t now, int tick_ms)
+{
+    if (now + tick_ms / 2 < seg->next_sample_ms)
+        return 0;
+    seg->next_sample_ms = now + seg->dump_period_ms;
+    return 1;
+}
+
+/* GIL held. */
+static void sample_tick(int tick_ms)
+{
+    int mode = atomic_load(&cx.mode);
+    if (!cx.agent)
+        return;
+    int64_t now = cx_now_ms();
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    if (mode == CX_MODE_SAMPLING) {
+        for (cx_tracer *t = cx.tracers; t; t = t->next) {
+            if (!t->active)
+                continue;
+            cx_segment *seg = cx_registry_find(&cx.greenlets, (uintptr_t)t->current);
+            if (!seg || !due(seg, now, tick_ms))
+                continue;
+            PyThreadState *ts = find_tstate(interp, t->thread_id);
+            if (ts)
+                cx_snapshot(seg, cx_frame_of_tstate(ts), now);
+        }
+    } else if (mode == CX_MODE_THREAD) {
+        for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t; t = PyThreadState_Next(t)) {
+            cx_segment *seg = cx_registry_find(&cx.threads, (uintptr_t)t->thread_id);
+            if (seg && due(seg, now, tick_ms))
+                cx_snapshot(seg, cx_frame_of_tstate(t), now);
+        }
+    }
+    cx.c.samples++;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        cx.c.errors++;
+    }
+}
+
+/* No GIL: only the library and the sampler-private task table. */
+static void housekeeping(void)
+{
+    cn_agent *a = cx.agent;
+    if (!a)
+        return;
+    int64_t now = cx_now_ms();
+    uint64_t version = 0;
+    cn_agent_commands(a, NULL, 0, &version);
+    if (version != cx.commands_version) {
+        size_t n = cn_agent_commands(a, commands, CN_AGENT_MAX_COMMANDS, &version);
+        if (n > CN_AGENT_MAX_COMMANDS)
+            n = CN_AGENT_MAX_COMMANDS;
+        cx.commands_version = version;
+        for (size_t i = 0; i < n; i++) {
+            const cn_command *c = &commands[i];
+            size_t j;
+            for (j = 0; j < cx.n_tasks; j++) {
+                if (strcmp(cx.tasks[j].task_id, c->task_id) == 0 &&
+                    cx.tasks[j].create_time_ms == c->create_time_ms)
+                    break;
+            }
+            if (j < cx.n_tasks)
+                continue;
+            if (cx.n_tasks == CX_MAX_TASKS) {
+                /* Forget a task whose report is done to make room. */
+                for (j = 0; j < cx.n_tasks && !cx.tasks[j].reported; j++) {
+                }
+                if (j == cx.n_tasks)
+                    continue;
+                cx.tasks[j] = cx.tasks[--cx.n_tasks];
+            }
+            cx_task_end *t = &cx.tasks[cx.n_tasks++];
+            memset(t, 0, sizeof(*t));
+            /* Same size as cn_command.task_id, which is NUL-terminated. */
+            memcpy(t->task_id, c->task_id, sizeof(t->task_id));
+            t->task_id[sizeof(t->task_id) - 1] = '\0';
+            t->create_time_ms = c->create_time_ms;
+            t->end_ms = c->start_time_ms + c->duration_min * 60000;
+            /* A task that was over before we first saw it never ran here. */
+            t->reported = t->end_ms <= now;
+        }
+    }
+    for (size_t j = 0; j < cx.n_tasks; j++) {
+        cx_task_end *t = &cx.tasks[j];
+        if (!t->reported && now >= t->end_ms) {
+            t->reported = 1;
+            if (cn_agent_report_finish(a, t->task_id) == 0)
+                __atomic_fetch_add(&cx.c.finish_reports, 1, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+static void *sampler_main(void *arg)
+{
+    (void)arg;
+    /* Our own thread state, made once; the GIL is dropped right away. */
+    PyGILState_STATE gs = PyGILState_Ensure();
+    PyThreadState *ts = PyEval_SaveThread();
+
+    int64_t next_tick = mono_ms();
+    int64_t next_house = next_tick;
+    pthread_mutex_lock(&mu);
+    while (!stopping) {
+        int m = atomic_load(&cx.mode);
+        int sampling = (m == CX_MODE_SAMPLING || m == CX_MODE_THREAD) &&
+                       atomic_load(&cx.active_segments) > 0;
+        int tick = atomic_load(&cx.sample_period_ms);
+        if (tick < 1)
+            tick = 1;
+        int64_t now = mono_ms();
+        int64_t wake = next_house;
+        if (sampling) {
+            if (next_tick < now - tick)  /* fell behind (GIL busy): don't burst */
+                next_tick = now;
+            if (next_tick < wake)
+                wake = next_tick;
+        }
+        if (wake > now) {
+            struct timespec abs;
+            clock_gettime(CLOCK_MONOTONIC, &abs);
+            int64_t d = wake - now;
+            abs.tv_sec += d / 1000;
+            abs.tv_nsec += (d % 1000) * 1000000;
+            if (abs.tv_nsec >= 1000000000) {
+                abs.tv_sec++;
+                abs.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&cv, &mu, &abs);
+            continue;  /* re-evaluate: woken early, or stopping, or due */
+        }
+        pthread_mutex_unlock(&mu);
+
+        if (sampling && now >= next_tick) {
+            next_tick += tick;
+            if (!_Py_IsFinalizing()) {
+                PyEval_RestoreThread(ts);
+                sample_tick(tick);
+                ts = PyEval_SaveThread();
+            }
+        }
+        if (now >= next_house) {
+            next_house = now + HOUSEKEEPING_MS;
+            housekeeping();
+        }
+        pthread_mutex_lock(&mu);
+    }
+    pthread_mutex_unlock(&mu);
+
+    PyEval_RestoreThread(ts);
+    PyGILState_Release(gs);
+    return NULL;
+}
+
+static int init_cv(void)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return -1;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc == 0 ? 0 : -1;
+}
+
+int cx_sampler_start(void)
+{
+    if (running)
+        return 0;
+    if (!cv_ready) {
+        if (init_cv() != 0)
+            return -1;
+        cv_ready = 1;
+    }
+    stopping = 0;
+    if (pthread_create(&thread, NULL, sampler_main, NULL) != 0)
+        return -1;
+    running = 1;
+    return 0;
+}
+
+void cx_sampler_wake(void)
+{
+    if (!running)
+        return;
+    pthread_mutex_lock(&mu);
+    pthread_cond_signal(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+void cx_sampler_stop(void)
+{
+    if (!running)
+        return;
+    pthread_mutex_lock(&mu);
+    stopping = 1;
+    pthread_cond_signal(&cv);
+    pthread_mutex_unlock(&mu);
+    /* The thread needs the GIL to finish a tick and to drop its thread state. */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(thread, NULL);
+    Py_END_ALLOW_THREADS
+    running = 0;
+}
+
+void cx_sampler_forget(void)
+{
+    /* In a fork child the thread does not exist, and mu/cv may have been
+     * held by it at the moment of fork: make fresh ones. Python already
+     * dropped the thread's thread state in PyOS_AfterFork_Child. */
+    running = 0;
+    stopping = 0;
+    pthread_mutex_init(&mu, NULL);
+    cv_ready = init_cv() == 0;
+    cx.n_tasks = 0;
+    cx.commands_version = 0;
+}
