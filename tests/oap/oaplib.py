@@ -1,0 +1,332 @@
+"""Helpers for canopy's SkyWalking tests and benchmark: start the stand-in
+OAP, the collector and the load generator; talk to the stand-in's control
+API; make a throw-away CA with openssl. Only the standard library."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
+PY = "/usr/bin/python3"
+STANDIN = os.path.join(HERE, "standin_oap.py")
+
+
+class TestFailure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(what, fn, timeout, interval=0.2):
+    """Polls fn() until it returns a true value; returns it or raises."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            last = e
+            last_ok = False
+        else:
+            last_ok = True
+        if last_ok and last:
+            return last
+        time.sleep(interval)
+    raise TestFailure("timed out after %.0f s waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def http_json(url, body=None, timeout=10):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+# ---- stand-in OAP ---------------------------------------------------------------
+
+class Standin:
+    def __init__(self, workdir, token=None, tls_cert=None, tls_key=None, tls_client_ca=None,
+                 state_file=None, grpc_port=None, control_port=None, name="oap"):
+        self.workdir = workdir
+        self.token = token
+        self.tls = (tls_cert, tls_key, tls_client_ca)
+        self.state_file = state_file
+        self.grpc_port = grpc_port or free_port()
+        self.control_port = control_port or free_port()
+        self.name = name
+        self.proc = None
+        self.log_path = os.path.join(workdir, "%s.log" % name)
+
+    @property
+    def target(self):
+        return "127.0.0.1:%d" % self.grpc_port
+
+    @property
+    def control(self):
+        return "http://127.0.0.1:%d" % self.control_port
+
+    def start(self, timeout=30):
+        ready = os.path.join(self.workdir, "%s.ready" % self.name)
+        if os.path.exists(ready):
+            os.unlink(ready)
+        cmd = [PY, STANDIN, "--grpc-port", str(self.grpc_port), "--control-port", str(self.control_port),
+               "--ready-file", ready]
+        if self.token:
+            cmd += ["--token", self.token]
+        cert, key, client_ca = self.tls
+        if cert:
+            cmd += ["--tls-cert", cert, "--tls-key", key]
+        if client_ca:
+            cmd += ["--tls-client-ca", client_ca]
+        if self.state_file:
+            cmd += ["--state-file", self.state_file]
+        self.logf = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise TestFailure("stand-in OAP exited (%d); see %s:\n%s" % (
+                    self.proc.returncode, self.log_path, open(self.log_path).read()[-2000:]))
+            return os.path.exists(ready)
+        wait_for("stand-in OAP to listen", up, timeout)
+        return self
+
+    def stop(self, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "logf", None):
+            self.logf.close()
+            self.logf = None
+
+    def get(self, path):
+        return http_json(self.control + path)
+
+    def post(self, path, body):
+        return http_json(self.control + path, body)
+
+    def stats(self):
+        return self.get("/stats")
+
+    def segments(self, task_id=None):
+        return self.get("/segments" + ("?taskId=" + task_id if task_id else ""))
+
+    def set_mode(self, mode, **kw):
+        body = dict(kw, mode=mode)
+        return self.post("/mode", body)
+
+    def create_task(self, **kw):
+        return self.post("/tasks", kw)
+
+
+# ---- collector ------------------------------------------------------------------
+
+class Collector:
+    """canopy run -c <config> with stderr to a log file."""
+
+    def __init__(self, build_dir, workdir, config_text, name="canopy"):
+        self.bin = os.path.join(build_dir, "bin", "canopy")
+        self.workdir = workdir
+        self.config = os.path.join(workdir, "%s.yaml" % name)
+        self.log_path = os.path.join(workdir, "%s.log" % name)
+        with open(self.config, "w") as f:
+            f.write(config_text)
+        self.proc = None
+
+    def validate(self):
+        r = subprocess.run([self.bin, "validate", "-c", self.config], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0, "canopy validate failed:\n%s%s" % (r.stdout, r.stderr))
+
+    def start(self, admin_port, timeout=20):
+        self.logf = open(self.log_path, "a")
+        self.proc = subprocess.Popen([self.bin, "run", "-c", self.config], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        self.admin = "http://127.0.0.1:%d" % admin_port
+
+        def up():
+            if self.proc.poll() is not None:
+                raise TestFailure("canopy exited (%d) at start:\n%s" % (self.proc.returncode, self.log()[-3000:]))
+            with urllib.request.urlopen(self.admin + "/healthz", timeout=2) as r:
+                return r.status == 200
+        wait_for("canopy to serve /healthz", up, timeout)
+        return self
+
+    def metrics(self):
+        with urllib.request.urlopen(self.admin + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+        return out
+
+    def metric(self, prefix):
+        """Sum of every series whose name starts with prefix."""
+        return sum(v for k, v in self.metrics().items() if k.split("{")[0] == prefix)
+
+    def log(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, timeout=30):
+        rc = None
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise TestFailure("canopy did not stop within %d s of SIGTERM" % timeout)
+        elif self.proc:
+            rc = self.proc.returncode
+        self.proc = None
+        if getattr(self, "logf", None):
+            self.logf.close()
+            self.logf = None
+        return rc
+
+
+def loadgen(build_dir, url, agents, batches, batch_size, depth, tasks, timeout=300, extra=()):
+    """Runs canopy-loadgen; returns the parsed last line as a dict of numbers."""
+    bin_ = os.path.join(build_dir, "bin", "canopy-loadgen")
+    cmd = [bin_, "--url", url, "--agents", str(agents), "--batches", str(batches), "--batch-size",
+           str(batch_size), "--depth", str(depth), "--tasks", str(tasks)] + list(extra)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    check(r.returncode == 0, "canopy-loadgen failed (%d):\n%s%s" % (r.returncode, r.stdout[-2000:], r.stderr[-2000:]))
+    lines = [l for l in r.stdout.strip().splitlines() if l.strip()]
+    check(lines, "canopy-loadgen printed nothing")
+    out = {}
+    for part in lines[-1].split():
+        k, _, v = part.partition("=")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    check("snapshots" in out, "unexpected canopy-loadgen summary: %r" % lines[-1])
+    return out
+
+
+def require_binaries(build_dir, *names):
+    """Skips (exit 77, ctest SKIP_RETURN_CODE) when a binary is not built yet."""
+    missing = [n for n in names if not os.access(os.path.join(build_dir, "bin", n), os.X_OK)]
+    if missing:
+        print("SKIP: not built yet: %s" % ", ".join(missing), flush=True)
+        sys.exit(77)
+
+
+# ---- config snippets ------------------------------------------------------------
+
+def sw_exporter_yaml(endpoints, token=None, tls=None, timeout="10s", extra=""):
+    lines = ["    endpoints: [%s]" % ", ".join('"%s"' % e for e in endpoints), "    timeout: %s" % timeout]
+    if token is not None:
+        lines.append('    authentication: "%s"' % token)
+    if tls is not None:
+        lines.append("    tls:")
+        for k, v in tls.items():
+            lines.append('      %s: "%s"' % (k, v))
+    if extra:
+        lines.append(extra.rstrip("\n"))
+    return "\n".join(lines)
+
+
+# ---- TLS ------------------------------------------------------------------------
+
+def make_ca(dirpath, with_client=False):
+    """Self-signed CA, a server cert for 127.0.0.1/localhost, and optionally a
+    client cert, all made with the openssl command line. Returns paths."""
+    def run(*args):
+        r = subprocess.run(["openssl"] + list(args), capture_output=True, text=True, cwd=dirpath, timeout=60)
+        check(r.returncode == 0, "openssl %s failed:\n%s" % (" ".join(args), r.stderr))
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=canopy test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    with open(os.path.join(dirpath, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+        "-out", "server.csr")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "server.ext", "-out", "server.pem")
+    out = {k: os.path.join(dirpath, v) for k, v in
+           (("ca", "ca.pem"), ("server_cert", "server.pem"), ("server_key", "server.key"))}
+    if with_client:
+        with open(os.path.join(dirpath, "client.ext"), "w") as f:
+            f.write("extendedKeyUsage=clientAuth\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=canopy", "-keyout", "client.key",
+            "-out", "client.csr")
+        run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "client.ext", "-out", "client.pem")
+        out["client_cert"] = os.path.join(dirpath, "client.pem")
+        out["client_key"] = os.path.join(dirpath, "client.key")
+    return out
+
+
+class Workdir:
+    """A temp dir kept on failure (for the logs), removed on success."""
+
+    def __init__(self, name):
+        self.path = tempfile.mkdtemp(prefix="canopy-%s-" % name)
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, et, ev, tb):
+        if et is None and not os.environ.get("CANOPY_KEEP_TEST_DIRS"):
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            print("test files kept in %s" % self.path, flush=True)
+        return False
+
+
+def run_test(fn):
+    """Entry point of a test script: runs fn(args), exit 0/1, logs failures."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", default=os.path.join(REPO, "build"))
+    args = ap.parse_args()
+    args.build_dir = os.path.abspath(args.build_dir)
+    t0 = time.time()
+    try:
+        fn(args)
+    except TestFailure as e:
+        log("FAIL: %s" % e)
+        sys.exit(1)
+    log("PASS (%.1f s)" % (time.time() - t0))
+    sys.exit(0)
