@@ -25,7 +25,7 @@ typedef Canopy__V1__AgentIdentity cn_agent_identity;
 typedef struct cn_arena cn_arena;
 
 typedef struct cn_batch {
-    atomic_uint refs;
+    atomic_uint refcount;
     const cn_agent_identity *agent;  /* never NULL after decode */
     uint64_t batch_seq;
     size_t n_strings;
@@ -68,7 +68,7 @@ void cn_arena_free(cn_arena *a);
 
 static inline cn_batch *cn_batch_ref(cn_batch *b)
 {
-    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->refcount, 1, memory_order_relaxed);
     return b;
 }
 void cn_batch_unref(cn_batch *b);
@@ -83,7 +83,9 @@ typedef struct cn_snap_ref {
 } cn_snap_ref;
 
 typedef struct cn_chunk {
-    atomic_uint refs;
+    atomic_uint refcount;
+    /* Unique per process; lets an exporter recognise a retried chunk. */
+    uint64_t id;
     /* Set when every snapshot belongs to this one task (merge_by_task output). */
     char *task_id;
     /* True on the last chunk of a task: the task ended; it may hold no snapshots. */
@@ -105,7 +107,7 @@ cn_chunk *cn_chunk_from_batch(cn_batch *b);
 cn_chunk *cn_chunk_new(const char *task_id, size_t cap, size_t batch_cap);
 static inline cn_chunk *cn_chunk_ref(cn_chunk *c)
 {
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->refcount, 1, memory_order_relaxed);
     return c;
 }
 void cn_chunk_unref(cn_chunk *c);

@@ -107,9 +107,12 @@ typedef struct cn_exporter_plugin {
     void (*cb_flush)(void *ctx);
     /*
      * Optional. `tasks.<type>: {exporter: <id>, ...}` names an exporter of this
-     * type as a task source: the core calls this after cb_start with the
-     * `tasks.<type>` map node (already checked to be a map) so the plugin can
-     * feed the registry (e.g. proxy an OAP's tasks) reusing its connection.
+     * type as a task source, so the plugin can feed the registry (e.g. proxy
+     * an OAP's tasks) reusing its connection. The core calls it twice with the
+     * `tasks.<type>` map node: while building the graph with reg == NULL, to
+     * check the options only (no side effects; validate stops there), and
+     * after cb_start with the registry, to start. The `exporter` key belongs
+     * to the core; ignore it.
      */
     int (*cb_task_source)(void *ctx, cn_component *self, const cn_node *source_cfg,
                           cn_task_registry *reg, cn_diag *d);

@@ -1,0 +1,195 @@
+/*
+ * Decoding and validating requests from agents, and the batch/chunk life
+ * cycle. Validation happens once, here, so that every later stage can index
+ * the string table without checks.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "canopy/batch.h"
+#include "canopy/common.h"
+
+static void *arena_pb_alloc(void *data, size_t size) { return cn_arena_alloc(data, size); }
+static void arena_pb_free(void *data, void *ptr)
+{
+    CN_UNUSED(data);
+    CN_UNUSED(ptr); /* freed with the arena */
+}
+
+static Canopy__V1__Reason fail(Canopy__V1__Reason reason, char *detail, size_t detail_len, const char *fmt,
+                               ...) CN_PRINTF(4, 5);
+static Canopy__V1__Reason fail(Canopy__V1__Reason reason, char *detail, size_t detail_len, const char *fmt, ...)
+{
+    if (detail && detail_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(detail, detail_len, fmt, ap);
+        va_end(ap);
+    }
+    return reason;
+}
+
+Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *lim,
+                                     char *detail, size_t detail_len)
+{
+    const int64_t n_strings = (int64_t)b->n_strings;
+    if (lim->max_strings && n_strings > lim->max_strings)
+        return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+                    "string table has %lld strings, limit is %lld", (long long)n_strings,
+                    (long long)lim->max_strings);
+    if (lim->max_snapshots && (int64_t)b->n_snapshots > lim->max_snapshots)
+        return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+                    "batch has %zu snapshots, limit is %lld", b->n_snapshots, (long long)lim->max_snapshots);
+    if (lim->max_string_length) {
+        for (size_t i = 0; i < b->n_strings; i++) {
+            size_t len = strlen(b->strings[i]);
+            if ((int64_t)len > lim->max_string_length)
+                return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+                            "string %zu is %zu bytes long, limit is %lld", i, len,
+                            (long long)lim->max_string_length);
+        }
+    }
+    for (size_t i = 0; i < b->n_snapshots; i++) {
+        const Canopy__V1__Snapshot *s = b->snapshots[i];
+        if ((int64_t)s->task >= n_strings || (int64_t)s->segment >= n_strings)
+            return fail(CANOPY__V1__REASON__REASON_INDEX_OUT_OF_RANGE, detail, detail_len,
+                        "snapshot %zu: task/segment index %u/%u outside %lld strings", i, s->task, s->segment,
+                        (long long)n_strings);
+        if (b->strings[s->task][0] == '\0' || b->strings[s->segment][0] == '\0')
+            return fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len,
+                        "snapshot %zu: empty task or segment id", i);
+        if (s->sequence < 0)
+            return fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len,
+                        "snapshot %zu: negative sequence %d", i, s->sequence);
+        if (lim->max_frames && (int64_t)s->n_frames > lim->max_frames)
+            return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+                        "snapshot %zu has %zu frames, limit is %lld", i, s->n_frames,
+                        (long long)lim->max_frames);
+        for (size_t f = 0; f < s->n_frames; f++)
+            if ((int64_t)s->frames[f] >= n_strings)
+                return fail(CANOPY__V1__REASON__REASON_INDEX_OUT_OF_RANGE, detail, detail_len,
+                            "snapshot %zu: frame index %u outside %lld strings", i, s->frames[f],
+                            (long long)n_strings);
+    }
+    return CANOPY__V1__REASON__REASON_OK;
+}
+
+Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_batch_limits *limits,
+                                     Canopy__V1__Request **out_req, cn_arena **out_arena,
+                                     cn_batch **out_batch, char *detail, size_t detail_len)
+{
+    *out_req = NULL;
+    *out_arena = NULL;
+    *out_batch = NULL;
+    /* Decoded size is close to the wire size for string-heavy batches. */
+    cn_arena *arena = cn_arena_new(len + len / 2 + 1024);
+    if (!arena)
+        return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
+    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, arena};
+    Canopy__V1__Request *req = canopy__v1__request__unpack(&alloc, len, data);
+    if (!req) {
+        cn_arena_free(arena);
+        return fail(CANOPY__V1__REASON__REASON_MALFORMED, detail, detail_len,
+                    "not a canopy.v1.Request (%zu bytes)", len);
+    }
+    Canopy__V1__Reason reason = CANOPY__V1__REASON__REASON_OK;
+    if (req->protocol_version != 1)
+        reason = fail(CANOPY__V1__REASON__REASON_UNSUPPORTED_VERSION, detail, detail_len,
+                      "protocol_version %u is not supported (this collector speaks 1)", req->protocol_version);
+    else if (!req->agent || !req->agent->service || !req->agent->service[0] || !req->agent->instance ||
+             !req->agent->instance[0])
+        reason = fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len,
+                      "request has no agent identity (service and instance are required)");
+    else if (req->body_case == CANOPY__V1__REQUEST__BODY__NOT_SET)
+        reason = fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len, "request has no body");
+    else if (req->body_case == CANOPY__V1__REQUEST__BODY_BATCH)
+        reason = cn_batch_validate(req->batch, limits, detail, detail_len);
+    if (reason != CANOPY__V1__REASON__REASON_OK) {
+        cn_arena_free(arena);
+        return reason;
+    }
+    if (req->body_case == CANOPY__V1__REQUEST__BODY_BATCH) {
+        cn_batch *b = cn_arena_alloc(arena, sizeof *b);
+        if (!b) {
+            cn_arena_free(arena);
+            return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
+        }
+        memset(b, 0, sizeof *b);
+        atomic_init(&b->refcount, 1);
+        b->agent = req->agent;
+        b->batch_seq = req->batch->batch_seq;
+        b->n_strings = req->batch->n_strings;
+        b->strings = req->batch->strings;
+        b->n_snapshots = req->batch->n_snapshots;
+        b->snapshots = req->batch->snapshots;
+        b->received_ms = cn_now_ms();
+        b->wire_bytes = len;
+        b->mem_bytes = cn_arena_bytes(arena);
+        b->arena = arena;
+        b->request = req;
+        *out_batch = b;
+    }
+    *out_req = req;
+    *out_arena = arena;
+    return CANOPY__V1__REASON__REASON_OK;
+}
+
+void cn_batch_unref(cn_batch *b)
+{
+    if (!b)
+        return;
+    if (atomic_fetch_sub_explicit(&b->refcount, 1, memory_order_acq_rel) == 1)
+        cn_arena_free(b->arena); /* the batch itself lives in its arena */
+}
+
+static atomic_uint_fast64_t next_chunk_id = 1;
+
+cn_chunk *cn_chunk_new(const char *task_id, size_t cap, size_t batch_cap)
+{
+    cn_chunk *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    atomic_init(&c->refcount, 1);
+    c->id = atomic_fetch_add_explicit(&next_chunk_id, 1, memory_order_relaxed);
+    if (task_id && !(c->task_id = strdup(task_id)))
+        goto oom;
+    if (cap && !(c->refs = malloc(cap * sizeof *c->refs)))
+        goto oom;
+    if (batch_cap && !(c->batches = malloc(batch_cap * sizeof *c->batches)))
+        goto oom;
+    return c;
+oom:
+    free(c->task_id);
+    free(c->refs);
+    free(c);
+    return NULL;
+}
+
+cn_chunk *cn_chunk_from_batch(cn_batch *b)
+{
+    cn_chunk *c = cn_chunk_new(NULL, b->n_snapshots, 1);
+    if (!c)
+        return NULL;
+    for (size_t i = 0; i < b->n_snapshots; i++)
+        c->refs[i] = (cn_snap_ref){b, b->snapshots[i]};
+    c->n = b->n_snapshots;
+    c->batches[0] = cn_batch_ref(b);
+    c->n_batches = 1;
+    return c;
+}
+
+void cn_chunk_unref(cn_chunk *c)
+{
+    if (!c)
+        return;
+    if (atomic_fetch_sub_explicit(&c->refcount, 1, memory_order_acq_rel) != 1)
+        return;
+    for (size_t i = 0; i < c->n_batches; i++)
+        cn_batch_unref(c->batches[i]);
+    free(c->batches);
+    free(c->refs);
+    free(c->task_id);
+    free(c);
+}

@@ -1,0 +1,24 @@
+/* Clocks and small helpers shared by every part of canopy. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "canopy/common.h"
+
+int64_t cn_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t cn_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t cn_mono_ms(void) { return cn_mono_ns() / 1000000; }
+
+char *cn_strdup(const char *s) { return s ? strdup(s) : NULL; }

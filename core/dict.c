@@ -1,0 +1,163 @@
+/* String-keyed open-addressing hash map with linear probing and tombstones. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "canopy/dict.h"
+
+typedef struct dict_slot {
+    char *key; /* NULL: empty; TOMBSTONE: deleted */
+    void *value;
+    uint64_t hash;
+} dict_slot;
+
+struct cn_dict {
+    dict_slot *slots;
+    size_t cap;   /* power of two */
+    size_t size;  /* live keys */
+    size_t used;  /* live keys + tombstones */
+};
+
+static char tombstone_marker;
+#define TOMBSTONE (&tombstone_marker)
+
+/* FNV-1a, then a finalizer so the low bits used for indexing are well mixed. */
+uint64_t cn_hash_bytes(const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    return h;
+}
+
+cn_dict *cn_dict_new(size_t initial_capacity)
+{
+    cn_dict *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    size_t cap = 16;
+    while (cap < initial_capacity * 2)
+        cap <<= 1;
+    d->slots = calloc(cap, sizeof *d->slots);
+    if (!d->slots) {
+        free(d);
+        return NULL;
+    }
+    d->cap = cap;
+    return d;
+}
+
+void cn_dict_free(cn_dict *d, void (*free_value)(void *))
+{
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->cap; i++) {
+        dict_slot *s = &d->slots[i];
+        if (s->key && s->key != TOMBSTONE) {
+            if (free_value)
+                free_value(s->value);
+            free(s->key);
+        }
+    }
+    free(d->slots);
+    free(d);
+}
+
+static dict_slot *find_slot(const cn_dict *d, const char *key, uint64_t hash)
+{
+    size_t mask = d->cap - 1;
+    for (size_t i = hash & mask;; i = (i + 1) & mask) {
+        dict_slot *s = &d->slots[i];
+        if (!s->key)
+            return NULL;
+        if (s->key != TOMBSTONE && s->hash == hash && strcmp(s->key, key) == 0)
+            return s;
+    }
+}
+
+void *cn_dict_get(const cn_dict *d, const char *key)
+{
+    dict_slot *s = find_slot(d, key, cn_hash_bytes(key, strlen(key)));
+    return s ? s->value : NULL;
+}
+
+static int grow(cn_dict *d)
+{
+    size_t new_cap = d->size * 4 >= d->cap ? d->cap * 2 : d->cap; /* else just purge tombstones */
+    dict_slot *slots = calloc(new_cap, sizeof *slots);
+    if (!slots)
+        return -1;
+    for (size_t i = 0; i < d->cap; i++) {
+        dict_slot *s = &d->slots[i];
+        if (!s->key || s->key == TOMBSTONE)
+            continue;
+        size_t j = s->hash & (new_cap - 1);
+        while (slots[j].key)
+            j = (j + 1) & (new_cap - 1);
+        slots[j] = *s;
+    }
+    free(d->slots);
+    d->slots = slots;
+    d->cap = new_cap;
+    d->used = d->size;
+    return 0;
+}
+
+int cn_dict_put(cn_dict *d, const char *key, void *value)
+{
+    uint64_t hash = cn_hash_bytes(key, strlen(key));
+    dict_slot *s = find_slot(d, key, hash);
+    if (s) {
+        s->value = value;
+        return 0;
+    }
+    if ((d->used + 1) * 4 > d->cap * 3 && grow(d) != 0)
+        return -1;
+    char *copy = strdup(key);
+    if (!copy)
+        return -1;
+    size_t mask = d->cap - 1;
+    size_t i = hash & mask;
+    while (d->slots[i].key && d->slots[i].key != TOMBSTONE)
+        i = (i + 1) & mask;
+    if (!d->slots[i].key)
+        d->used++;
+    d->slots[i] = (dict_slot){copy, value, hash};
+    d->size++;
+    return 0;
+}
+
+void *cn_dict_remove(cn_dict *d, const char *key)
+{
+    dict_slot *s = find_slot(d, key, cn_hash_bytes(key, strlen(key)));
+    if (!s)
+        return NULL;
+    void *value = s->value;
+    free(s->key);
+    s->key = TOMBSTONE;
+    s->value = NULL;
+    d->size--;
+    return value;
+}
+
+size_t cn_dict_size(const cn_dict *d) { return d->size; }
+
+int cn_dict_next(const cn_dict *d, size_t *pos, const char **key, void **value)
+{
+    while (*pos < d->cap) {
+        dict_slot *s = &d->slots[(*pos)++];
+        if (s->key && s->key != TOMBSTONE) {
+            if (key)
+                *key = s->key;
+            if (value)
+                *value = s->value;
+            return 1;
+        }
+    }
+    return 0;
+}

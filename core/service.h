@@ -1,0 +1,137 @@
+/*
+ * The service: components built from the config, wired into pipelines, and
+ * run. `validate` and `run` both call cn_service_build, so they check exactly
+ * the same graph; only `run` goes on to cn_service_start.
+ */
+#ifndef CANOPY_SERVICE_H
+#define CANOPY_SERVICE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "canopy/plugin.h"
+#include "queue.h"
+
+typedef struct cn_pipeline cn_pipeline;
+typedef struct cn_service cn_service;
+
+/* Options every exporter has, handled by the core (OpenTelemetry's names). */
+typedef struct cn_exporter_common {
+    struct {
+        int64_t queue_size; /* chunks */
+    } sending_queue;
+    struct {
+        bool enabled;
+        int64_t initial_interval;
+        int64_t max_interval;
+        int64_t max_elapsed_time;
+    } retry_on_failure;
+} cn_exporter_common;
+
+typedef struct cn_exporter_runtime {
+    cn_exporter_common common;
+    cn_queue queue;
+    pthread_t thread;
+    bool thread_started;
+    bool task_source_started;
+    cn_metric *sent_chunks, *sent_snapshots, *failed_snapshots, *retries, *queue_full_snapshots,
+        *shutdown_dropped_snapshots, *queue_size, *queue_capacity;
+    cn_ratelimit full_log, fail_log;
+} cn_exporter_runtime;
+
+struct cn_component {
+    cn_kind kind;
+    char *id;     /* "type" or "type/name" */
+    char *type;
+    char labels[192];
+    const cn_node *node;    /* the component's config value; may be NULL */
+    const cn_node *id_node; /* the key, for errors */
+    const cn_option *options;
+    void *ctx;
+    cn_service *svc;
+    bool started;
+    union {
+        const cn_receiver_plugin *receiver;
+        const cn_processor_plugin *processor;
+        const cn_exporter_plugin *exporter;
+    } plugin;
+    /* receivers: the pipelines fed */
+    cn_pipeline **feeds;
+    size_t n_feeds;
+    /* exporters */
+    cn_exporter_runtime *rt;
+};
+
+typedef struct cn_pipeline_emitter {
+    cn_emitter base;
+    cn_pipeline *pipeline;
+    size_t next_stage; /* index of the processor to feed, or n_processors for fan-out */
+} cn_pipeline_emitter;
+
+struct cn_pipeline {
+    char *name;
+    const cn_node *node;
+    cn_service *svc;
+    cn_component **receivers, **processors, **exporters;
+    size_t n_receivers, n_processors, n_exporters;
+    cn_pipeline_emitter *emitters; /* n_processors + 1 */
+    cn_queue input;
+    pthread_t thread;
+    bool thread_started;
+    cn_metric *queue_size, *queue_capacity;
+};
+
+typedef struct cn_service_settings {
+    int64_t shutdown_timeout;
+    int64_t pipeline_queue_size;
+    struct {
+        struct {
+            char *level;
+        } logs;
+        struct {
+            char *listen;
+        } http;
+    } telemetry;
+} cn_service_settings;
+
+struct cn_service {
+    cn_document *doc;
+    cn_service_settings settings;
+    cn_component **components; /* receivers, exporters, then per-pipeline processors */
+    size_t n_components;
+    cn_pipeline **pipelines;
+    size_t n_pipelines;
+    cn_task_registry *tasks;
+    int64_t max_tasks;
+    const cn_node *task_sources; /* the `tasks` node */
+    atomic_bool accepting;
+    atomic_bool stopping;
+};
+
+/* Builds and checks the whole graph. Returns NULL when d holds errors. Takes doc. */
+cn_service *cn_service_build(cn_document *doc, cn_diag *d);
+/* Starts exporters, pipelines, then receivers. Returns 0, or -1 (already logged). */
+int cn_service_start(cn_service *svc);
+/* Stops receivers, drains pipelines and exporters within shutdown_timeout. */
+void cn_service_stop(cn_service *svc);
+void cn_service_free(cn_service *svc);
+
+/* Exporter runtime (exporter.c). */
+int cn_exporter_runtime_start(cn_component *c);
+void cn_exporter_enqueue(cn_component *c, cn_chunk *chunk); /* takes the ref */
+void cn_exporter_runtime_close(cn_component *c);
+void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms);
+void cn_exporter_runtime_free(cn_component *c);
+
+/* Pipeline runtime (pipeline.c). */
+int cn_pipeline_start(cn_pipeline *p);
+void cn_pipeline_close_and_join(cn_pipeline *p);
+
+/* Static tasks (static_tasks.c). */
+int cn_static_tasks_load(cn_task_registry *reg, const cn_node *list, int64_t now_ms, cn_diag *d);
+
+/* The embedded default config (generated from config/canopy.yaml). */
+extern const char cn_default_config[];
+extern const size_t cn_default_config_len;
+
+#endif

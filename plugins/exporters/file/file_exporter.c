@@ -1,0 +1,379 @@
+/*
+ * Exporter `file`, format jsonl: appends each snapshot as one JSON line to
+ * <directory>/<taskId>.jsonl with the keys taskId, traceSegmentId, time,
+ * sequence, stack.codeSignatures (root first), service and serviceInstance.
+ *
+ * Lines are formatted into a buffer and written with write(2), so a failed
+ * write (disk full) leaves an exact count of bytes that reached the file. A
+ * retried chunk is formatted again, deterministically, and the bytes already
+ * written are skipped: a retry never duplicates or tears a line.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "canopy/dict.h"
+#include "canopy/plugin.h"
+#include "json_cache.h"
+
+enum { FSYNC_NEVER, FSYNC_INTERVAL, FSYNC_ALWAYS };
+static const char *const fsync_choices[] = {"never", "interval", "always", NULL};
+static const char *const format_choices[] = {"jsonl", NULL};
+
+/* Bytes gathered for one file before they are written. */
+#define WRITE_CHUNK (1u << 20)
+
+typedef struct open_file {
+    int fd;
+    int64_t last_used_ms;
+    bool unsynced;
+} open_file;
+
+typedef struct file_ctx {
+    /* options */
+    char *directory;
+    int format;
+    int fsync_policy;
+    int64_t fsync_interval;
+    int64_t max_open_files;
+    int dir_mode;
+    /* runtime */
+    cn_component *self;
+    cn_dict *files; /* file name -> open_file */
+    json_cache *json;
+    char *buf;      /* lines waiting for write(2) */
+    size_t buf_len, buf_cap;
+    uint64_t retry_chunk; /* id of a chunk partly written, or 0 */
+    uint64_t committed;   /* its bytes already in the files */
+    int64_t next_sync_ms;
+    cn_metric *lines, *bytes, *write_errors;
+    cn_ratelimit error_log;
+} file_ctx;
+
+static const cn_option file_options[] = {
+    {CN_OPT_STR, "directory", NULL, offsetof(file_ctx, directory),
+     "Where <taskId>.jsonl files are written; created if missing.", .required = true},
+    {CN_OPT_ENUM, "format", "jsonl", offsetof(file_ctx, format), "File format: jsonl (one snapshot per line).",
+     .choices = format_choices},
+    {CN_OPT_ENUM, "fsync", "interval", offsetof(file_ctx, fsync_policy),
+     "never: leave it to the OS; interval: fsync every fsync_interval; always: fsync after every chunk.",
+     .choices = fsync_choices},
+    {CN_OPT_DURATION, "fsync_interval", "1s", offsetof(file_ctx, fsync_interval),
+     "How often written files are fsynced with fsync: interval.", .min = 10, .max = 3600 * 1000},
+    {CN_OPT_INT, "max_open_files", "64", offsetof(file_ctx, max_open_files),
+     "Files kept open at once; the least recently used is closed first.", .min = 1, .max = 65536},
+    {CN_OPT_MODE, "directory_mode", "0755", offsetof(file_ctx, dir_mode), "Mode of directories created."},
+    CN_OPT_END};
+
+static int file_check(void *ctx, cn_component *self, cn_diag *d)
+{
+    file_ctx *f = ctx;
+    if (f->directory && !f->directory[0]) {
+        cn_diag_error(d, cn_options_node(cn_component_node(self), "directory"), "directory must not be empty");
+        return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, int mode)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static void flush_all(file_ctx *f, bool sync)
+{
+    size_t pos = 0;
+    void *value;
+    while (cn_dict_next(f->files, &pos, NULL, &value)) {
+        open_file *of = value;
+        if (sync && of->unsynced) {
+            fsync(of->fd);
+            of->unsynced = false;
+        }
+    }
+}
+
+static int file_start(void *ctx, cn_component *self)
+{
+    file_ctx *f = ctx;
+    f->self = self;
+    if (make_dirs(f->directory, f->dir_mode) != 0) {
+        cn_error(cn_component_id(self), "cannot create directory %s: %s", f->directory, strerror(errno));
+        return -1;
+    }
+    if (!(f->files = cn_dict_new(16)) || !(f->json = json_cache_new()))
+        return -1;
+    const char *l = cn_component_labels(self);
+    f->lines = cn_counter("canopy_file_lines_total", "Snapshot lines written.", l);
+    f->bytes = cn_counter("canopy_file_bytes_total", "Bytes written.", l);
+    f->write_errors = cn_counter("canopy_file_write_errors_total", "Failed writes (the chunk is retried).", l);
+    f->error_log.interval_ms = 10000;
+    f->next_sync_ms = cn_mono_ms() + f->fsync_interval;
+    cn_info(cn_component_id(self), "writing <taskId>.jsonl files to %s", f->directory);
+    return 0;
+}
+
+/* A task id becomes a file name: anything outside [A-Za-z0-9._-] is replaced, so
+ * an id can never point outside the directory. */
+static void file_name_for(const char *task, char *out, size_t len)
+{
+    size_t n = 0;
+    for (const char *p = task; *p && n + 7 < len; p++) {
+        char ch = *p;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+                  ch == '_' || (ch == '.' && n > 0);
+        out[n++] = ok ? ch : '_';
+    }
+    if (n == 0)
+        out[n++] = '_';
+    memcpy(out + n, ".jsonl", 7);
+}
+
+static void close_file(file_ctx *f, const char *name)
+{
+    open_file *of = cn_dict_remove(f->files, name);
+    if (!of)
+        return;
+    if (f->fsync_policy != FSYNC_NEVER && of->unsynced)
+        fsync(of->fd);
+    close(of->fd);
+    free(of);
+}
+
+static void close_least_recent(file_ctx *f)
+{
+    size_t pos = 0;
+    const char *key, *oldest = NULL;
+    void *value;
+    int64_t oldest_ms = INT64_MAX;
+    while (cn_dict_next(f->files, &pos, &key, &value)) {
+        open_file *of = value;
+        if (of->last_used_ms < oldest_ms) {
+            oldest_ms = of->last_used_ms;
+            oldest = key;
+        }
+    }
+    if (oldest) {
+        char copy[512];
+        snprintf(copy, sizeof copy, "%s", oldest);
+        close_file(f, copy);
+    }
+}
+
+static open_file *file_for_task(file_ctx *f, const char *task, int64_t now)
+{
+    char name[320];
+    file_name_for(task, name, sizeof name);
+    open_file *of = cn_dict_get(f->files, name);
+    if (of) {
+        of->last_used_ms = now;
+        return of;
+    }
+    if ((int64_t)cn_dict_size(f->files) >= f->max_open_files)
+        close_least_recent(f);
+    char path[4096 + 320];
+    snprintf(path, sizeof path, "%s/%s", f->directory, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cn_log_limited(&f->error_log, CN_LOG_ERROR, cn_component_id(f->self), "cannot open %s: %s", path,
+                       strerror(errno));
+        return NULL;
+    }
+    of = calloc(1, sizeof *of);
+    if (!of || cn_dict_put(f->files, name, of) != 0) {
+        free(of);
+        close(fd);
+        return NULL;
+    }
+    of->fd = fd;
+    of->last_used_ms = now;
+    return of;
+}
+
+static int buf_add(file_ctx *f, const char *s, size_t n)
+{
+    if (f->buf_len + n > f->buf_cap) {
+        size_t cap = f->buf_cap ? f->buf_cap : 64 * 1024;
+        while (f->buf_len + n > cap)
+            cap *= 2;
+        char *grown = realloc(f->buf, cap);
+        if (!grown)
+            return -1;
+        f->buf = grown;
+        f->buf_cap = cap;
+    }
+    memcpy(f->buf + f->buf_len, s, n);
+    f->buf_len += n;
+    return 0;
+}
+
+#define ADD_LIT(lit) buf_add(f, lit, sizeof(lit) - 1)
+#define ADD_JSON(js) ((js) ? buf_add(f, (js)->text, (js)->len) : -1)
+
+/* Appends one snapshot as a JSON line to f->buf. */
+static int format_line(file_ctx *f, const cn_snap_ref *r)
+{
+    const cn_batch *b = r->batch;
+    const cn_snapshot *s = r->snap;
+    char num[64];
+    int rc = ADD_LIT("{\"taskId\":");
+    rc |= ADD_JSON(json_cache_get(f->json, b, s->task));
+    rc |= ADD_LIT(",\"traceSegmentId\":");
+    rc |= ADD_JSON(json_cache_get(f->json, b, s->segment));
+    int n = snprintf(num, sizeof num, ",\"time\":%lld,\"sequence\":%d", (long long)s->time_ms, s->sequence);
+    rc |= buf_add(f, num, (size_t)n);
+    rc |= ADD_LIT(",\"stack\":{\"codeSignatures\":[");
+    for (size_t i = 0; i < s->n_frames; i++) {
+        if (i)
+            rc |= ADD_LIT(",");
+        rc |= ADD_JSON(json_cache_get(f->json, b, s->frames[i]));
+    }
+    rc |= ADD_LIT("]},\"service\":");
+    rc |= ADD_JSON(json_cache_encode(f->json, b->agent->service));
+    rc |= ADD_LIT(",\"serviceInstance\":");
+    rc |= ADD_JSON(json_cache_encode(f->json, b->agent->instance));
+    rc |= ADD_LIT("}\n");
+    return rc ? -1 : 0;
+}
+
+/*
+ * Writes f->buf to the file, skipping the part of the chunk's output already
+ * written by an earlier attempt. *produced counts the chunk's output so far.
+ */
+static int write_out(file_ctx *f, open_file *of, const char *task, uint64_t *produced, uint64_t skip)
+{
+    uint64_t start = *produced;
+    size_t off = skip > start ? (size_t)(skip - start < f->buf_len ? skip - start : f->buf_len) : 0;
+    *produced += f->buf_len;
+    while (off < f->buf_len) {
+        ssize_t n = write(of->fd, f->buf + off, f->buf_len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            cn_metric_inc(f->write_errors);
+            cn_log_limited(&f->error_log, CN_LOG_ERROR, cn_component_id(f->self),
+                           "write to %s for task %s failed: %s; retrying", f->directory, task,
+                           n < 0 ? strerror(errno) : "no progress");
+            f->committed = start + off;
+            f->buf_len = 0;
+            return -1;
+        }
+        off += (size_t)n;
+        cn_metric_add(f->bytes, n);
+    }
+    of->unsynced = true;
+    f->buf_len = 0;
+    return 0;
+}
+
+static cn_status file_export(void *ctx, const cn_chunk *chunk)
+{
+    file_ctx *f = ctx;
+    if (chunk->n == 0)
+        return CN_OK;
+    if (json_cache_begin(f->json, chunk) != 0)
+        return CN_RETRY;
+    uint64_t skip = f->retry_chunk == chunk->id ? f->committed : 0;
+    f->retry_chunk = chunk->id;
+    f->committed = skip;
+    uint64_t produced = 0;
+    int64_t now = cn_mono_ms();
+    const char *task = NULL;
+    open_file *of = NULL;
+    f->buf_len = 0;
+    for (size_t i = 0; i < chunk->n; i++) {
+        const cn_snap_ref *r = &chunk->refs[i];
+        const char *t = cn_ref_task(r);
+        if (!task || (t != task && strcmp(t, task) != 0)) {
+            if (of && write_out(f, of, task, &produced, skip) != 0)
+                return CN_RETRY;
+            task = t;
+            if (!(of = file_for_task(f, task, now))) {
+                cn_metric_inc(f->write_errors);
+                f->committed = produced > skip ? produced : skip;
+                return CN_RETRY;
+            }
+        }
+        if (format_line(f, r) != 0) {
+            f->committed = produced > skip ? produced : skip;
+            f->buf_len = 0;
+            return CN_RETRY;
+        }
+        if (f->buf_len >= WRITE_CHUNK && write_out(f, of, task, &produced, skip) != 0)
+            return CN_RETRY;
+    }
+    if (of && write_out(f, of, task, &produced, skip) != 0)
+        return CN_RETRY;
+    f->retry_chunk = 0;
+    f->committed = 0;
+    cn_metric_add(f->lines, (int64_t)chunk->n);
+    if (f->fsync_policy == FSYNC_ALWAYS)
+        flush_all(f, true);
+    return CN_OK;
+}
+
+static void file_tick(void *ctx, int64_t now)
+{
+    file_ctx *f = ctx;
+    if (f->fsync_policy != FSYNC_INTERVAL || now < f->next_sync_ms)
+        return;
+    f->next_sync_ms = now + f->fsync_interval;
+    flush_all(f, true);
+}
+
+static void file_flush(void *ctx)
+{
+    file_ctx *f = ctx;
+    if (f->files)
+        flush_all(f, f->fsync_policy != FSYNC_NEVER);
+}
+
+static void file_destroy(void *ctx)
+{
+    file_ctx *f = ctx;
+    if (f->files) {
+        size_t pos = 0;
+        void *value;
+        while (cn_dict_next(f->files, &pos, NULL, &value)) {
+            open_file *of = value;
+            close(of->fd);
+            free(of);
+        }
+        cn_dict_free(f->files, NULL);
+    }
+    json_cache_free(f->json);
+    free(f->buf);
+}
+
+const cn_exporter_plugin cn_exporter_file = {
+    .type = "file",
+    .description = "Writes <directory>/<taskId>.jsonl, one snapshot per line.",
+    .ctx_size = sizeof(file_ctx),
+    .options = file_options,
+    .cb_check = file_check,
+    .cb_start = file_start,
+    .cb_export = file_export,
+    .cb_tick = file_tick,
+    .cb_flush = file_flush,
+    .cb_destroy = file_destroy,
+};
