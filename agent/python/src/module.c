@@ -394,7 +394,7 @@ static PyObject *m_begin(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     int mode = atomic_load(&cx.mode);
     if (!cx.agent || mode == CX_MODE_OFF)
-        Py_RETURN_FALSE;
+        Py_RETURN_NONE;
     if (tlen == 0 || slen == 0 || tlen > 4096 || slen > 4096) {
         PyErr_SetString(PyExc_ValueError, "canopy: task and segment ids must be 1..4096 bytes");
         return NULL;
@@ -432,7 +432,7 @@ static PyObject *m_begin(PyObject *self, PyObject *args, PyObject *kw)
     }
     if (cx_registry_get(reg, key)) {
         Py_XDECREF(greenlet);
-        Py_RETURN_FALSE; /* already profiled (nested middleware, re-entry) */
+        Py_RETURN_NONE; /* already profiled (nested middleware, re-entry) */
     }
     cx_segment *seg = malloc(sizeof(*seg) + (size_t)tlen + 1 + (size_t)slen + 1);
     if (!seg) {
@@ -463,7 +463,7 @@ static PyObject *m_begin(PyObject *self, PyObject *args, PyObject *kw)
     if (cx_registry_put(reg, seg) != 0) {
         cx.c.registry_full++;
         cx_segment_free(seg);
-        Py_RETURN_FALSE;
+        Py_RETURN_NONE;
     }
     cx.c.segments_begun++;
     int before = atomic_fetch_add(&cx.active_segments, 1);
@@ -473,7 +473,13 @@ static PyObject *m_begin(PyObject *self, PyObject *args, PyObject *kw)
         if (mode != CX_MODE_GREENLET)
             cx_sampler_wake();
     }
-    Py_RETURN_TRUE;
+    /* The key to pass to end(target=...), which may run elsewhere (e.g. a
+     * WSGI close() called from another greenlet). */
+    if (greenlet) {
+        Py_INCREF(greenlet);
+        return greenlet;
+    }
+    return PyLong_FromUnsignedLong((unsigned long)key);
 }
 
 /* Ends profiling of the current (or given) greenlet/thread. Returns how many
@@ -816,7 +822,8 @@ static PyMethodDef methods[] = {
      "install the switch callback on this thread (chaining the existing one)"},
     {"uninstall_tracer", m_uninstall_tracer, METH_NOARGS, "remove the switch callback from this thread"},
     {"begin", (PyCFunction)(void (*)(void))m_begin, METH_VARARGS | METH_KEYWORDS,
-     "begin(task_id, segment_id, min_duration_ms=0, dump_period_ms=10, target=None) -> bool"},
+     "begin(task_id, segment_id, min_duration_ms=0, dump_period_ms=10, target=None) -> key for end(), "
+     "or None if not profiled (off, already profiled, registry full)"},
     {"end", (PyCFunction)(void (*)(void))m_end, METH_VARARGS | METH_KEYWORDS,
      "end(target=None) -> snapshots taken, or -1 if not profiled"},
     {"is_profiled", m_is_profiled, METH_VARARGS, "is_profiled(target=None) -> bool"},
