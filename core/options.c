@@ -43,6 +43,8 @@ static void list_known(const cn_option *opts, char *buf, size_t len)
         used += (size_t)snprintf(buf + used, len - used, "%s%s", o == opts ? "" : ", ", o->name);
 }
 
+static int apply_given(const cn_option *opts, void *ctx, const cn_node *node, cn_diag *d);
+
 static int check_bounds(const cn_option *opt, int64_t v, const cn_node *at, cn_diag *d)
 {
     if (opt->min < opt->max && (v < opt->min || v > opt->max)) {
@@ -173,7 +175,8 @@ static int apply_one(const cn_option *opt, void *ctx, const cn_node *value, cn_d
             cn_diag_error(d, value, "%s must be a map, not %s", opt->name, cn_node_kind_name(value));
             return -1;
         }
-        return cn_options_apply(opt->sub, (char *)ctx + opt->offset, value->kind == CN_NODE_MAP ? value : NULL, d);
+        /* Defaults are already set; only what the map gives is applied (and its required keys checked). */
+        return value->kind == CN_NODE_MAP ? apply_given(opt->sub, (char *)ctx + opt->offset, value, d) : 0;
     }
     if (opt->type == CN_OPT_STRLIST && value->kind == CN_NODE_SEQ)
         return set_list(opt, ctx, value, d);
@@ -188,16 +191,29 @@ static int apply_one(const cn_option *opt, void *ctx, const cn_node *value, cn_d
     return set_scalar(opt, ctx, value->scalar, value, d);
 }
 
+static void apply_defaults(const cn_option *opts, void *ctx, const cn_node *at, cn_diag *d)
+{
+    for (const cn_option *o = opts; o->name; o++) {
+        if (o->type == CN_OPT_MAP)
+            apply_defaults(o->sub, (char *)ctx + o->offset, at, d);
+        else if (o->default_value)
+            set_scalar(o, ctx, o->default_value, at, d);
+    }
+}
+
 int cn_options_apply(const cn_option *opts, void *ctx, const cn_node *node, cn_diag *d)
 {
     size_t errors_before = d->n_errors;
     /* Defaults first, so an option given in YAML simply overrides. */
-    for (const cn_option *o = opts; o->name; o++) {
-        if (o->type == CN_OPT_MAP)
-            cn_options_apply(o->sub, (char *)ctx + o->offset, NULL, d);
-        else if (o->default_value)
-            set_scalar(o, ctx, o->default_value, node, d);
-    }
+    apply_defaults(opts, ctx, node, d);
+    apply_given(opts, ctx, node, d);
+    return d->n_errors > errors_before ? -1 : 0;
+}
+
+/* Applies the keys a map gives, then checks required keys. */
+static int apply_given(const cn_option *opts, void *ctx, const cn_node *node, cn_diag *d)
+{
+    size_t errors_before = d->n_errors;
     if (node) {
         for (size_t i = 0; i < node->n; i++) {
             const char *key = node->keys[i]->scalar;
