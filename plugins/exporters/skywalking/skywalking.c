@@ -43,7 +43,7 @@ static const cn_option sw_options[] = {
      .min = 1, .max = 3600 * 1000,
      .description = "Deadline of each call to the OAP; a call past it fails as DEADLINE_EXCEEDED "
                     "and its chunk is retried"},
-    {.type = CN_OPT_INT, .name = "max_snapshots_per_call", .default_value = "5000",
+    {.type = CN_OPT_INT, .name = "max_snapshots_per_call", .default_value = "10000",
      .offset = offsetof(sw_ctx, max_snapshots_per_call), .min = 1, .max = 10 * 1000 * 1000,
      .description = "A chunk with more snapshots is sent as several calls, so that one call "
                     "fits in its deadline; a retry resumes after the calls already accepted"},

@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""canopy-loadgen -> canopy (merge_by_task -> skywalking + file) -> stand-in
+OAP. Every snapshot arrives, every segment has sequence 0 and dense
+sequences, stacks and times are exactly what the file exporter wrote, no
+duplicates, and the OAP saw ONE connection from canopy."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import oaplib  # noqa: E402
+from oaplib import check, log  # noqa: E402
+
+
+def main(args):
+    oaplib.require_binaries(args.build_dir, "canopy", "canopy-loadgen")
+    with oaplib.Workdir("sw-export") as wd:
+        env = oaplib.Env(args, wd)
+        oap = oaplib.Standin(wd).start()
+        try:
+            canopy = env.collector({
+                "skywalking": oaplib.sw_exporter_yaml([oap.target]),
+                "file": oaplib.file_exporter_yaml(env.files),
+            })
+            canopy.validate()
+            canopy.start(env.admin_port)
+            r = env.loadgen(agents=4, batches=50, batch_size=100, depth=20, tasks=3)
+            total = int(r["snapshots"])
+            check(r["sent"] == r["acked"], "loadgen: not every batch was acked: %r" % r)
+            log("loadgen sent %d snapshots (%.0f/s)" % (total, r["rate"]))
+            oaplib.wait_for("all %d snapshots at the OAP" % total,
+                            lambda: oap.stats()["snapshots_stored"] >= total, 60)
+            s = oap.stats()
+            seg = oaplib.check_segments(oap, expected=total)
+            check(s["duplicates"] == 0, "the OAP received %d duplicates with no failure" % s["duplicates"])
+            check(s["connections"] == 1, "the OAP saw %d connections from canopy, not one: %r"
+                  % (s["connections"], s["peers"]))
+            log("OAP: %d snapshots in %d segments, %d collectSnapshot calls, %d connection"
+                % (seg["snapshots"], seg["segments"], s["calls_ok"].get("collectSnapshot", 0), s["connections"]))
+
+            # Same content as the file exporter wrote (stack order, time).
+            files = oaplib.wait_for(
+                "the file exporter's %d snapshots" % total,
+                lambda: (lambda d: d if len(d) >= total else None)(oaplib.read_jsonl_dir(env.files)), 30)
+            at_oap = {(x["taskId"], x["traceSegmentId"], x["sequence"]): x for x in oap.get("/snapshots")}
+            check(set(files) == set(at_oap), "file and OAP hold different snapshot keys")
+            for k, f in files.items():
+                o = at_oap[k]
+                check(o["stack"] == f["stack"]["codeSignatures"] and o["time"] == f["time"],
+                      "snapshot %r differs: OAP %r vs file %r" % (k, o, f))
+            sent = canopy.metric("canopy_skywalking_snapshots_sent_total")
+            check(sent == total, "canopy_skywalking_snapshots_sent_total=%d, expected %d" % (sent, total))
+            rc = canopy.stop()
+            check(rc == 0, "canopy exited %r" % rc)
+            check(oap.stats()["connections"] == 1, "more connections after shutdown: %r" % oap.stats()["peers"])
+        finally:
+            env.close()
+            oap.stop()
+
+
+if __name__ == "__main__":
+    oaplib.run_test(main)

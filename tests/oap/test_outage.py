@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""The OAP goes away for 20 s during load, then comes back (same port, state
+kept as a real OAP's storage would). Agents keep being acked meanwhile (the
+data waits in the exporter's bounded queue), and once the OAP is back every
+snapshot arrives: none missing, every segment dense from 0."""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import oaplib  # noqa: E402
+from oaplib import check, log  # noqa: E402
+
+OUTAGE_S = 20
+
+
+def main(args):
+    oaplib.require_binaries(args.build_dir, "canopy", "canopy-loadgen")
+    with oaplib.Workdir("sw-outage") as wd:
+        env = oaplib.Env(args, wd)
+        state = os.path.join(wd, "oap-state.json")
+        oap = oaplib.Standin(wd, state_file=state).start()
+        try:
+            canopy = env.collector({
+                "skywalking": oaplib.sw_exporter_yaml([oap.target], timeout="2s")
+                + "\n" + oaplib.retry_yaml(initial="200ms", max_interval="2s", max_elapsed="0s"),
+            }, flush_interval="200ms")
+            canopy.start(env.admin_port)
+
+            totals = []
+            stop = threading.Event()
+            errors = []
+
+            def load():
+                # Steady load: a small run every ~0.5 s, each from new agents.
+                while not stop.is_set():
+                    try:
+                        r = env.loadgen(agents=2, batches=10, batch_size=50, depth=12, tasks=3)
+                        if r["sent"] != r["acked"]:
+                            errors.append("loadgen not fully acked during the outage: %r" % r)
+                        totals.append(int(r["snapshots"]))
+                    except Exception as e:  # noqa: BLE001 - reported below
+                        errors.append(str(e))
+                        return
+                    stop.wait(0.5)
+
+            th = threading.Thread(target=load)
+            th.start()
+            time.sleep(3)
+            before = oap.stats()["snapshots_stored"]
+            log("stopping the OAP for %d s (%d snapshots stored so far)" % (OUTAGE_S, before))
+            oap.stop()
+            t_down = time.time()
+            time.sleep(OUTAGE_S)
+            during = sum(totals)
+            oap.start()
+            log("OAP back after %.1f s; loadgen has sent %d snapshots so far" % (time.time() - t_down, during))
+            time.sleep(3)
+            stop.set()
+            th.join(60)
+            check(not errors, "load failed: %s" % errors[:3])
+            total = sum(totals)
+            log("load done: %d snapshots in %d loadgen runs" % (total, len(totals)))
+            oaplib.wait_for("all %d snapshots at the OAP" % total,
+                            lambda: oap.stats()["snapshots_stored"] >= total, 90, interval=0.5)
+            s = oap.stats()
+            oaplib.check_segments(oap, expected=total)
+            retried = canopy.metric("canopy_skywalking_chunks_retried_total")
+            check(retried > 0, "no retries counted across a 20 s outage")
+            check(canopy.metric("canopy_skywalking_chunks_failed_total") == 0, "chunks failed for good")
+            check("is not answering" in canopy.log(), "the outage is not logged")
+            check("answers again" in canopy.log(), "the recovery is not logged")
+            log("all %d snapshots arrived; %d exports retried; OAP received %d (duplicates %d); "
+                "connections since restart: %d" % (total, retried, s["snapshots_received"], s["duplicates"],
+                                                   len([p for p in s["peers"]])))
+        finally:
+            env.close()
+            oap.stop()
+
+
+if __name__ == "__main__":
+    oaplib.run_test(main)
