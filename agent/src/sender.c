@@ -247,6 +247,10 @@ static void attempt_finish(cn_sender *s, cn_ag_req *req, int rv, nng_msg *msg)
 
     if (!reply) {
         retry = true; /* timeout, transport error, or a reply we cannot read */
+    } else if (req->kind == CN_AG_BATCH && reply->batch_seq != 0 && reply->batch_seq != req->seq) {
+        /* REQ matches replies to requests by id, so this never happens
+         * with a sane collector; an ack for another batch is no ack. */
+        retry = true;
     } else if (reply->reason == CANOPY__V1__REASON__REASON_OK ||
                reply->reason == CANOPY__V1__REASON__REASON_DUPLICATE) {
         acked = true;

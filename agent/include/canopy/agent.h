@@ -28,8 +28,9 @@
  *     CN_AGENT_INSTANCE was defaulted, a new "<pid>@<host>" instance. The
  *     parent's threads and sockets are never touched in the child (their
  *     memory is abandoned, not freed, because it may be mid-update).
- *   - If the parent had already started nng, the child agent refuses to send
- *     (everything is dropped and counted in errors) rather than crash.
+ *   - If the parent had already started nng (through this library), the
+ *     child agent refuses to send rather than crash: cn_agent_add returns
+ *     -CN_ECLOSED and every snapshot is counted in snapshots_dropped.
  *   - cn_sender_new() starts nng immediately: only call it after fork.
  */
 #ifndef CANOPY_AGENT_H
@@ -44,8 +45,8 @@ extern "C" {
 #endif
 
 #define CN_AGENT_VERSION "0.1.0"
-/* Must match the collector's default nng receiver URL. */
-#define CN_AGENT_DEFAULT_URL "ipc:///tmp/canopy.ipc"
+/* The collector's default nng receiver URL (config/canopy.yaml). */
+#define CN_AGENT_DEFAULT_URL "ipc:///tmp/canopy.sock"
 #define CN_PROTOCOL_VERSION 1
 
 /* Error codes (returned negated). */
@@ -239,8 +240,10 @@ int cn_agent_start(cn_agent *a);
  * Adds one snapshot to the current batch. Never blocks on I/O: it takes the
  * agent mutex for the interning and copying only; when the batch is full it
  * is handed to the native thread, which encodes and sends it. Slots in s are
- * read and refreshed under the agent mutex. Returns -CN_EFULL when the
- * memory bound dropped it (counted), -CN_ENOMEM, or -CN_ECLOSED.
+ * read and refreshed under the agent mutex. Returns 0 when the snapshot was
+ * taken; a whole batch may still be dropped later over the memory bound
+ * (counted in batches_dropped and snapshots_dropped, never silently).
+ * Fails with -CN_ENOMEM, -CN_EINVAL or -CN_ECLOSED (counted as dropped).
  */
 int cn_agent_add(cn_agent *a, const cn_snapshot_in *s);
 /* Hands the current batch to the native thread now (not waiting for it). */
