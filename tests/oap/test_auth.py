@@ -22,13 +22,13 @@ def main(args):
             env.loadgen(agents=1, batches=5, batch_size=20, depth=5, tasks=1)
             oaplib.wait_for("the refusal in canopy's log",
                             lambda: "refused the authentication token" in bad.log(), 20)
-            oaplib.wait_for("the drop to be counted",
-                            lambda: bad.metric("canopy_skywalking_chunks_failed_total") >= 1, 10)
+            oaplib.wait_metric(bad, "canopy_skywalking_chunks_failed_total", lambda v: v >= 1,
+                               "the drop to be counted", 10)
             line = [l for l in bad.log().splitlines() if "refused the authentication token" in l][0]
             log("canopy says: %s" % line.strip())
             s = oap.stats()
             check(s["auth_failures"] >= 1 and s["snapshots_stored"] == 0, "stand-in: %r" % s)
-            check(bad.metric("canopy_skywalking_chunks_retried_total") == 0, "a token refusal was retried")
+            bad.metric_check("canopy_skywalking_chunks_retried_total", lambda v: v == 0, "a token refusal was retried")
             bad.stop()
 
             good = env.collector({"skywalking": oaplib.sw_exporter_yaml([oap.target], token="right-token")},

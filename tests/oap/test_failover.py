@@ -39,10 +39,10 @@ def main(args):
             check(ca > 0 and cb > 0, "round robin: A took %d calls, B %d" % (ca, cb))
             check(sa["connections"] == 1 and sb["connections"] == 1,
                   "connections: A %d, B %d" % (sa["connections"], sb["connections"]))
-            fo = canopy.metric("canopy_skywalking_failovers_total")
-            check(fo >= 1, "no failover counted away from the dead endpoint")
+            fo = canopy.metric_check("canopy_skywalking_failovers_total", lambda v: v >= 1,
+                                     "no failover counted away from the dead endpoint")
             check(dead in canopy.log(), "the dead endpoint is never named in the log")
-            log("A: %d calls, B: %d calls, failovers %d, %d snapshots" % (ca, cb, fo, total))
+            log("A: %d calls, B: %d calls, failovers %s, %d snapshots" % (ca, cb, fo, total))
         finally:
             env.close()
             a.stop()

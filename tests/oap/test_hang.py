@@ -35,8 +35,8 @@ def main(args):
             log("file exporter: %d snapshots %.1f s after the load started, OAP hanging" % (n, time.time() - t0))
             check(oap.stats()["snapshots_stored"] == 0, "the hung OAP stored snapshots")
             oaplib.wait_for("a deadline to fire", lambda: "DEADLINE_EXCEEDED" in canopy.log(), 15)
-            oaplib.wait_for("retries to be counted",
-                            lambda: canopy.metric("canopy_skywalking_chunks_retried_total") >= 2, 15)
+            oaplib.wait_metric(canopy, "canopy_skywalking_chunks_retried_total", lambda v: v >= 2,
+                               "retries to be counted", 15)
             time.sleep(2)
             oap.set_mode("ok")
             t1 = time.time()
@@ -44,7 +44,7 @@ def main(args):
                             lambda: oap.stats()["snapshots_stored"] >= total, 60)
             log("OAP answers again: all %d snapshots there %.1f s later" % (total, time.time() - t1))
             oaplib.check_segments(oap, expected=total)
-            check(canopy.metric("canopy_skywalking_chunks_failed_total") == 0, "chunks failed for good")
+            canopy.metric_check("canopy_skywalking_chunks_failed_total", lambda v: v == 0, "chunks failed for good")
             check(len(oaplib.read_jsonl_dir(env.files)) == total, "the file exporter got extra or missing data")
         finally:
             env.close()

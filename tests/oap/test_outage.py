@@ -66,12 +66,12 @@ def main(args):
                             lambda: oap.stats()["snapshots_stored"] >= total, 90, interval=0.5)
             s = oap.stats()
             oaplib.check_segments(oap, expected=total)
-            retried = canopy.metric("canopy_skywalking_chunks_retried_total")
-            check(retried > 0, "no retries counted across a 20 s outage")
-            check(canopy.metric("canopy_skywalking_chunks_failed_total") == 0, "chunks failed for good")
+            retried = canopy.metric_check("canopy_skywalking_chunks_retried_total", lambda v: v > 0,
+                                          "no retries counted across a 20 s outage")
+            canopy.metric_check("canopy_skywalking_chunks_failed_total", lambda v: v == 0, "chunks failed for good")
             check("is not answering" in canopy.log(), "the outage is not logged")
             check("answers again" in canopy.log(), "the recovery is not logged")
-            log("all %d snapshots arrived; %d exports retried; OAP received %d (duplicates %d); "
+            log("all %d snapshots arrived; %s exports retried; OAP received %d (duplicates %d); "
                 "connections since restart: %d" % (total, retried, s["snapshots_received"], s["duplicates"],
                                                    len([p for p in s["peers"]])))
         finally:

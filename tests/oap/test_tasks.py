@@ -49,12 +49,14 @@ def main(args):
                 check("task id=%s" % task["taskId"] in out, "%s never got the task:\n%s" % (i, out))
                 check(old["taskId"] not in out, "%s got another service's task" % i)
                 check("endpoint=/checkout duration=5" in out, "%s: task args lost: %s" % (i, out))
-            log("the task reached all %d instances in %.1f s" % (len(INSTANCES), elapsed))
+            log("the task reached all %d instances (agents ran %.1f s)" % (len(INSTANCES), elapsed))
 
             # Registry view through the admin API: the task is there, from the OAP.
-            tasks = oaplib.http_json(canopy.admin + "/api/v1/tasks")
-            text = repr(tasks)
-            check(task["taskId"] in text, "admin API does not list the OAP task: %s" % text[:500])
+            if canopy.has_admin():
+                text = repr(oaplib.http_json(canopy.admin + "/api/v1/tasks"))
+                check(task["taskId"] in text, "admin API does not list the OAP task: %s" % text[:500])
+            else:
+                log("note: no admin API yet; the registry listing is not checked")
 
             total = 7 * len(INSTANCES)
             oaplib.wait_for("the agents' %d snapshots" % total, lambda: oap.stats()["snapshots_stored"] >= total, 20)

@@ -242,6 +242,13 @@ sw_endpoint *sw_pick_endpoint(sw_ctx *c)
     if (!found)
         chosen = soonest;
     c->rr_next = chosen + 1;
+    /*
+     * After failures the channel sits in gRPC's own reconnect backoff and
+     * would fail this call at once even if the OAP is back. Reconnect now:
+     * our callers' retry policy (backoff with jitter) paces the attempts.
+     */
+    if (c->eps[chosen].fails > 0)
+        grpc_channel_reset_connect_backoff(c->eps[chosen].channel);
     pthread_mutex_unlock(&c->ep_lock);
     return &c->eps[chosen];
 }

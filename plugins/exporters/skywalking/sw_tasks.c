@@ -52,8 +52,14 @@ static const cn_option sw_tasks_options[] = {
 typedef struct sw_instance {
     char *service;
     char *instance;
-    int64_t agent_last;      /* largest lastCommandTime the agent reported */
-    int64_t oap_cursor;      /* largest CreateTime the OAP gave us for it */
+    /*
+     * The lastCommandTime we send for it: the agent's own value at its first
+     * query, then the largest CreateTime the OAP gave us for this instance.
+     * Not the agent's later values: those also count tasks the registry got
+     * on behalf of other instances, and the OAP would then never log this
+     * instance as notified of them.
+     */
+    int64_t cursor;
     int64_t last_ask_ms;     /* monotonic: the agent's latest query */
     int64_t last_poll_ms;    /* monotonic: our latest poll for it; 0 = never */
     bool asked;              /* asked since our latest poll */
@@ -183,6 +189,7 @@ static void on_query(void *arg, const char *service, const char *instance, int64
         if (in) {
             in->service = cn_strdup(service);
             in->instance = cn_strdup(instance);
+            in->cursor = last_command_time;
         }
         if (!in || !in->service || !in->instance || cn_dict_put(t->instances, key, in) != 0) {
             instance_free(in);
@@ -194,8 +201,6 @@ static void on_query(void *arg, const char *service, const char *instance, int64
     }
     in->last_ask_ms = cn_mono_ms();
     in->asked = true;
-    if (last_command_time > in->agent_last)
-        in->agent_last = last_command_time;
 out:
     pthread_mutex_unlock(&t->lock);
     free(key);
@@ -463,7 +468,7 @@ static int64_t take_due(sw_tasks *t, int64_t now, sw_poll **polls, size_t *n_pol
         p->key = cn_strdup(key);
         p->service = cn_strdup(in->service);
         p->instance = cn_strdup(in->instance);
-        p->cursor = in->agent_last > in->oap_cursor ? in->agent_last : in->oap_cursor;
+        p->cursor = in->cursor;
         if (!p->key || !p->service || !p->instance) {
             poll_clear(p);
             continue;
@@ -537,8 +542,8 @@ static void *task_thread(void *arg)
         int64_t now = cn_mono_ms();
         for (size_t i = 0; i < n_polls; i++) {
             sw_instance *in = cn_dict_get(t->instances, polls[i].key);
-            if (in && cursors && cursors[i] > in->oap_cursor)
-                in->oap_cursor = cursors[i];
+            if (in && cursors && cursors[i] > in->cursor)
+                in->cursor = cursors[i];
             poll_clear(&polls[i]);
         }
         for (size_t i = 0; i < n_fins; i++) {
