@@ -85,7 +85,7 @@ static void test_window_all_acked(void **state)
     (void)state;
     char url[128];
     ts_url(url, sizeof(url), "sender");
-    cn_sender *s = sender_for(url, 2000, 0);
+    cn_sender *s = sender_for(url, 10000, 0);
     for (uint64_t i = 0; i < 40; i++)
         submit_batch(s, i, 5);
     assert_int_equal(cn_sender_wait_idle(s, 10000), 0);
@@ -117,7 +117,7 @@ static void test_resend_after_lost_reply(void **state)
     srv.n_rec = 0;
     srv.drop_first = 1;
     pthread_mutex_unlock(&srv.mu);
-    cn_sender *s = sender_for(url, 300, 0);
+    cn_sender *s = sender_for(url, 1000, 0);
     submit_batch(s, 77, 3);
     assert_int_equal(cn_sender_wait_idle(s, 10000), 0);
     cn_send_stats st;
@@ -146,7 +146,7 @@ static void test_resend_after_overloaded(void **state)
     srv.n_rec = 0;
     srv.overload_first = 2;
     pthread_mutex_unlock(&srv.mu);
-    cn_sender *s = sender_for(url, 2000, 0);
+    cn_sender *s = sender_for(url, 10000, 0);
     submit_batch(s, 5, 2);
     assert_int_equal(cn_sender_wait_idle(s, 10000), 0);
     cn_send_stats st;
@@ -174,7 +174,7 @@ static void test_non_retryable_dropped(void **state)
     srv.n_rec = 0;
     srv.reject_reason = CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED;
     pthread_mutex_unlock(&srv.mu);
-    cn_sender *s = sender_for(url, 2000, 0);
+    cn_sender *s = sender_for(url, 10000, 0);
     submit_batch(s, 1, 2);
     submit_batch(s, 2, 2);
     assert_int_equal(cn_sender_wait_idle(s, 10000), 0);
