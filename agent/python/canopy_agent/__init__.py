@@ -21,11 +21,11 @@ docs/agent.md for the rest.
 """
 
 from . import _canopy
+from ._config import DEFAULT_COLLECTOR
 from ._agent import add_task, resolve_mode, running, start, stats, stop
 from .middleware import CanopyMiddleware, segment_id, wsgi_middleware
 from .profile import profile
 
-DEFAULT_COLLECTOR = _canopy.DEFAULT_URL
 __version__ = _canopy.VERSION
 
 __all__ = [

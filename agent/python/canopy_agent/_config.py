@@ -4,9 +4,12 @@ import os
 
 MODES = ("auto", "greenlet", "sampling", "thread")
 
+# The collector's default nng receiver URL (plugins/receivers/nng, config/canopy.yaml).
+DEFAULT_COLLECTOR = "ipc:///tmp/canopy.sock"
+
 # name: (environment variable, type, default)
 _SETTINGS = {
-    "collector": ("CANOPY_COLLECTOR", str, None),  # None: the library's default ipc URL
+    "collector": ("CANOPY_COLLECTOR", str, DEFAULT_COLLECTOR),
     "service": ("CANOPY_SERVICE", str, None),
     "instance": ("CANOPY_INSTANCE", str, None),  # None: "<pid>@<hostname>", per process
     "mode": ("CANOPY_MODE", str, "auto"),

@@ -253,6 +253,7 @@ static PyObject *m_configure(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     cx.agent = agent;
+    memset(&cx.c, 0, sizeof(cx.c)); /* stats() describes this agent's life */
     cx.max_snapshots_per_segment = (uint32_t)max_snaps;
     cx.max_segment_ms = max_segment_ms;
     atomic_store(&cx.active_segments, 0);

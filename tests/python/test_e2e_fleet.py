@@ -1,0 +1,81 @@
+"""End to end: canopy collector + gunicorn -k gevent -w 4 fleet running the example app.
+
+The collector has a static task for /checkout. About 200 concurrent requests
+go to /checkout. The task's JSONL must then hold snapshots from at least 3
+worker instances, every segment's sequences dense from 0, stacks root first
+containing the app's handler, and no request may fail.
+"""
+
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fleet  # noqa: E402
+
+APP = os.path.join(fleet.EXAMPLE, "app.py")
+
+
+@unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
+class FleetEndToEnd(unittest.TestCase):
+    def setUp(self):
+        self.work = fleet.Workdir()
+        self.collector = fleet.Collector(self.work, [{"id": "task-checkout", "endpoint": "/checkout"}]).start()
+        self.fleet = None
+
+    def tearDown(self):
+        if self.fleet:
+            self.fleet.stop()
+        self.collector.stop()
+        if os.environ.get("CANOPY_KEEP") is None:
+            self.work.cleanup()
+        else:
+            print("kept", self.work.path, file=sys.stderr)
+
+    def test_fleet_profiles_checkout(self):
+        self.fleet = fleet.Fleet(self.work, workers=4, env={"CANOPY_COLLECTOR": self.collector.url}).start()
+        # Let every worker fetch the task (polled every 300 ms here).
+        fleet.wait_until(lambda: all(s.get("tasks") for s in self.fleet.worker_stats().values()), 10,
+                         what="the task in the workers")
+        result = fleet.load(self.fleet.base + "/checkout", requests=200, concurrency=200)
+        self.assertEqual(result["failed"], 0, result["stderr"])
+        self.assertEqual(result["ok"], 200)
+
+        # Workers flush at exit (worker_exit), and the collector every 200 ms.
+        self.fleet.stop()
+        self.fleet = None
+        rows = fleet.wait_until(lambda: self.collector.rows("task-checkout"), 10, what="snapshots in the JSONL")
+        time.sleep(0.5)
+        rows = self.collector.rows("task-checkout")
+
+        instances = {r["serviceInstance"] for r in rows}
+        self.assertGreaterEqual(len(instances), 3, "snapshots from %s" % sorted(instances))
+        for r in rows:
+            self.assertEqual(r["taskId"], "task-checkout")
+            self.assertEqual(r["service"], "shop")
+            self.assertIsInstance(r["time"], int)
+            self.assertGreater(r["time"], 1.5e12)
+
+        segments = fleet.check_segments(self, rows)
+        # max_sampling_count 9 per instance, at most 4 instances.
+        self.assertLessEqual(len(segments), 9 * 4)
+
+        handler = APP + ".checkout: "
+        for r in rows:
+            sigs = r["stack"]["codeSignatures"]
+            self.assertTrue(sigs, "empty stack")
+            for s in sigs:
+                # "<filename>.<function>: <lineno>"
+                self.assertRegex(s, r"^.+\.[^.]+: \d+$")
+            self.assertTrue(any(s.startswith(handler) for s in sigs),
+                            "handler missing from %s" % sigs)
+            # Root first: the app's WSGI entry is above the handler, and the
+            # handler above whatever it waits in.
+            names = [s.rsplit(": ", 1)[0].rsplit(".", 1)[-1] for s in sigs]
+            self.assertLess(names.index("app"), names.index("checkout"))
+            self.assertLess(names.index("__call__"), names.index("app"))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,161 @@
+"""Robustness of the agent in a real gunicorn + gevent fleet.
+
+- Collector down: the app keeps serving at full speed, the agent's memory
+  stays bounded, drops are counted.
+- Collector restarted mid-run: the agent reconnects and resends what was not
+  acked; snapshots taken while it was down arrive.
+- Workers recycled by max_requests keep profiling (each new worker is a new
+  instance with its own agent).
+"""
+
+import os
+import signal
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fleet  # noqa: E402
+
+EVERY_REQUEST = "id=task-all,endpoint=/checkout,max_sampling_count=1000000"
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.work = fleet.Workdir()
+        self.fleets = []
+        self.collector = None
+
+    def tearDown(self):
+        for f in self.fleets:
+            f.stop()
+        if self.collector:
+            self.collector.stop()
+        if os.environ.get("CANOPY_KEEP") is None:
+            self.work.cleanup()
+        else:
+            print("kept", self.work.path, file=sys.stderr)
+
+    def fleet(self, **kw):
+        f = fleet.Fleet(self.work, **kw)
+        self.fleets.append(f)
+        return f.start()
+
+
+class CollectorDown(Base):
+    def test_serves_at_full_speed_bounded_and_counted(self):
+        nowhere = "ipc://" + self.work.join("nobody.sock")
+        requests, conc = 600, 50
+
+        # Baseline: the same fleet without the agent.
+        plain = self.fleet(workers=2, agent=False, name="plain")
+        fleet.load(plain.base + "/checkout", 50, 10)  # warm-up
+        base = fleet.load(plain.base + "/checkout", requests, conc)
+        plain.stop()
+        self.assertEqual(base["failed"], 0)
+
+        buffered = 32 * 1024
+        f = self.fleet(workers=2, name="agent", env={
+            "CANOPY_COLLECTOR": nowhere,
+            "CANOPY_LOCAL_TASKS": EVERY_REQUEST,
+            "CANOPY_MAX_PARALLEL": "100000",
+            "CANOPY_MAX_BUFFERED_BYTES": str(buffered),
+            "CANOPY_TIMEOUT_MS": "500",
+        })
+        fleet.load(f.base + "/checkout", 50, 10)
+        before = {pid: fleet.rss_kb(pid) for pid in f.worker_stats()}
+        got = fleet.load(f.base + "/checkout", requests, conc)
+        got2 = fleet.load(f.base + "/checkout", requests, conc)
+        self.assertEqual(got["failed"] + got2["failed"], 0, got["stderr"] + got2["stderr"])
+
+        # Full speed: the same order of throughput as without the agent (the
+        # machine is shared with other builds, so only a gross slowdown fails).
+        rate = max(got["rate"], got2["rate"])
+        print("collector down: %.0f req/s with agent vs %.0f without (%.0f%%)"
+              % (rate, base["rate"], 100.0 * rate / base["rate"]), file=sys.stderr)
+        self.assertGreater(rate, 0.6 * base["rate"])
+
+        stats = f.worker_stats()
+        self.assertTrue(stats)
+        dropped = 0
+        for pid, st in stats.items():
+            self.assertEqual(st["mode"], "greenlet")
+            self.assertGreater(st["requests_profiled"], 0)
+            print("worker %s: buffered %d dropped %d/%d/%d snapshots %d" % (pid, st["bytes_buffered"], st["snapshots_dropped"], st["lib_snapshots_dropped"], st["batches_dropped"], st["snapshots"]), file=sys.stderr)
+            self.assertLessEqual(st["bytes_buffered"], buffered + 64 * 1024)
+            dropped += st["snapshots_dropped"] + st["lib_snapshots_dropped"] + st["batches_dropped"]
+            rss_before, rss_after = before.get(pid), fleet.rss_kb(pid)
+            if rss_before and rss_after:
+                # Buffers are bounded at 32 KiB; allow allocator slack.
+                self.assertLess(rss_after - rss_before, 16 * 1024, "worker %s grew %d KiB" %
+                                (pid, rss_after - rss_before))
+        self.assertGreater(dropped, 0, "drops must be counted")
+
+
+@unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
+class CollectorRestart(Base):
+    def test_reconnects_and_resends(self):
+        self.collector = fleet.Collector(self.work, [
+            {"id": "task-restart", "endpoint": "/checkout", "max_sampling_count": 1000}]).start()
+        f = self.fleet(workers=2, env={
+            "CANOPY_COLLECTOR": self.collector.url,
+            "CANOPY_MAX_PARALLEL": "1000",
+            "CANOPY_TIMEOUT_MS": "1000",
+        })
+        fleet.wait_until(lambda: all(s.get("tasks") for s in f.worker_stats().values()), 10, what="task")
+        r = fleet.load(f.base + "/checkout", 40, 10)
+        self.assertEqual(r["failed"], 0)
+        rows1 = fleet.wait_until(lambda: self.collector.rows("task-restart"), 10, what="phase 1 rows")
+        segs1 = {x["traceSegmentId"] for x in rows1}
+
+        # Crash the collector; keep serving and profiling while it is down.
+        self.collector.stop(sig=signal.SIGKILL)
+        time.sleep(0.3)
+        r = fleet.load(f.base + "/checkout", 40, 10)
+        self.assertEqual(r["failed"], 0, r["stderr"])
+        time.sleep(1.5)  # batches are sealed and tried (and time out) meanwhile
+        pending = sum(s["requests_pending"] for s in f.worker_stats().values())
+        self.assertGreater(pending, 0, "something must be waiting for the collector")
+
+        self.collector.start()
+
+        def phase2_arrived():
+            rows = self.collector.rows("task-restart")
+            return rows if len({x["traceSegmentId"] for x in rows} - segs1) >= 10 else None
+
+        rows = fleet.wait_until(phase2_arrived, 30, interval=0.2, what="snapshots taken while the collector was down")
+        fleet.check_segments(self, rows)
+        stats = fleet.wait_until(
+            lambda: (lambda s: s if s and all(v["requests_pending"] == 0 for v in s.values()) else None)(
+                f.worker_stats()), 20, interval=0.2, what="every batch acked")
+        self.assertGreater(sum(s["batches_resent"] for s in stats.values()), 0)
+        self.assertEqual(sum(s["batches_dropped"] for s in stats.values()), 0)
+
+
+@unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
+class MaxRequests(Base):
+    def test_recycled_workers_keep_profiling(self):
+        self.collector = fleet.Collector(self.work, [{"id": "task-recycle", "endpoint": "/checkout"}]).start()
+        f = self.fleet(workers=2, args=["--max-requests", "15"], env={
+            "CANOPY_COLLECTOR": self.collector.url,
+            "CANOPY_COMMAND_POLL_MS": "100",
+        })
+        # Several generations of workers; each must pick up the task and profile.
+        for _ in range(8):
+            r = fleet.load(f.base + "/checkout", 20, 4)
+            self.assertEqual(r["failed"], 0, r["stderr"])
+        f.stop()
+        rows = fleet.wait_until(lambda: self.collector.rows("task-recycle"), 10, what="rows")
+        time.sleep(0.5)
+        rows = self.collector.rows("task-recycle")
+        instances = {x["serviceInstance"] for x in rows}
+        boots = f.read_log().count("canopy agent started")
+        print("worker generations booted: %d, instances with snapshots: %d" % (boots, len(instances)),
+              file=sys.stderr)
+        self.assertGreaterEqual(boots, 6)
+        self.assertGreaterEqual(len(instances), 5)
+        fleet.check_segments(self, rows)
+
+
+if __name__ == "__main__":
+    unittest.main()
