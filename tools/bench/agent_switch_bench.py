@@ -1,0 +1,301 @@
+#!/usr/bin/python3
+"""Per-switch cost of the canopy greenlet tracer, against SkyWalking's algorithm.
+
+    /usr/bin/python3 tools/bench/agent_switch_bench.py [--build build] [--rounds 200000]
+
+Two greenlets ping-pong (main <-> worker); every round trip is 2 switches.
+The worker greenlet sits at a chosen stack depth. Cases:
+
+  no tracer                     greenlet without any trace function
+  canopy, nothing profiled      canopy's C tracer installed, registry empty
+  canopy, other profiled        registry holds another greenlet (lookup misses)
+  canopy profiled, depth D      the worker is profiled: 1 snapshot per switch
+                                (switch-out from gr_frame, switch-in from the
+                                live frames), signatures cached, handed to the
+                                client library (batched, sent to a collector
+                                when one runs, else dropped and counted)
+  SkyWalking, depth D           SkyWalking Python's published greenlet
+                                profiler: a Python trace function calling
+                                traceback.extract_stack on every switch of the
+                                profiled greenlet and formatting
+                                "filename.func: lineno" (reimplemented here;
+                                its queue put is a deque append, which flatters it)
+
+Each case is run --repeat times interleaved; the best run counts (the
+machine is shared, so the minimum is the least noisy estimate). "added"
+is the cost over "no tracer".
+"""
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def setup_path(build):
+    for cand in (os.path.join(build, "python"), os.path.join(ROOT, build, "python")):
+        if os.path.isdir(os.path.join(cand, "canopy_agent")):
+            sys.path.insert(0, cand)
+            return cand
+    raise SystemExit("canopy_agent not found under %s/python (run make build)" % build)
+
+
+def find_canopy(build):
+    for cand in (os.path.join(build, "bin", "canopy"), os.path.join(ROOT, build, "bin", "canopy")):
+        if os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+class Collector:
+    """A collector with a discard exporter, so the library really ships batches."""
+
+    def __init__(self, binary):
+        self.dir = tempfile.mkdtemp(prefix="canopy-bench-", dir="/tmp")
+        self.url = "ipc://" + os.path.join(self.dir, "c.sock")
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cfg = os.path.join(self.dir, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("""receivers:
+  nng:
+    listen: ["%s"]
+processors:
+  merge_by_task: {}
+exporters:
+  discard: {}
+service:
+  telemetry:
+    http:
+      listen: 127.0.0.1:%d
+  pipelines:
+    profiles:
+      receivers: [nng]
+      processors: [merge_by_task]
+      exporters: [discard]
+""" % (self.url, port))
+        self.proc = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sock = self.url[len("ipc://"):]
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- the workload -------------------------------------------------------------
+
+def make_worker(greenlet, depth, rounds_box):
+    main = greenlet.getcurrent()
+
+    def descend(n):
+        if n > 0:
+            return descend(n - 1)
+        sw = main.switch
+        for _ in range(rounds_box[0]):
+            sw()
+
+    # run() is frame 1; descend adds depth - 1 more
+    return greenlet.greenlet(lambda: descend(depth - 1))
+
+
+def time_switches(greenlet, depth, rounds, before=None, after=None):
+    box = [rounds]
+    g = make_worker(greenlet, depth, box)
+    g.switch()  # start it: it is now parked at depth `depth`
+    if before:
+        before(g)
+    sw = g.switch
+    t0 = time.perf_counter_ns()
+    for _ in range(rounds - 1):
+        sw()
+    t1 = time.perf_counter_ns()
+    if after:
+        after(g)
+    while not g.dead:
+        g.switch()
+    return (t1 - t0) / ((rounds - 1) * 2) / 1000.0  # microseconds per switch
+
+
+# ---- SkyWalking's algorithm (skywalking-python GreenletProfiler) ---------------
+
+def skywalking_tracer(greenlet, profiled, max_depth=500):
+    sink = collections.deque(maxlen=10000)
+
+    def build_snapshot():
+        stack_list = []
+        extracted = traceback.extract_stack(profiled[0].gr_frame)
+        for idx, item in enumerate(extracted):
+            if idx > max_depth:
+                break
+            stack_list.append(f"{item.filename}.{item.name}: {item.lineno}")
+        return stack_list
+
+    def callback(event, args):
+        if event in ("switch", "throw"):
+            origin, target = args
+            curr = profiled[0]
+            if origin == curr or target == curr:
+                try:
+                    sink.append(build_snapshot())
+                except BaseException:
+                    pass
+
+    return callback, sink
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--rounds", type=int, default=100000, help="round trips per run (2 switches each)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-collector", action="store_true", help="do not start a collector (snapshots dropped)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    setup_path(args.build)
+    import greenlet
+
+    import canopy_agent
+    from canopy_agent import _canopy
+
+    collector = None
+    binary = None if args.no_collector else find_canopy(args.build)
+    if binary:
+        collector = Collector(binary)
+    url = collector.url if collector else "ipc:///tmp/canopy-bench-nobody.sock"
+
+    rounds = args.rounds
+    prof_rounds = max(rounds // 5, 2000)
+
+    def canopy_on():
+        canopy_agent.start(collector=url, service="bench", mode="greenlet", command_poll_ms=0,
+                           max_buffered_bytes=64 << 20, shutdown_timeout_ms=3000,
+                           max_snapshots_per_segment=10 ** 9)
+
+    def canopy_off():
+        canopy_agent.stop()
+
+    results = collections.defaultdict(list)
+
+    def case_none():
+        return time_switches(greenlet, 20, rounds)
+
+    def case_canopy_idle():
+        canopy_on()
+        try:
+            return time_switches(greenlet, 20, rounds)
+        finally:
+            canopy_off()
+
+    def case_canopy_other():
+        canopy_on()
+        other = greenlet.greenlet(lambda: None)
+        key = _canopy.begin("bench-task", "other-segment", target=other)
+        try:
+            return time_switches(greenlet, 20, rounds)
+        finally:
+            _canopy.end(target=key)
+            canopy_off()
+
+    def case_canopy_profiled(depth):
+        def run():
+            canopy_on()
+            keys = []
+            try:
+                return time_switches(
+                    greenlet, depth, prof_rounds,
+                    before=lambda g: keys.append(_canopy.begin("bench-task", "seg-%d" % depth, target=g)),
+                    after=lambda g: keys.append(_canopy.end(target=keys[0])))
+            finally:
+                st = _canopy.stats()
+                results["_snapshots_%d" % depth].append((st["snapshots"], keys[1] if len(keys) > 1 else None))
+                canopy_off()
+        return run
+
+    def case_skywalking(depth):
+        def run():
+            profiled = [None]
+            cb, sink = skywalking_tracer(greenlet, profiled)
+            prev = greenlet.settrace(cb)
+            try:
+                return time_switches(greenlet, depth, max(prof_rounds // 10, 1000),
+                                     before=lambda g: profiled.__setitem__(0, g))
+            finally:
+                greenlet.settrace(prev)
+                results["_sw_sample_%d" % depth] = [list(sink)[-1] if sink else None]
+        return run
+
+    cases = [
+        ("no tracer", case_none),
+        ("canopy, nothing profiled", case_canopy_idle),
+        ("canopy, other greenlet profiled", case_canopy_other),
+        ("canopy profiled, depth 20", case_canopy_profiled(20)),
+        ("canopy profiled, depth 50", case_canopy_profiled(50)),
+        ("SkyWalking algorithm, depth 20", case_skywalking(20)),
+        ("SkyWalking algorithm, depth 50", case_skywalking(50)),
+    ]
+    try:
+        for _ in range(args.repeat):
+            for name, fn in cases:
+                results[name].append(fn())
+    finally:
+        if collector:
+            collector.stop()
+
+    best = {name: min(results[name]) for name, _ in cases}
+    base = best["no tracer"]
+    print("greenlet switch cost (us per switch; best of %d runs; %d-core machine, shared: expect noise)"
+          % (args.repeat, os.cpu_count()))
+    print("collector: %s" % ("running (discard exporter)" if collector else "none (snapshots dropped, counted)"))
+    print()
+    print("%-34s %10s %10s %10s" % ("case", "per switch", "added", "median"))
+    for name, _ in cases:
+        med = sorted(results[name])[len(results[name]) // 2]
+        print("%-34s %10.3f %10.3f %10.3f" % (name, best[name], best[name] - base, med))
+    print()
+    added_idle = best["canopy, nothing profiled"] - base
+    for d in (20, 50):
+        c = best["canopy profiled, depth %d" % d] - base
+        s = best["SkyWalking algorithm, depth %d" % d] - base
+        print("depth %d: SkyWalking's algorithm costs %.1fx canopy's added per-switch cost (%.2f vs %.2f us)"
+              % (d, s / c if c > 0 else float("inf"), s, c))
+    print()
+    ok_idle = added_idle <= 0.15
+    ok_20 = best["canopy profiled, depth 20"] - base <= 2.0
+    print("target: <= 0.15 us added per switch, nothing profiled: %.3f us  %s" % (added_idle, "OK" if ok_idle else "MISSED"))
+    print("target: <= 2 us per profiled switch at depth 20:      %.3f us  %s"
+          % (best["canopy profiled, depth 20"] - base, "OK" if ok_20 else "MISSED"))
+    snaps = results.get("_snapshots_20")
+    if snaps:
+        print("(profiled depth-20 runs took %s snapshots per run; stacks are %s frames)"
+              % (snaps[-1][0], 20))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"best_us": best, "runs_us": {k: v for k, v in results.items() if not k.startswith("_")}},
+                      f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
