@@ -15,10 +15,25 @@ Finish reports are sent by the native thread when a task's window ends
 (see sampler.c), so they go out even when no request arrives.
 """
 
-import threading
-import time
+import sys
+from time import time as _time
 
 from . import _canopy
+
+
+def _real_lock():
+    """An OS lock even when gevent has patched threading: the critical
+    sections below never yield, so a gevent lock (a few us per acquire on
+    the request path) buys nothing; in thread mode an OS lock is what is needed."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        try:
+            return monkey.get_original("_thread", "allocate_lock")()
+        except Exception:
+            pass
+    import _thread
+
+    return _thread.allocate_lock()
 
 
 class Task:
@@ -55,7 +70,7 @@ class Task:
 class TaskTable:
     def __init__(self, max_parallel=5, local_tasks=()):
         self.max_parallel = max(1, int(max_parallel))
-        self._lock = threading.Lock()  # admission in thread mode; uncontended under gevent
+        self._lock = _real_lock()
         self._version = None
         self._local = [dict(t) for t in local_tasks]
         self._tasks = {}        # (id, create_time) -> Task
@@ -102,9 +117,9 @@ class TaskTable:
         candidates = self._by_endpoint.get(endpoint)
         if not candidates:
             return None
-        now_ms = time.time() * 1000.0
+        now_ms = _time() * 1000.0
         for task in candidates:
-            if task.active(now_ms):
+            if task.start_ms <= now_ms < task.end_ms:
                 return task
         return None
 

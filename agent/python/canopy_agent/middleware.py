@@ -11,7 +11,6 @@ request: the app is called exactly as it would be without canopy.
 """
 
 import os
-import uuid
 
 from . import _agent, _canopy
 
@@ -38,7 +37,24 @@ def segment_id():
                     return sid
         except Exception:
             pass
-    return uuid.UUID(bytes=os.urandom(16), version=4).hex
+    # A random 128-bit prefix per process plus a counter: unique across
+    # processes and restarts, and far cheaper than a uuid (or a getrandom
+    # system call) per request.
+    global _seg_counter
+    _seg_counter += 1
+    return "%s%08x" % (_seg_prefix, _seg_counter)
+
+
+def _new_prefix():
+    global _seg_prefix, _seg_counter
+    _seg_prefix = os.urandom(12).hex()
+    _seg_counter = 0
+
+
+_seg_prefix = ""
+_seg_counter = 0
+_new_prefix()
+os.register_at_fork(after_in_child=_new_prefix)  # a child must not repeat the parent's ids
 
 
 class _Profiled:
@@ -129,6 +145,11 @@ class CanopyMiddleware:
         except BaseException:
             _end(task, key)
             raise
+        if type(result) in (list, tuple):
+            # The body is already made: what is left (writing it out) is the
+            # server's work, not the app's. Ending here also spares a wrapper.
+            _end(task, key)
+            return result
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             # Keep the server's sendfile path: sending a file is not app code.

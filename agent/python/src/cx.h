@@ -215,6 +215,9 @@ static inline int64_t cx_now_ms(void)
  */
 int cx_snapshot(cx_segment *seg, cx_frame *leaf, int64_t now_ms);
 
+/* Recomputes cx.sample_period_ms from the live segments (GIL held). */
+void cx_update_sample_period(void);
+
 /* greenlet.getcurrent() through greenlet's C API; NULL if unavailable. */
 PyObject *cx_greenlet_current(void);
 

@@ -136,7 +136,7 @@ static const char *mode_name(int m)
 }
 
 /* The sampler ticks at the smallest dump_period among live segments. */
-static void update_sample_period(void)
+void cx_update_sample_period(void)
 {
     int best = 0;
     cx_registry *regs[2] = {&cx.greenlets, &cx.threads};
@@ -522,9 +522,12 @@ static PyObject *m_end(PyObject *self, PyObject *args, PyObject *kw)
     if (!seg)
         return PyLong_FromLong(-1);
     long n = seg->next_seq;
-    atomic_fetch_sub(&cx.active_segments, 1);
+    /* The sampler's period is not raised here (that would scan the registry
+     * on every request); sample_tick recomputes it now and then, and due()
+     * keeps each segment at its own dump_period meanwhile. */
+    if (atomic_fetch_sub(&cx.active_segments, 1) == 1)
+        atomic_store(&cx.sample_period_ms, 10);
     cx.c.segments_ended++;
-    update_sample_period();
     cx_segment_free(seg); /* last: may drop the greenlet */
     return PyLong_FromLong(n);
 }

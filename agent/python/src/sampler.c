@@ -88,7 +88,10 @@ static void sample_tick(int tick_ms)
                 cx_snapshot(seg, cx_frame_of_tstate(t), now);
         }
     }
-    cx.c.samples++;
+    /* end() never raises the period (it would have to scan the registry on
+     * every request); do it here, once a second or so. */
+    if (++cx.c.samples % 64 == 0)
+        cx_update_sample_period();
     if (PyErr_Occurred()) {
         PyErr_Clear();
         cx.c.errors++;

@@ -1,0 +1,249 @@
+#!/usr/bin/python3
+"""Requests/s of a gevent HTTP app with every request profiled, vs no agent.
+
+    /usr/bin/python3 tools/bench/agent_http_bench.py [--build build] [--seconds 5] [--rounds 3]
+
+Server: gunicorn -k gevent -w 1 running examples/gunicorn-gevent/app.py,
+pinned to CPU 0. Client: wrk (Debian package wrk) pinned to CPU 1, or a
+gevent keep-alive client when wrk is missing. A collector with a discard
+exporter receives the snapshots (so batching and sending are part of the
+cost), pinned to CPU 1 as well.
+
+Configurations, interleaved round by round (best and median reported):
+  off        the app without canopy
+  greenlet   canopy in greenlet mode, every request profiled
+  sampling   canopy in sampling mode at dump_period 10 ms, every request profiled
+
+"Every request profiled" = a local task on the endpoint with no sampling
+or parallelism limit. Target: < 5% fewer requests/s than off.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "examples", "gunicorn-gevent")
+PY = "/usr/bin/python3"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpu, cmd):
+    if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1:
+        return ["taskset", "-c", str(cpu)] + cmd
+    return cmd
+
+
+def python_client(url, seconds, connections):
+    """Fallback load: a gevent keep-alive client in a subprocess; prints req/s."""
+    code = r"""
+from gevent import monkey; monkey.patch_all()
+import http.client, sys, time, urllib.parse, gevent
+url, seconds, conns = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+u = urllib.parse.urlsplit(url)
+done = [0, 0]
+stop = time.time() + seconds
+def worker():
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    while time.time() < stop:
+        try:
+            c.request("GET", u.path); r = c.getresponse(); r.read()
+            done[0 if r.status == 200 else 1] += 1
+        except Exception:
+            done[1] += 1
+            c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+gevent.joinall([gevent.spawn(worker) for _ in range(conns)])
+print("%f %d" % (done[0] / seconds, done[1]))
+"""
+    out = subprocess.run(pinned(1, [PY, "-c", code, url, str(seconds), str(connections)]), capture_output=True,
+                         text=True, timeout=seconds + 60)
+    rate, errors = out.stdout.split()
+    return float(rate), int(errors)
+
+
+def wrk_client(url, seconds, connections):
+    out = subprocess.run(pinned(1, ["wrk", "-t1", "-c%d" % connections, "-d%ds" % seconds, url]),
+                         capture_output=True, text=True, timeout=seconds + 60)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+    if not m:
+        raise RuntimeError("wrk: " + out.stdout + out.stderr)
+    errors = 0
+    m2 = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    if m2:
+        errors += int(m2.group(1))
+    m3 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out.stdout)
+    if m3:
+        errors += sum(int(x) for x in m3.groups())
+    return float(m.group(1)), errors
+
+
+class Collector:
+    def __init__(self, binary, work):
+        self.url = "ipc://" + os.path.join(work, "c.sock")
+        cfg = os.path.join(work, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("""receivers:
+  nng:
+    listen: ["%s"]
+processors:
+  merge_by_task: {}
+exporters:
+  discard: {}
+service:
+  telemetry:
+    http:
+      listen: 127.0.0.1:%d
+  pipelines:
+    profiles:
+      receivers: [nng]
+      processors: [merge_by_task]
+      exporters: [discard]
+""" % (self.url, free_port()))
+        self.proc = subprocess.Popen(pinned(1, [binary, "run", "-c", cfg]), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(self.url[6:]):
+                break
+            time.sleep(0.05)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_server(config, endpoint, pythonpath, collector_url, work):
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([EXAMPLE, pythonpath])
+    cmd = [PY, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", "127.0.0.1:%d" % port,
+           "--worker-connections", "1000", "--log-level", "warning"]
+    if config != "off":
+        env.update({
+            "CANOPY_COLLECTOR": collector_url,
+            "CANOPY_SERVICE": "bench",
+            "CANOPY_MODE": config,
+            "CANOPY_LOCAL_TASKS": "id=bench,endpoint=%s,max_sampling_count=1000000000,dump_period_ms=10" % endpoint,
+            "CANOPY_MAX_PARALLEL": "1000000",
+            "CANOPY_MAX_SEGMENTS": "4096",
+        })
+        cmd += ["-c", "python:canopy_agent.gunicorn_conf"]
+    cmd += ["app:app"]
+    log = open(os.path.join(work, "gunicorn-%s.log" % config), "ab")
+    proc = subprocess.Popen(pinned(0, cmd), env=env, cwd=EXAMPLE, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    base = "http://127.0.0.1:%d" % port
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.05)
+    return proc, base
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--endpoints", default="/products,/checkout")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    pythonpath = None
+    for cand in (os.path.join(args.build, "python"), os.path.join(ROOT, args.build, "python")):
+        if os.path.isdir(os.path.join(cand, "canopy_agent")):
+            pythonpath = os.path.abspath(cand)
+    if not pythonpath:
+        raise SystemExit("canopy_agent not found under %s/python (run make build)" % args.build)
+    binary = None
+    for cand in (os.path.join(args.build, "bin", "canopy"), os.path.join(ROOT, args.build, "bin", "canopy")):
+        if os.access(cand, os.X_OK):
+            binary = cand
+    client = wrk_client if shutil.which("wrk") else python_client
+
+    work = tempfile.mkdtemp(prefix="canopy-httpbench-", dir="/tmp")
+    collector = Collector(binary, work) if binary else None
+    collector_url = collector.url if collector else "ipc://" + os.path.join(work, "nobody.sock")
+    configs = ["off", "greenlet", "sampling"]
+    results = {}
+    try:
+        for endpoint in args.endpoints.split(","):
+            rates = {c: [] for c in configs}
+            errors = {c: 0 for c in configs}
+            for _ in range(args.rounds):
+                for config in configs:
+                    proc, base = run_server(config, endpoint, pythonpath, collector_url, work)
+                    try:
+                        client(base + endpoint, 1, args.connections)  # warm-up
+                        rate, errs = client(base + endpoint, args.seconds, args.connections)
+                        if config != "off":
+                            with urllib.request.urlopen(base + "/_canopy/stats", timeout=5) as r:
+                                st = json.loads(r.read())
+                            if not st.get("requests_profiled"):
+                                raise RuntimeError("%s: nothing was profiled: %s" % (config, st))
+                    finally:
+                        stop_server(proc)
+                    rates[config].append(rate)
+                    errors[config] += errs
+            results[endpoint] = {"rates": rates, "errors": errors}
+    finally:
+        if collector:
+            collector.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("gevent HTTP throughput, every request profiled (gunicorn -k gevent -w 1 on CPU 0; client %s on CPU 1;"
+          % ("wrk" if client is wrk_client else "gevent python"))
+    print("%d rounds x %ds, %d connections; collector %s; shared 2-core machine: expect noise)"
+          % (args.rounds, args.seconds, args.connections, "running (discard)" if collector else "absent"))
+    print()
+    print("%-10s %-9s %10s %10s %9s %9s %7s" % ("endpoint", "mode", "best r/s", "median", "loss best", "loss med",
+                                                 "errors"))
+    for endpoint, res in results.items():
+        rates = res["rates"]
+        off_best, off_med = max(rates["off"]), statistics.median(rates["off"])
+        for config in configs:
+            best, med = max(rates[config]), statistics.median(rates[config])
+            lb = "" if config == "off" else "%8.1f%%" % (100.0 * (1 - best / off_best))
+            lm = "" if config == "off" else "%8.1f%%" % (100.0 * (1 - med / off_med))
+            print("%-10s %-9s %10.0f %10.0f %9s %9s %7d" % (endpoint, config, best, med, lb, lm,
+                                                           res["errors"][config]))
+    print()
+    print("target: < 5% loss of requests/s (greenlet mode and sampling mode at 10 ms)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
