@@ -11,6 +11,9 @@
 #include "canopy/batch.h"
 #include "canopy/common.h"
 
+/* Bytes of decoded batches alive anywhere in the process: the memory limiter's input. */
+static _Atomic int64_t live_batch_bytes;
+
 static void *arena_pb_alloc(void *data, size_t size) { return cn_arena_alloc(data, size); }
 static void arena_pb_free(void *data, void *ptr)
 {
@@ -83,8 +86,9 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     *out_req = NULL;
     *out_arena = NULL;
     *out_batch = NULL;
-    /* Decoded size is close to the wire size for string-heavy batches. */
-    cn_arena *arena = cn_arena_new(len + len / 2 + 1024);
+    /* protobuf-c's structs make a decoded batch about four times its wire size
+     * (a 24 KB batch of 256 snapshots decodes to ~90 KB); one block fits it. */
+    cn_arena *arena = cn_arena_new(len * 4 + 4096);
     if (!arena)
         return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
     ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, arena};
@@ -127,6 +131,7 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
         b->received_ms = cn_now_ms();
         b->wire_bytes = len;
         b->mem_bytes = cn_arena_bytes(arena);
+        atomic_fetch_add_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
         b->arena = arena;
         b->request = req;
         *out_batch = b;
@@ -140,9 +145,13 @@ void cn_batch_unref(cn_batch *b)
 {
     if (!b)
         return;
-    if (atomic_fetch_sub_explicit(&b->refcount, 1, memory_order_acq_rel) == 1)
+    if (atomic_fetch_sub_explicit(&b->refcount, 1, memory_order_acq_rel) == 1) {
+        atomic_fetch_sub_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
         cn_arena_free(b->arena); /* the batch itself lives in its arena */
+    }
 }
+
+int64_t cn_batch_live_bytes(void) { return atomic_load_explicit(&live_batch_bytes, memory_order_relaxed); }
 
 static atomic_uint_fast64_t next_chunk_id = 1;
 

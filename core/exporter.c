@@ -163,6 +163,12 @@ void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms)
     if (c->rt && c->rt->thread_started) {
         pthread_join(c->rt->thread, NULL);
         c->rt->thread_started = false;
+        /* The per-chunk lines are rate limited; say once how much shutdown cost. */
+        int64_t lost = cn_metric_get(c->rt->shutdown_dropped_snapshots);
+        if (lost > 0)
+            cn_warn(c->id, "%lld snapshots were still queued or retrying when service.shutdown_timeout ran out "
+                           "and were dropped; raise shutdown_timeout to drain longer",
+                    (long long)lost);
     }
 }
 

@@ -112,6 +112,17 @@ cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch)
     cn_service *svc = receiver->svc;
     if (!atomic_load(&svc->accepting))
         return CN_SUBMIT_SHUTTING_DOWN;
+    /* The new batch is already counted in the live bytes. */
+    int64_t live = cn_batch_live_bytes();
+    cn_metric_set(svc->live_bytes, live);
+    if (live > svc->settings.memory_limit) {
+        cn_metric_inc(svc->memory_refused);
+        cn_log_limited(&svc->memory_log, CN_LOG_WARN, "service",
+                       "memory_limit reached (%lld of %lld bytes held by batches): refusing new batches until "
+                       "exporters catch up; agents will resend",
+                       (long long)live, (long long)svc->settings.memory_limit);
+        return CN_SUBMIT_MEMORY_LIMIT;
+    }
     size_t reserved = 0;
     for (; reserved < receiver->n_feeds; reserved++)
         if (cn_queue_reserve(&receiver->feeds[reserved]->input) != 0)

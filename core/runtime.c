@@ -46,6 +46,10 @@ static int start_task_sources(cn_service *svc)
 
 int cn_service_start(cn_service *svc)
 {
+    svc->memory_refused = cn_counter("canopy_memory_limit_refused_batches_total",
+                                     "Batches refused (retryable) because service.memory_limit was reached.", "");
+    svc->live_bytes = cn_gauge("canopy_batch_bytes", "Bytes held by decoded batches.", "");
+    svc->memory_log.interval_ms = 10000;
     for (size_t i = 0; i < svc->n_components; i++) {
         cn_component *c = svc->components[i];
         if (c->kind == CN_EXPORTER && cn_exporter_runtime_start(c) != 0) {

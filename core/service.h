@@ -84,6 +84,7 @@ struct cn_pipeline {
 typedef struct cn_service_settings {
     int64_t shutdown_timeout;
     int64_t pipeline_queue_size;
+    int64_t memory_limit;
     struct {
         struct {
             char *level;
@@ -105,6 +106,8 @@ struct cn_service {
     int64_t max_tasks;
     const cn_node *task_sources; /* the `tasks` node */
     atomic_bool accepting;
+    cn_metric *memory_refused, *live_bytes;
+    cn_ratelimit memory_log;
     atomic_bool stopping;
 };
 

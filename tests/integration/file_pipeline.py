@@ -22,6 +22,8 @@ exporters:
     directory: @DIR@/out
     format: jsonl
 service:
+  # Under ASan the file exporter is slow; give the drain all the time it needs.
+  shutdown_timeout: 2m
   pipelines:
     profiles:
       receivers: [nng]
@@ -41,7 +43,7 @@ def main():
         res = loadgen(args.bin, "ipc://%s/canopy.sock" % col.workdir, agents=8, batches=100, batch_size=256,
                       depth=20, tasks=4)
     finally:
-        rc = col.stop()
+        rc = col.stop(timeout=180)
     assert rc == 0, "canopy exited with %s" % rc
     assert res["acked"] == 800, res
     expected = 8 * 100 * 256

@@ -72,6 +72,8 @@ static inline cn_batch *cn_batch_ref(cn_batch *b)
     return b;
 }
 void cn_batch_unref(cn_batch *b);
+/* Bytes held by all decoded batches still alive (queued, buffered, exporting). */
+int64_t cn_batch_live_bytes(void);
 
 static inline const char *cn_batch_str(const cn_batch *b, uint32_t idx) { return b->strings[idx]; }
 

@@ -66,7 +66,8 @@ typedef struct merge_ctx {
     uint32_t *stamp;
     size_t cache_cap;
     uint32_t gen;
-    cn_metric *buffered, *live_tasks, *live_segments, *duplicates, *limit_drops, *oom_drops, *flushes;
+    cn_metric *buffered, *live_tasks, *live_segments, *evicted_segments, *duplicates, *limit_drops, *oom_drops,
+        *flushes;
     cn_ratelimit limit_log;
 } merge_ctx;
 
@@ -77,10 +78,11 @@ static const cn_option merge_options[] = {
      "Hand on a task as soon as it buffers this many snapshots.", .min = 1, .max = 10000000},
     {CN_OPT_INT, "max_tasks", "1024", offsetof(merge_ctx, max_tasks),
      "Tasks merged at once; snapshots of further tasks are dropped and counted.", .min = 1, .max = 1000000},
-    {CN_OPT_INT, "max_segments_per_task", "100000", offsetof(merge_ctx, max_segments_per_task),
-     "Segments remembered per task; snapshots of further segments are dropped and counted.", .min = 1,
-     .max = 100000000},
-    {CN_OPT_DURATION, "segment_idle_timeout", "10m", offsetof(merge_ctx, segment_idle_timeout),
+    {CN_OPT_INT, "max_segments_per_task", "20000", offsetof(merge_ctx, max_segments_per_task),
+     "Segments remembered per task (about 170 bytes each). When full, the least recently seen idle tenth "
+     "is forgotten; if all are busy, snapshots of new segments are dropped and counted.",
+     .min = 10, .max = 100000000},
+    {CN_OPT_DURATION, "segment_idle_timeout", "2m", offsetof(merge_ctx, segment_idle_timeout),
      "Forget a segment (and its duplicate detection) after no snapshot for this long.", .min = 1000,
      .max = 7 * 24 * 3600 * 1000LL},
     {CN_OPT_DURATION, "task_idle_timeout", "1m", offsetof(merge_ctx, task_idle_timeout),
@@ -127,13 +129,66 @@ static merge_task *task_get(merge_ctx *m, const char *id, int64_t now)
     return t;
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/*
+ * At max_segments_per_task, forget the least recently seen tenth of the
+ * segments that hold no pending snapshots. Forgetting a segment only loses
+ * its duplicate detection, which matters for seconds after its request
+ * ended; refusing a new segment would lose data.
+ */
+static void evict_segments(merge_ctx *m, merge_task *t)
+{
+    size_t n = cn_dict_size(t->segments), pos = 0, k = 0;
+    int64_t *ages = malloc(n * sizeof *ages);
+    char **victims = malloc((n / 10 + 1) * sizeof *victims);
+    const char *key;
+    void *value;
+    if (!ages || !victims)
+        goto done;
+    while (cn_dict_next(t->segments, &pos, NULL, &value))
+        if (!((merge_segment *)value)->dirty)
+            ages[k++] = ((merge_segment *)value)->last_seen_ms;
+    if (k == 0)
+        goto done;
+    qsort(ages, k, sizeof *ages, cmp_i64);
+    int64_t cutoff = ages[(k - 1) / 10];
+    size_t n_victims = 0;
+    pos = 0;
+    while (n_victims < n / 10 + 1 && cn_dict_next(t->segments, &pos, &key, &value)) {
+        merge_segment *s = value;
+        if (!s->dirty && s->last_seen_ms <= cutoff && (victims[n_victims] = strdup(key)))
+            n_victims++;
+    }
+    for (size_t i = 0; i < n_victims; i++) {
+        segment_free(cn_dict_remove(t->segments, victims[i]));
+        free(victims[i]);
+    }
+    cn_metric_add(m->live_segments, -(int64_t)n_victims);
+    cn_metric_add(m->evicted_segments, (int64_t)n_victims);
+done:
+    free(ages);
+    free(victims);
+}
+
 static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id)
 {
     merge_segment *s = cn_dict_get(t->segments, id);
     if (s)
         return s;
-    if ((int64_t)cn_dict_size(t->segments) >= m->max_segments_per_task)
-        return NULL;
+    if ((int64_t)cn_dict_size(t->segments) >= m->max_segments_per_task) {
+        evict_segments(m, t);
+        /* Cached segment pointers may now dangle. */
+        if (++m->gen == 0)
+            m->gen = 1;
+        memset(m->stamp, 0, m->cache_cap * sizeof *m->stamp);
+        if ((int64_t)cn_dict_size(t->segments) >= m->max_segments_per_task)
+            return NULL;
+    }
     s = calloc(1, sizeof *s);
     if (!s || cn_dict_put(t->segments, id, s) != 0) {
         free(s);
@@ -230,12 +285,11 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
         s->n_pending = 0;
         s->unsorted = false;
         s->dirty = false;
-        /* Give back memory of a segment that burst, keep it for steady ones. */
-        if (s->cap_pending > 1024) {
-            free(s->pending);
-            s->pending = NULL;
-            s->cap_pending = 0;
-        }
+        /* Most segments (requests) see one or two flushes; an idle segment keeps
+         * only its duplicate-detection state, not a buffer. */
+        free(s->pending);
+        s->pending = NULL;
+        s->cap_pending = 0;
     }
     merge_segment *s = t->dirty;
     while (s) {
@@ -520,6 +574,8 @@ static int merge_start(void *ctx, cn_component *self)
     m->buffered = cn_gauge("canopy_merge_buffered_snapshots", "Snapshots waiting for their task's next flush.", l);
     m->live_tasks = cn_gauge("canopy_merge_live_tasks", "Tasks being merged.", l);
     m->live_segments = cn_gauge("canopy_merge_live_segments", "Segments remembered for ordering and deduplication.", l);
+    m->evicted_segments = cn_counter("canopy_merge_evicted_segments_total",
+                                     "Idle segments forgotten early because max_segments_per_task was reached.", l);
     m->duplicates = cn_counter("canopy_merge_duplicate_snapshots_total",
                                "Snapshots dropped because their (segment, sequence) was already passed on.", l);
     m->limit_drops = cn_counter("canopy_merge_limit_dropped_snapshots_total",
