@@ -384,8 +384,13 @@ static void sender_destroy(cn_sender *s)
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->thread, NULL);
     }
-    /* Closing the socket aborts every attempt in flight; freeing an aio
-     * waits for its callback, so after this loop no nng thread is ours. */
+    /* Stop every aio BEFORE closing the socket: nng 1.5 panics (a freed
+     * mutex) when a socket is closed under a pending context send, which is
+     * the normal state while the collector is away. A stopped aio refuses
+     * the receive its callback may chain, so afterwards none is ours. */
+    for (unsigned i = 0; s->slots && i < s->n_slots; i++)
+        if (s->slots[i].aio)
+            nng_aio_stop(s->slots[i].aio);
     if (s->sock_open)
         nng_close(s->sock);
     for (unsigned i = 0; s->slots && i < s->n_slots; i++) {

@@ -219,7 +219,12 @@ static void test_commands_and_finish(void **state)
         if (recs[i].body == CANOPY__V1__REQUEST__BODY_TASK_FINISH)
             assert_string_equal(recs[i].task_id, "task-1");
     cn_agent_stats st;
-    cn_agent_stats_get(a, &st);
+    for (int t = 0; t < 500; t++) { /* the second reply may still be on its way */
+        cn_agent_stats_get(a, &st);
+        if (st.commands_received == 6)
+            break;
+        sleep_ms(10);
+    }
     assert_true(st.command_queries >= 2);
     assert_int_equal(st.commands_received, 6);
     assert_int_equal(st.finish_reports, 1);

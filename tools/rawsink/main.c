@@ -103,7 +103,12 @@ static double now_s(void)
 /* The one destroy path. */
 static void sink_destroy(rs_sink *s)
 {
-    nng_close(s->sock); /* aborts every context's pending operation */
+    /* Stop the aios first: nng 1.5 can panic when a socket is closed under
+     * pending context operations. A stopped aio refuses re-arming. */
+    for (int i = 0; s->ctxs && i < s->n_ctxs; i++)
+        if (s->ctxs[i].aio)
+            nng_aio_stop(s->ctxs[i].aio);
+    nng_close(s->sock);
     for (int i = 0; s->ctxs && i < s->n_ctxs; i++)
         if (s->ctxs[i].aio)
             nng_aio_free(s->ctxs[i].aio);
