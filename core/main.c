@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "docs.h"
 #include "service.h"
 
 #ifndef CANOPY_VERSION
@@ -26,6 +27,7 @@ static void usage(FILE *out)
             "  run [-c FILE]      run the collector (default: the embedded config)\n"
             "  validate -c FILE   check a config; errors are printed as FILE:LINE:COL: message\n"
             "  components         list the compiled-in receivers, processors and exporters\n"
+            "  docs               print the configuration reference (docs/configuration.md)\n"
             "  version            print the version\n"
             "\n"
             "Run 'canopy <command> --help' for a command's options.\n");
@@ -217,6 +219,15 @@ int main(int argc, char **argv)
         return cmd_validate(argc - 1, argv + 1);
     if (strcmp(cmd, "components") == 0)
         return cmd_components(argc - 1, argv + 1);
+    if (strcmp(cmd, "docs") == 0) {
+        if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+            puts("Usage: canopy docs\n\nPrints the configuration reference, generated from every compiled-in\n"
+                 "component's declared options, as Markdown (docs/configuration.md).");
+            return 0;
+        }
+        cn_docs_write(stdout);
+        return 0;
+    }
     fprintf(stderr, "canopy: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "docs.h"
 #include "service.h"
 
 static const cn_option exporter_common_options[] = {
@@ -58,6 +59,9 @@ static const cn_option service_options[] = {
                                      CN_OPT_END}},
          CN_OPT_END}},
     CN_OPT_END};
+
+const cn_option *cn_service_options(void) { return service_options; }
+const cn_option *cn_exporter_common_options(void) { return exporter_common_options; }
 
 /* ---- helpers ----------------------------------------------------------------- */
 

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "docs.h"
 #include "service.h"
 
 typedef struct static_task {
