@@ -262,8 +262,12 @@ int cn_agent_add(cn_agent *a, const cn_snapshot_in *s)
     }
     if (rv == 0) {
         st->snapshots_added++;
-        if (st->cur_since == 0)
+        if (st->cur_since == 0) {
+            /* A new batch: the thread may sleep without a deadline; give it
+             * one so this batch is flushed by age. Once per batch. */
             st->cur_since = cn_ag_mono_ms();
+            pthread_cond_signal(&st->cv);
+        }
         if (cn_builder_full(st->cur))
             cn_ag_seal_locked(st);
     } else {

@@ -159,6 +159,19 @@ static void test_batches_by_size_and_age(void **state)
     cn_agent_free(a);
 }
 
+static void test_lone_snapshot_flushed_by_age(void **state)
+{
+    (void)state;
+    reset_server();
+    cn_agent *a = agent_new(100, 100);
+    assert_int_equal(cn_agent_start(a), 0);
+    sleep_ms(50); /* the thread is asleep with nothing to wait for */
+    cn_intern_slot slots[5] = {{0, 0}};
+    add(a, slots, 0, 2);
+    assert_true(wait_body(CANOPY__V1__REQUEST__BODY_BATCH, 1, 2000));
+    cn_agent_free(a);
+}
+
 static void test_commands_and_finish(void **state)
 {
     (void)state;
@@ -299,6 +312,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batches_by_size_and_age),
+        cmocka_unit_test(test_lone_snapshot_flushed_by_age),
         cmocka_unit_test(test_commands_and_finish),
         cmocka_unit_test(test_free_flushes_and_waits),
         cmocka_unit_test(test_memory_bound_drops_counted),
