@@ -17,6 +17,7 @@ static _Atomic int64_t shutdown_deadline_ms;
 
 static void count_drop(cn_component *c, cn_metric *counter, const cn_chunk *chunk, const char *why)
 {
+    atomic_store(&c->rt->failing, true);
     cn_metric_add(counter, (int64_t)chunk->n);
     cn_log_limited(&c->rt->fail_log, CN_LOG_WARN, c->id, "dropped %zu snapshots%s%s: %s", chunk->n,
                    chunk->task_id ? " of task " : "", chunk->task_id ? chunk->task_id : "", why);
@@ -46,6 +47,7 @@ static void export_with_retry(cn_component *c, cn_chunk *chunk)
     for (;;) {
         cn_status st = plugin->cb_export(c->ctx, chunk);
         if (st == CN_OK) {
+            atomic_store(&rt->failing, false);
             cn_metric_inc(rt->sent_chunks);
             cn_metric_add(rt->sent_snapshots, (int64_t)chunk->n);
             return;

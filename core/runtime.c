@@ -6,6 +6,7 @@
  */
 #include <string.h>
 
+#include "admin.h"
 #include "service.h"
 
 static void stop_task_sources(cn_service *svc)
@@ -65,6 +66,8 @@ int cn_service_start(cn_service *svc)
             return -1;
         }
     }
+    if (cn_admin_start(svc) != 0)
+        return -1;
     atomic_store(&svc->accepting, true);
     for (size_t i = 0; i < svc->n_components; i++) {
         cn_component *c = svc->components[i];
@@ -92,6 +95,7 @@ void cn_service_stop(cn_service *svc)
     }
     for (size_t i = 0; i < svc->n_pipelines; i++)
         cn_pipeline_close_and_join(svc->pipelines[i]);
+    cn_admin_stop(svc);
     for (size_t i = 0; i < svc->n_components; i++)
         if (svc->components[i]->kind == CN_EXPORTER)
             cn_exporter_runtime_close(svc->components[i]);

@@ -37,6 +37,8 @@ typedef struct cn_exporter_runtime {
     cn_metric *sent_chunks, *sent_snapshots, *failed_snapshots, *retries, *queue_full_snapshots,
         *shutdown_dropped_snapshots, *queue_size, *queue_capacity;
     cn_ratelimit full_log, fail_log;
+    /* Set while the exporter drops data past its retry budget; cleared by the next success (readiness). */
+    atomic_bool failing;
 } cn_exporter_runtime;
 
 struct cn_component {
@@ -107,6 +109,7 @@ struct cn_service {
     const cn_node *task_sources; /* the `tasks` node */
     atomic_bool accepting;
     cn_metric *memory_refused, *live_bytes;
+    void *admin; /* admin HTTP server state, owned by admin.c */
     cn_ratelimit memory_log;
     atomic_bool stopping;
 };
