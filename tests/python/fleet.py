@@ -99,7 +99,7 @@ TASK = """\
       min_duration_threshold: {min_duration}
       dump_period: {dump_period}
       max_sampling_count: {max_sampling_count}
-"""
+{extra}"""
 
 
 class Collector:
@@ -112,7 +112,7 @@ class Collector:
         os.makedirs(self.out, exist_ok=True)
         task_text = "".join(
             TASK.format(service=service, **dict(dict(duration="10m", min_duration="0ms", dump_period="10ms",
-                                                     max_sampling_count=9), **t))
+                                                     max_sampling_count=9, extra=""), **t))
             for t in tasks)
         self.config = work.join("canopy.yaml")
         with open(self.config, "w") as f:

@@ -6,6 +6,7 @@
   acked; snapshots taken while it was down arrive.
 - Workers recycled by max_requests keep profiling (each new worker is a new
   instance with its own agent).
+- A task's end is reported (task finish) by every worker, without a request.
 """
 
 import os
@@ -155,6 +156,25 @@ class MaxRequests(Base):
         self.assertGreaterEqual(boots, 6)
         self.assertGreaterEqual(len(instances), 5)
         fleet.check_segments(self, rows)
+
+
+@unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
+class TaskFinish(Base):
+    def test_finish_reported_when_task_ends(self):
+        # A 1-minute task that started 57 s ago: it ends ~3 s from now.
+        start = int(time.time() * 1000) - 57000
+        self.collector = fleet.Collector(self.work, [{
+            "id": "task-ending", "endpoint": "/checkout", "duration": "1m",
+            "extra": "      start_time: %d\n" % start}]).start()
+        f = self.fleet(workers=2, env={"CANOPY_COLLECTOR": self.collector.url})
+        fleet.wait_until(lambda: all(s.get("tasks") for s in f.worker_stats().values()), 10, what="task")
+        r = fleet.load(f.base + "/checkout", 20, 5)
+        self.assertEqual(r["failed"], 0)
+        # Every worker reports, by itself, once the window is over (no request needed).
+        fleet.wait_until(lambda: self.collector.read_log().count("reports task task-ending finished") >= 2, 15,
+                         interval=0.2, what="finish reports from both workers")
+        stats = f.worker_stats()
+        self.assertTrue(all(s["finish_reports"] == 1 for s in stats.values()), stats)
 
 
 if __name__ == "__main__":
