@@ -24,6 +24,9 @@ void cn_agent_options_init(cn_agent_options *o)
     o->max_buffered_bytes = 8u << 20;
     o->command_poll_ms = 5000;
     o->shutdown_timeout_ms = 2000;
+    o->max_frames = 1024;
+    o->max_string_len = 4096;
+    o->max_strings = 65536;
 }
 
 uint32_t cn_ag_next_gen(cn_agent *a)
@@ -42,7 +45,9 @@ static cn_builder *builder_take(cn_ag_state *st)
     if (!b) {
         cn_builder_limits lim = {.max_snapshots = a->o.max_batch_snapshots,
                                  .max_bytes = a->o.max_batch_bytes,
-                                 .max_frames = a->o.max_frames};
+                                 .max_frames = a->o.max_frames,
+                                 .max_string_len = a->o.max_string_len,
+                                 .max_strings = a->o.max_strings};
         b = cn_builder_new(&lim);
         if (!b)
             return NULL;

@@ -91,6 +91,8 @@ bool cn_builder_full(const cn_builder *b)
 {
     if (b->lim.max_snapshots && b->n_snaps >= b->lim.max_snapshots)
         return true;
+    if (b->lim.max_strings && b->n_strs >= b->lim.max_strings)
+        return true;
     return b->lim.max_bytes && cn_builder_size(b) >= b->lim.max_bytes;
 }
 
@@ -146,6 +148,13 @@ int cn_ag_builder_intern(cn_builder *b, const char *s, size_t len, uint32_t *ind
     const char *nul = memchr(s, '\0', len);
     if (nul)
         len = (size_t)(nul - s);
+    if (b->lim.max_string_len && len > b->lim.max_string_len) {
+        /* Cut, but never inside a UTF-8 sequence: back off while the first
+         * byte left out is a continuation byte. */
+        len = b->lim.max_string_len;
+        while (len > 0 && ((unsigned char)s[len] & 0xC0) == 0x80)
+            len--;
+    }
     if (len > UINT32_MAX / 2)
         return -CN_EINVAL;
 
@@ -214,6 +223,14 @@ static size_t snapshot_size(const cn_ag_snap *sn, const uint32_t *frames)
     return 1 + varint_len(body) + body;
 }
 
+/* Could this snapshot's strings overflow the string table? Checked before
+ * interning anything (every frame might be new), except in an empty batch,
+ * which must take any one snapshot. */
+static bool strings_would_overflow(const cn_builder *b, size_t n_frames)
+{
+    return b->lim.max_strings && b->n_snaps > 0 && (size_t)b->n_strs + n_frames + 2 > b->lim.max_strings;
+}
+
 int cn_builder_add_indices(cn_builder *b, uint32_t task, uint32_t segment, int64_t time_ms,
                            int32_t sequence, const uint32_t *frames, size_t n_frames)
 {
@@ -259,6 +276,8 @@ int cn_builder_add(cn_builder *b, const cn_snapshot_in *s)
         fr += n - b->lim.max_frames;
         n = b->lim.max_frames;
     }
+    if (strings_would_overflow(b, n))
+        return -CN_ELIMIT;
     uint32_t task, seg;
     int rv = cn_builder_intern(b, s->task, &task);
     if (rv == 0)

@@ -151,6 +151,36 @@ static void test_limits(void **state)
     cn_builder_free(b);
 }
 
+static void test_string_limits(void **state)
+{
+    (void)state;
+    cn_builder_limits lim = {.max_string_len = 5, .max_strings = 8};
+    cn_builder *b = cn_builder_new(&lim);
+    assert_non_null(b);
+    uint32_t i, j;
+    size_t len;
+    assert_int_equal(cn_builder_intern(b, S("abcdefgh"), &i), 0);
+    assert_string_equal(cn_builder_string(b, i, &len), "abcde");
+    /* "ab" + U+00E9 (2 bytes) + U+20AC (3 bytes): byte 5 is inside the euro
+     * sign, so the cut backs off to 4 bytes. */
+    assert_int_equal(cn_builder_intern(b, S("ab\xc3\xa9\xe2\x82\xac"), &j), 0);
+    assert_string_equal(cn_builder_string(b, j, &len), "ab\xc3\xa9");
+    assert_int_equal(len, 4);
+
+    /* 8 strings at most: an empty batch takes any snapshot, a later one
+     * that might overflow the table makes the batch full. */
+    cn_builder_reset(b);
+    cn_str fr[4] = {S("f0"), S("f1"), S("f2"), S("f3")};
+    cn_snapshot_in sn = {.task = S("t"), .segment = S("s"), .frames = fr, .n_frames = 4};
+    assert_int_equal(cn_builder_add(b, &sn), 0); /* 6 strings */
+    assert_false(cn_builder_full(b));
+    assert_int_equal(cn_builder_add(b, &sn), -CN_ELIMIT); /* 6 + 4 + 2 > 8 */
+    sn.n_frames = 0;
+    assert_int_equal(cn_builder_add(b, &sn), 0); /* 6 + 0 + 2 <= 8 */
+    assert_int_equal(cn_builder_snapshots(b), 2);
+    cn_builder_free(b);
+}
+
 static void test_encode_round_trip(void **state)
 {
     (void)state;
@@ -256,6 +286,7 @@ int main(void)
         cmocka_unit_test(test_intern_many_grows_table),
         cmocka_unit_test(test_slot_fast_path_and_generation),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_string_limits),
         cmocka_unit_test(test_encode_round_trip),
         cmocka_unit_test(test_control_requests),
     };

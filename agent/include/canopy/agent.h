@@ -117,6 +117,9 @@ typedef struct cn_builder_limits {
     size_t max_snapshots;  /* per batch; 0 = unlimited */
     size_t max_bytes;      /* estimated encoded size; 0 = unlimited */
     size_t max_frames;     /* per snapshot; deeper stacks keep the LEAF frames; 0 = unlimited */
+    size_t max_string_len; /* bytes; longer strings are cut at a UTF-8 boundary; 0 = unlimited */
+    size_t max_strings;    /* string table size; a snapshot that could overflow it makes
+                              the batch full; 0 = unlimited */
 } cn_builder_limits;
 
 cn_builder *cn_builder_new(const cn_builder_limits *limits /* may be NULL */);
@@ -190,7 +193,8 @@ void cn_sender_options_init(cn_sender_options *o);
 
 typedef struct cn_sender cn_sender;
 
-/* Starts the sender thread, opens the REQ socket and dials (non-blocking:
+/* All cn_sender functions are thread safe.
+ * Starts the sender thread, opens the REQ socket and dials (non-blocking:
  * the dial is retried in the background until the collector is up). */
 int cn_sender_new(const cn_sender_options *o, cn_sender **out);
 /* Queues an encoded Request carrying a batch (copied). batch_seq is the
@@ -215,7 +219,7 @@ typedef struct cn_agent_options {
     size_t max_batch_snapshots;   /* default 256 */
     uint32_t max_batch_age_ms;    /* a non-empty batch is flushed this old; default 200 */
     size_t max_batch_bytes;       /* estimated encoded size; default 1 MiB */
-    size_t max_frames;            /* per snapshot, leaf frames kept; default 0 = unlimited */
+    size_t max_frames;            /* per snapshot, leaf frames kept; default 1024; 0 = unlimited */
     unsigned window;              /* default 4 */
     uint32_t timeout_ms;          /* reply timeout per attempt; default 5000 */
     uint32_t backoff_min_ms;      /* default 50 */
@@ -223,6 +227,10 @@ typedef struct cn_agent_options {
     size_t max_buffered_bytes;    /* encoded + sealed batches; default 8 MiB */
     uint32_t command_poll_ms;     /* default 5000; 0 = only cn_agent_poll_now */
     uint32_t shutdown_timeout_ms; /* cn_agent_free waits this long for acks; default 2000 */
+    /* The collector rejects a whole batch over its limits (non-retryable),
+     * so the defaults below match the collector's nng receiver defaults. */
+    size_t max_string_len;        /* bytes, cut at a UTF-8 boundary; default 4096 */
+    size_t max_strings;           /* per batch string table; default 65536 */
 } cn_agent_options;
 
 /* Fills the defaults (service NULL). */
