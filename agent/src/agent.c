@@ -172,7 +172,8 @@ static int thread_start_locked(cn_ag_state *st)
 {
     if (st->thread_ok)
         return 0;
-    if (st->stopping)
+    /* A child that may not use nng has nothing to run a thread for. */
+    if (st->stopping || st->disabled)
         return -CN_ECLOSED;
     if (pthread_create(&st->thread, NULL, cn_ag_agent_main, st) != 0)
         return -CN_ENOMEM;

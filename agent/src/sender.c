@@ -466,11 +466,14 @@ int cn_ag_sender_new(const cn_sender_options *o, cn_ag_done_fn done, void *arg, 
         rv = -CN_EINVAL;
         goto fail;
     }
+    /* Set before the thread exists: it shares a word with fields the thread
+     * reads, and pthread_create orders this write before them. */
+    s->thread_ok = true;
     if (pthread_create(&s->thread, NULL, sender_main, s) != 0) {
+        s->thread_ok = false;
         rv = -CN_ENOMEM;
         goto fail;
     }
-    s->thread_ok = true;
     *out = s;
     return 0;
 fail:
