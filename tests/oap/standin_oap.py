@@ -32,10 +32,11 @@ A small HTTP JSON control API on a second loopback port drives it:
   GET  /finish                   finish reports
   GET  /queries                  getProfileTaskCommands calls received
   POST /mode                     {"mode": "ok"|"fail"|"hang", "code": "UNAVAILABLE",
-                                 "methods": [...], "count": N, "after": K}
+                                 "methods": [...], "count": N, "after": K, "skip": S}
                                  fail/hang the next N calls (all when no count)
-                                 of those methods (all when none); "after": fail
-                                 a collectSnapshot stream after K messages
+                                 of those methods (all when none), after letting
+                                 S of them through; "after": fail a
+                                 collectSnapshot stream after K messages
   POST /reset                    forget everything except the tasks
 
 With --state-file the state is saved on SIGTERM/SIGINT and loaded at start,
@@ -217,7 +218,10 @@ def build_servicer(pb, pb_grpc, common_pb, grpc, state):
                             return None
                         state.lock.wait(0.2)
                         continue
-                    # fail
+                    # fail, after letting `skip` matching calls through
+                    if m.get("skip"):
+                        m["skip"] -= 1
+                        return None
                     if m.get("after") is not None and method == "collectSnapshot":
                         after = int(m["after"])
                     else:
@@ -393,7 +397,8 @@ def make_control_handler(state):
                     return self._send(400, {"error": "unknown status code " + code})
                 with state.lock:
                     state.mode = {"mode": mode, "code": code, "methods": body.get("methods"),
-                                  "count": body.get("count"), "after": body.get("after")}
+                                  "count": body.get("count"), "after": body.get("after"),
+                                  "skip": body.get("skip")}
                     state.lock.notify_all()
                 return self._send(200, state.mode)
             if u.path == "/reset":
