@@ -130,6 +130,7 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
         b->snapshots = req->batch->snapshots;
         b->received_ms = cn_now_ms();
         b->wire_bytes = len;
+        b->wire = data;
         b->mem_bytes = cn_arena_bytes(arena);
         atomic_fetch_add_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
         b->arena = arena;
@@ -147,6 +148,8 @@ void cn_batch_unref(cn_batch *b)
         return;
     if (atomic_fetch_sub_explicit(&b->refcount, 1, memory_order_acq_rel) == 1) {
         atomic_fetch_sub_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
+        if (b->on_release)
+            b->on_release(b->release_arg, b->release_token);
         cn_arena_free(b->arena); /* the batch itself lives in its arena */
     }
 }

@@ -38,7 +38,7 @@ static void backoff_sleep(int64_t ms)
     }
 }
 
-static void export_with_retry(cn_component *c, cn_chunk *chunk)
+cn_status cn_export_with_retry(cn_component *c, cn_chunk *chunk, bool persistent)
 {
     cn_exporter_runtime *rt = c->rt;
     const cn_exporter_plugin *plugin = c->plugin.exporter;
@@ -50,27 +50,34 @@ static void export_with_retry(cn_component *c, cn_chunk *chunk)
             atomic_store(&rt->failing, false);
             cn_metric_inc(rt->sent_chunks);
             cn_metric_add(rt->sent_snapshots, (int64_t)chunk->n);
-            return;
+            return CN_OK;
         }
         if (st == CN_FAIL) {
             count_drop(c, rt->failed_snapshots, chunk, "the exporter failed permanently");
-            return;
+            return CN_FAIL;
         }
         int64_t now = cn_mono_ms();
         int64_t deadline = atomic_load(&shutdown_deadline_ms);
         int64_t max_elapsed = rt->common.retry_on_failure.max_elapsed_time;
-        if (!rt->common.retry_on_failure.enabled) {
-            count_drop(c, rt->failed_snapshots, chunk, "export failed and retry_on_failure is disabled");
-            return;
-        }
-        if (max_elapsed > 0 && now - started >= max_elapsed) {
-            count_drop(c, rt->failed_snapshots, chunk, "retry_on_failure.max_elapsed_time ran out");
-            return;
-        }
         if (deadline && now >= deadline) {
+            if (persistent) {
+                cn_warn(c->id, "shutdown_timeout ran out while retrying; %zu snapshots stay in the spool", chunk->n);
+                return CN_RETRY;
+            }
             count_drop(c, rt->shutdown_dropped_snapshots, chunk, "shutdown_timeout ran out while retrying");
-            return;
+            return CN_FAIL;
         }
+        /* A spooled chunk waits on disk, so it is never given up on. */
+        if (!persistent && !rt->common.retry_on_failure.enabled) {
+            count_drop(c, rt->failed_snapshots, chunk, "export failed and retry_on_failure is disabled");
+            return CN_FAIL;
+        }
+        if (!persistent && max_elapsed > 0 && now - started >= max_elapsed) {
+            count_drop(c, rt->failed_snapshots, chunk, "retry_on_failure.max_elapsed_time ran out");
+            return CN_FAIL;
+        }
+        if (persistent && now - started >= max_elapsed && max_elapsed > 0)
+            atomic_store(&rt->failing, true); /* readiness: past the budget, though nothing is dropped */
         cn_metric_inc(rt->retries);
         /* Full jitter in [interval/2, interval] spreads retries of many collectors. */
         int64_t wait = interval / 2 + (interval > 1 ? rand() % (interval / 2 + 1) : 0);
@@ -94,7 +101,7 @@ static void *exporter_main(void *arg)
             if (deadline && cn_mono_ms() >= deadline)
                 count_drop(c, rt->shutdown_dropped_snapshots, chunk, "shutdown_timeout ran out");
             else
-                export_with_retry(c, chunk);
+                cn_export_with_retry(c, chunk, false);
             cn_chunk_unref(chunk);
         } else if (cn_queue_drained(&rt->queue)) {
             break;
@@ -134,7 +141,9 @@ int cn_exporter_runtime_start(cn_component *c)
     if (c->plugin.exporter->cb_start && c->plugin.exporter->cb_start(c->ctx, c) != 0)
         return -1;
     c->started = true;
-    if (pthread_create(&rt->thread, NULL, exporter_main, c) != 0)
+    if (rt->common.spool.directory && cn_exporter_spool_start(c) != 0)
+        return -1;
+    if (pthread_create(&rt->thread, NULL, rt->spool ? cn_exporter_spool_main : exporter_main, c) != 0)
         return -1;
     rt->thread_started = true;
     return 0;
@@ -157,6 +166,10 @@ void cn_exporter_runtime_close(cn_component *c)
 {
     if (c->rt && c->rt->queue.items)
         cn_queue_close(&c->rt->queue);
+    if (c->rt && c->rt->spool) {
+        atomic_store(&c->rt->stopping, true);
+        cn_spool_wake(c->rt->spool);
+    }
 }
 
 void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms)

@@ -21,7 +21,8 @@ static void emit_next(cn_emitter *e, cn_chunk *chunk)
         return;
     }
     for (size_t i = 0; i < p->n_exporters; i++)
-        cn_exporter_enqueue(p->exporters[i], cn_chunk_ref(chunk));
+        if (!p->exporters[i]->rt->spool) /* a spooled exporter reads its own spool */
+            cn_exporter_enqueue(p->exporters[i], cn_chunk_ref(chunk));
     cn_chunk_unref(chunk);
 }
 
@@ -131,6 +132,22 @@ cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch)
         while (reserved > 0)
             cn_queue_unreserve(&receiver->feeds[--reserved]->input);
         return atomic_load(&svc->accepting) ? CN_SUBMIT_FULL : CN_SUBMIT_SHUTTING_DOWN;
+    }
+    /* Spooled exporters: the batch must be in every spool before the agent is acked. */
+    for (size_t i = 0; i < receiver->n_feeds; i++) {
+        cn_pipeline *p = receiver->feeds[i];
+        for (size_t e = 0; e < p->n_exporters; e++) {
+            cn_spool *spool = p->exporters[e]->rt->spool;
+            if (!spool || !batch->wire)
+                continue;
+            if (cn_spool_append(spool, batch->wire, batch->wire_bytes, (uint32_t)batch->n_snapshots) != CN_SPOOL_OK) {
+                /* Spools written so far keep the record; the agent's resend is a duplicate
+                 * that merge_by_task drops by (segment, sequence). */
+                for (size_t k = 0; k < receiver->n_feeds; k++)
+                    cn_queue_unreserve(&receiver->feeds[k]->input);
+                return CN_SUBMIT_FULL;
+            }
+        }
     }
     for (size_t i = 0; i < receiver->n_feeds; i++)
         cn_queue_push_reserved(&receiver->feeds[i]->input, cn_batch_ref(batch));

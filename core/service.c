@@ -33,7 +33,30 @@ static const cn_option exporter_common_options[] = {
          {CN_OPT_DURATION, "max_elapsed_time", "5m",
           offsetof(cn_exporter_common, retry_on_failure.max_elapsed_time) -
               offsetof(cn_exporter_common, retry_on_failure),
-          "Give up on a chunk (drop and count it) after retrying this long; 0 retries forever."},
+          "Give up on a chunk (drop and count it) after retrying this long; 0 retries forever. With a spool, "
+          "data is never given up: it waits on disk."},
+         CN_OPT_END}},
+    {CN_OPT_MAP, "spool", NULL, offsetof(cn_exporter_common, spool),
+     "A persistent on-disk queue for this exporter. Agents are acked only once a batch is in the spool; "
+     "after a crash or restart the exporter replays what it had not delivered, without duplicates.",
+     .sub = (const cn_option[]){
+         {CN_OPT_STR, "directory", NULL, offsetof(cn_spool_options, directory),
+          "Where the spool lives; setting it turns the spool on. One directory per exporter."},
+         {CN_OPT_SIZE, "max_size", "1GiB", offsetof(cn_spool_options, max_size),
+          "Most bytes the spool may hold; then when_full applies.", .min = 1 << 20, .max = 1LL << 50},
+         {CN_OPT_ENUM, "fsync", "interval", offsetof(cn_spool_options, fsync),
+          "always: fsync before acking each batch; interval: fsync every fsync_interval (a process crash "
+          "loses nothing, a power loss at most that interval); never: leave it to the OS.",
+          .choices = (const char *const[]){"always", "interval", "never", NULL}},
+         {CN_OPT_DURATION, "fsync_interval", "200ms", offsetof(cn_spool_options, fsync_interval),
+          "How often the spool is fsynced with fsync: interval.", .min = 1, .max = 60000},
+         {CN_OPT_ENUM, "when_full", "block", offsetof(cn_spool_options, when_full),
+          "block: refuse new batches with a retryable error, so agents keep them and resend; drop_oldest: "
+          "delete the oldest records (counted) to make room.",
+          .choices = (const char *const[]){"block", "drop_oldest", NULL}},
+         {CN_OPT_SIZE, "segment_size", "16MiB", offsetof(cn_spool_options, segment_size),
+          "Size of each spool file; whole files are deleted once delivered.", .min = 64 * 1024,
+          .max = 1LL << 32},
          CN_OPT_END}},
     CN_OPT_END};
 
@@ -116,7 +139,7 @@ static void map_view_free(map_view *v)
     free(v->node.items);
 }
 
-static void component_free(cn_component *c)
+void cn_component_free(cn_component *c)
 {
     if (!c)
         return;
@@ -139,6 +162,7 @@ static void component_free(cn_component *c)
         free(c->ctx);
     }
     if (c->rt) {
+        cn_exporter_spool_free(c);
         cn_exporter_runtime_free(c);
         cn_options_free(exporter_common_options, &c->rt->common);
         free(c->rt);
@@ -186,7 +210,7 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
     }
     cn_component *c = calloc(1, sizeof *c);
     if (!c || !(c->id = strdup(key->scalar)) || !(c->type = strdup(key->scalar))) {
-        component_free(c);
+        cn_component_free(c);
         cn_diag_error(d, key, "out of memory");
         return NULL;
     }
@@ -228,7 +252,7 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
         char types[256];
         list_types(kind, types, sizeof types);
         cn_diag_error(d, key, "unknown %s type \"%s\" (compiled in: %s)", kind_name(kind), c->type, types);
-        component_free(c);
+        cn_component_free(c);
         return NULL;
     }
     static const cn_option no_options[] = {CN_OPT_END};
@@ -236,7 +260,7 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
         c->options = no_options;
     if (!(c->ctx = calloc(1, ctx_size ? ctx_size : 1))) {
         cn_diag_error(d, key, "out of memory");
-        component_free(c);
+        cn_component_free(c);
         return NULL;
     }
 
@@ -246,7 +270,7 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
         if (!(c->rt = calloc(1, sizeof *c->rt)) || map_view_init(&core_view, value, exporter_common_options, true) ||
             map_view_init(&plugin_view, value, exporter_common_options, false)) {
             cn_diag_error(d, key, "out of memory");
-            component_free(c);
+            cn_component_free(c);
             return NULL;
         }
         cn_options_apply(exporter_common_options, &c->rt->common, &core_view.node, d);
@@ -300,7 +324,7 @@ static void build_section(cn_service *svc, cn_kind kind, const cn_node *section,
         if (!c)
             continue;
         if (add_component(svc, c) != 0) {
-            component_free(c);
+            cn_component_free(c);
             cn_diag_error(d, section->keys[i], "out of memory");
         }
     }
@@ -313,7 +337,7 @@ static void pipeline_free(cn_pipeline *p)
     if (!p)
         return;
     for (size_t i = 0; i < p->n_processors; i++)
-        component_free(p->processors[i]);
+        cn_component_free(p->processors[i]);
     free(p->receivers);
     free(p->processors);
     free(p->exporters);
@@ -381,7 +405,7 @@ static void build_pipeline_refs(cn_service *svc, cn_pipeline *p, cn_kind kind, c
             if (!c)
                 continue;
             if (append_ptr(&p->processors, &p->n_processors, c) != 0) {
-                component_free(c);
+                cn_component_free(c);
                 cn_diag_error(d, ref, "out of memory");
             }
             continue;
@@ -397,6 +421,13 @@ static void build_pipeline_refs(cn_service *svc, cn_pipeline *p, cn_kind kind, c
                 cn_diag_error(d, ref, "out of memory");
         } else if (append_ptr(&p->exporters, &p->n_exporters, c) != 0) {
             cn_diag_error(d, ref, "out of memory");
+        } else {
+            c->rt->pipeline = p;
+            if (++c->rt->n_pipelines > 1 && c->rt->common.spool.directory)
+                cn_diag_error(d, ref,
+                              "service::pipelines::%s: exporter \"%s\" has a spool and is already in pipeline "
+                              "\"%s\"; a spooled exporter may be in one pipeline only",
+                              p->name, c->id, c->rt->pipeline->name);
         }
     next:;
     }
@@ -531,7 +562,7 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
     const cn_node *procs = cn_node_get(root, "processors");
     build_section(&tmp, CN_PROCESSOR, procs, d);
     for (size_t i = 0; i < tmp.n_components; i++)
-        component_free(tmp.components[i]);
+        cn_component_free(tmp.components[i]);
     free(tmp.components);
 
     const cn_node *service = cn_node_get(root, "service");
@@ -551,6 +582,19 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
 
     build_pipelines(svc, root, service, d);
     build_tasks(svc, cn_node_get(root, "tasks"), d);
+    for (size_t i = 0; i < svc->n_components; i++) {
+        const cn_component *a = svc->components[i];
+        if (a->kind != CN_EXPORTER || !a->rt->common.spool.directory)
+            continue;
+        for (size_t j = 0; j < i; j++) {
+            const cn_component *b = svc->components[j];
+            if (b->kind == CN_EXPORTER && b->rt->common.spool.directory &&
+                strcmp(a->rt->common.spool.directory, b->rt->common.spool.directory) == 0)
+                cn_diag_error(d, cn_options_node(cn_node_get(a->node, "spool"), "directory"),
+                              "exporter \"%s\": spool directory %s is already used by exporter \"%s\"", a->id,
+                              a->rt->common.spool.directory, b->id);
+        }
+    }
 
     if (d->n_errors > errors_before) {
         cn_service_free(svc);
@@ -569,6 +613,14 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
     return svc;
 }
 
+cn_component *cn_processor_clone(const cn_component *proc)
+{
+    cn_diag d = {0};
+    cn_component *c = component_build(proc->svc, CN_PROCESSOR, proc->id_node, proc->node, &d);
+    cn_diag_free(&d); /* the same declaration was checked when the graph was built */
+    return c;
+}
+
 void cn_service_free(cn_service *svc)
 {
     if (!svc)
@@ -577,7 +629,7 @@ void cn_service_free(cn_service *svc)
         pipeline_free(svc->pipelines[i]);
     free(svc->pipelines);
     for (size_t i = 0; i < svc->n_components; i++)
-        component_free(svc->components[i]);
+        cn_component_free(svc->components[i]);
     free(svc->components);
     cn_tasks_free(svc->tasks);
     cn_options_free(service_options, &svc->settings);

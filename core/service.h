@@ -10,7 +10,9 @@
 #include <stdatomic.h>
 
 #include "canopy/plugin.h"
+#include "hwm.h"
 #include "queue.h"
+#include "spool.h"
 
 typedef struct cn_pipeline cn_pipeline;
 typedef struct cn_service cn_service;
@@ -26,6 +28,7 @@ typedef struct cn_exporter_common {
         int64_t max_interval;
         int64_t max_elapsed_time;
     } retry_on_failure;
+    cn_spool_options spool; /* on when spool.directory is set */
 } cn_exporter_common;
 
 typedef struct cn_exporter_runtime {
@@ -39,6 +42,16 @@ typedef struct cn_exporter_runtime {
     cn_ratelimit full_log, fail_log;
     /* Set while the exporter drops data past its retry budget; cleared by the next success (readiness). */
     atomic_bool failing;
+    /* Spool mode: the exporter reads its own on-disk queue through a private copy of its pipeline's processors. */
+    cn_pipeline *pipeline; /* the one pipeline a spooled exporter may be in */
+    size_t n_pipelines;
+    cn_spool *spool;
+    cn_hwm *hwm;
+    cn_component **chain;
+    size_t n_chain;
+    atomic_bool stopping;
+    atomic_bool abandon; /* shutdown ran out of time: leave unfinished records in the spool */
+    cn_metric *replay_skipped;
 } cn_exporter_runtime;
 
 struct cn_component {
@@ -124,6 +137,16 @@ void cn_service_free(cn_service *svc);
 
 /* Exporter runtime (exporter.c). */
 int cn_exporter_runtime_start(cn_component *c);
+/* Hands a chunk to the plugin until delivered (CN_OK), dropped (CN_FAIL) or, when
+ * `persistent`, abandoned at the shutdown deadline (CN_RETRY; it stays spooled). */
+cn_status cn_export_with_retry(cn_component *c, cn_chunk *chunk, bool persistent);
+/* Spool mode (exporter_spool.c). */
+int cn_exporter_spool_start(cn_component *c);
+void *cn_exporter_spool_main(void *arg);
+void cn_exporter_spool_free(cn_component *c);
+/* A new instance of a processor, built from the same config (service.c). */
+cn_component *cn_processor_clone(const cn_component *proc);
+void cn_component_free(cn_component *c);
 void cn_exporter_enqueue(cn_component *c, cn_chunk *chunk); /* takes the ref */
 void cn_exporter_runtime_close(cn_component *c);
 void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms);

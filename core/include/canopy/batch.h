@@ -35,6 +35,14 @@ typedef struct cn_batch {
     int64_t received_ms;             /* collector wall clock at receipt */
     size_t wire_bytes;               /* size of the encoded request */
     size_t mem_bytes;                /* arena bytes held, for memory accounting */
+    /* The encoded request; valid only while the receiver handles it (spooling). */
+    const uint8_t *wire;
+    /* Read back from a spool and written before this process started. */
+    bool replayed;
+    /* Called once when the last reference goes (a spool marks its record done). */
+    void (*on_release)(void *arg, uint64_t token);
+    void *release_arg;
+    uint64_t release_token;
     /* private */
     cn_arena *arena;
     Canopy__V1__Request *request;

@@ -116,6 +116,16 @@ typedef struct cn_exporter_plugin {
      */
     int (*cb_task_source)(void *ctx, cn_component *self, const cn_node *source_cfg,
                           cn_task_registry *reg, cn_diag *d);
+    /*
+     * Optional, for exactly-once delivery with a spool. After a crash the spool
+     * replays records the sink may already hold. Before replaying, the core asks
+     * the plugin what its sink already has: call `seen` for each (task, segment)
+     * with the highest sequence present. Called on the exporter's thread after
+     * cb_start. A sink that cannot be read back (a remote backend) leaves it NULL
+     * and relies on the core's delivery log.
+     */
+    void (*cb_recover)(void *ctx, void (*seen)(void *arg, const char *task, const char *segment, int32_t seq),
+                       void *arg);
     /* Called before cb_destroy when cb_task_source was used; stops its threads. */
     void (*cb_task_source_stop)(void *ctx);
     void (*cb_destroy)(void *ctx);

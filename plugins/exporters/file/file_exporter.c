@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <dirent.h>
+#include <jansson.h>
 #include <unistd.h>
 
 #include "canopy/dict.h"
@@ -113,6 +115,9 @@ static void flush_all(file_ctx *f, bool sync)
     }
 }
 
+static void for_each_jsonl(file_ctx *f, void (*fn)(file_ctx *, const char *, void *), void *arg);
+static void cut_one(file_ctx *f, const char *path, void *arg);
+
 static int file_start(void *ctx, cn_component *self)
 {
     file_ctx *f = ctx;
@@ -129,6 +134,7 @@ static int file_start(void *ctx, cn_component *self)
     f->write_errors = cn_counter("canopy_file_write_errors_total", "Failed writes (the chunk is retried).", l);
     f->error_log.interval_ms = 10000;
     f->next_sync_ms = cn_mono_ms() + f->fsync_interval;
+    for_each_jsonl(f, cut_one, NULL);
     cn_info(cn_component_id(self), "writing <taskId>.jsonl files to %s", f->directory);
     return 0;
 }
@@ -332,6 +338,136 @@ static cn_status file_export(void *ctx, const cn_chunk *chunk)
     return CN_OK;
 }
 
+
+/* ---- crash recovery -------------------------------------------------------------- */
+
+/* Cuts a partial last line left by a crash in the middle of a write. */
+static void cut_torn_tail(file_ctx *f, const char *path)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    off_t size = lseek(fd, 0, SEEK_END);
+    char last;
+    if (size > 0 && pread(fd, &last, 1, size - 1) == 1 && last != '\n') {
+        char buf[65536];
+        off_t end = size, keep = 0;
+        while (end > 0 && keep == 0) {
+            off_t start = end > (off_t)sizeof buf ? end - (off_t)sizeof buf : 0;
+            ssize_t n = pread(fd, buf, (size_t)(end - start), start);
+            if (n <= 0)
+                break;
+            for (ssize_t i = n - 1; i >= 0; i--)
+                if (buf[i] == '\n') {
+                    keep = start + i + 1;
+                    break;
+                }
+            end = start;
+        }
+        if (ftruncate(fd, keep) == 0)
+            cn_warn(cn_component_id(f->self), "%s: cut a torn last line of %lld bytes (a crash interrupted a write)",
+                    path, (long long)(size - keep));
+    }
+    close(fd);
+}
+
+static void for_each_jsonl(file_ctx *f, void (*fn)(file_ctx *, const char *, void *), void *arg)
+{
+    DIR *d = opendir(f->directory);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n > 6 && strcmp(e->d_name + n - 6, ".jsonl") == 0) {
+            char path[4096 + 320];
+            snprintf(path, sizeof path, "%s/%s", f->directory, e->d_name);
+            fn(f, path, arg);
+        }
+    }
+    closedir(d);
+}
+
+static void cut_one(file_ctx *f, const char *path, void *arg)
+{
+    CN_UNUSED(arg);
+    cut_torn_tail(f, path);
+}
+
+typedef struct recover_arg {
+    void (*seen)(void *, const char *, const char *, int32_t);
+    void *seen_arg;
+    size_t lines;
+} recover_arg;
+
+/* Decodes the JSON string that starts at p (a '"'); returns a new string or NULL. */
+static char *json_token(const char *p, const char **end)
+{
+    const char *q = p + 1;
+    while (*q && *q != '"')
+        q += *q == '\\' && q[1] ? 2 : 1;
+    if (*q != '"')
+        return NULL;
+    *end = q + 1;
+    json_t *j = json_loadb(p, (size_t)(q + 1 - p), JSON_DECODE_ANY, NULL);
+    char *s = j && json_is_string(j) ? strdup(json_string_value(j)) : NULL;
+    json_decref(j);
+    return s;
+}
+
+/* Reports the highest sequence of every (task, segment) in one file. Lines are ours,
+ * so the keys come in a known order. */
+static void recover_one(file_ctx *f, const char *path, void *arg)
+{
+    recover_arg *ra = arg;
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return;
+    cn_dict *marks = cn_dict_new(256);
+    char *line = NULL;
+    size_t cap = 0;
+    while (marks && getline(&line, &cap, fp) > 0) {
+        const char *end;
+        if (strncmp(line, "{\"taskId\":\"", 11) != 0)
+            continue;
+        char *task = json_token(line + 10, &end);
+        char *segment = task && strncmp(end, ",\"traceSegmentId\":\"", 19) == 0 ? json_token(end + 18, &end) : NULL;
+        const char *seqp = segment ? strstr(end, ",\"sequence\":") : NULL;
+        if (seqp) {
+            int32_t seq = (int32_t)strtol(seqp + 12, NULL, 10);
+            char key[2048];
+            snprintf(key, sizeof key, "%s\x1f%s", task, segment);
+            intptr_t prev = (intptr_t)cn_dict_get(marks, key); /* seq + 1, 0 = none */
+            if (seq + 1 > prev)
+                cn_dict_put(marks, key, (void *)(intptr_t)(seq + 1));
+            ra->lines++;
+        }
+        free(task);
+        free(segment);
+    }
+    free(line);
+    fclose(fp);
+    size_t pos = 0;
+    const char *key;
+    void *value;
+    while (marks && cn_dict_next(marks, &pos, &key, &value)) {
+        const char *sep = strchr(key, '\x1f');
+        char task[1024];
+        snprintf(task, sizeof task, "%.*s", (int)(sep - key), key);
+        ra->seen(ra->seen_arg, task, sep + 1, (int32_t)((intptr_t)value - 1));
+    }
+    cn_dict_free(marks, NULL);
+    CN_UNUSED(f);
+}
+
+static void file_recover(void *ctx, void (*seen)(void *, const char *, const char *, int32_t), void *arg)
+{
+    file_ctx *f = ctx;
+    recover_arg ra = {seen, arg, 0};
+    for_each_jsonl(f, recover_one, &ra);
+    cn_info(cn_component_id(f->self), "found %zu lines already written in %s", ra.lines, f->directory);
+}
+
 static void file_tick(void *ctx, int64_t now)
 {
     file_ctx *f = ctx;
@@ -375,5 +511,6 @@ const cn_exporter_plugin cn_exporter_file = {
     .cb_export = file_export,
     .cb_tick = file_tick,
     .cb_flush = file_flush,
+    .cb_recover = file_recover,
     .cb_destroy = file_destroy,
 };

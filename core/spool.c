@@ -1,0 +1,683 @@
+/*
+ * Persistent spool; see spool.h for the file layout and guarantees.
+ * One mutex guards the spool; appends come from the receiver's threads, reads
+ * and completions from the exporter's worker, syncs from the flusher thread.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "canopy/log.h"
+#include "canopy/metrics.h"
+#include "spool.h"
+
+#define RECORD_MAGIC 0x50534E43u /* "CNSP" read as little endian */
+#define MAX_RECORD (1u << 30)
+
+/* On-disk record header; host byte order (the spool never moves between machines). */
+typedef struct record_header {
+    uint32_t magic;
+    uint32_t len;
+    uint64_t seq;
+    uint32_t n_snapshots;
+    uint32_t crc; /* over seq, n_snapshots and the payload */
+} record_header;
+
+typedef struct segment {
+    uint64_t first_seq;
+    uint64_t end_seq; /* one past the last record */
+    uint64_t bytes;   /* valid bytes */
+    uint64_t snapshots;
+} segment;
+
+struct cn_spool {
+    cn_spool_options o;
+    char *name;
+    pthread_mutex_t lock;
+    pthread_cond_t readable;
+    segment *segs;
+    size_t n_segs, cap_segs;
+    int write_fd;
+    uint64_t next_seq;
+    uint64_t total_bytes;
+    /* reader */
+    int read_fd;
+    size_t read_seg;
+    uint64_t read_seq;
+    uint64_t read_off;
+    /* completion: flags for [cursor, read_seq) in a ring */
+    uint64_t cursor;
+    uint8_t *done;
+    size_t done_cap;
+    bool cursor_dirty;
+    uint64_t replay_end;
+    bool unsynced;
+    bool closed;
+    pthread_t flusher;
+    bool flusher_started;
+    bool stop_flusher;
+    pthread_cond_t flusher_wake;
+    cn_metric *m_bytes, *m_pending, *m_records, *m_dropped_records, *m_dropped_snapshots, *m_full, *m_errors,
+        *m_corrupt;
+    cn_ratelimit log;
+};
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static uint32_t record_crc(const record_header *h, const void *payload)
+{
+    /* CRC of (seq, n_snapshots) then payload, chained through one buffer-free pass. */
+    unsigned char head[12];
+    memcpy(head, &h->seq, 8);
+    memcpy(head + 8, &h->n_snapshots, 4);
+    uint32_t a = cn_crc32(head, sizeof head);
+    uint32_t b = cn_crc32(payload, h->len);
+    return a ^ (b * 0x9E3779B1u) ^ h->len;
+}
+
+static void seg_path(const cn_spool *s, uint64_t first_seq, char *out, size_t len)
+{
+    snprintf(out, len, "%s/seg-%020" PRIu64 ".log", s->o.directory, first_seq);
+}
+
+static int mkdirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return -1;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0750) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    return mkdir(buf, 0750) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static int seg_push(cn_spool *s, uint64_t first_seq)
+{
+    if (s->n_segs == s->cap_segs) {
+        size_t cap = s->cap_segs ? s->cap_segs * 2 : 16;
+        segment *grown = realloc(s->segs, cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        s->segs = grown;
+        s->cap_segs = cap;
+    }
+    s->segs[s->n_segs++] = (segment){first_seq, first_seq, 0, 0};
+    return 0;
+}
+
+static int cmp_seg(const void *a, const void *b)
+{
+    uint64_t x = ((const segment *)a)->first_seq, y = ((const segment *)b)->first_seq;
+    return (x > y) - (x < y);
+}
+
+static void update_gauges(cn_spool *s)
+{
+    cn_metric_set(s->m_bytes, (int64_t)s->total_bytes);
+    cn_metric_set(s->m_pending, (int64_t)(s->next_seq - s->cursor));
+}
+
+/* Reads and checks the record at off; returns its total size, 0 at a clean end, -1 when torn or corrupt. */
+static long long read_record(int fd, uint64_t off, uint64_t limit, record_header *h, void **payload)
+{
+    if (off == limit)
+        return 0;
+    if (limit - off < sizeof *h || pread(fd, h, sizeof *h, (off_t)off) != (ssize_t)sizeof *h)
+        return -1;
+    if (h->magic != RECORD_MAGIC || h->len > MAX_RECORD || limit - off - sizeof *h < h->len)
+        return -1;
+    void *buf = malloc(h->len ? h->len : 1);
+    if (!buf)
+        return -1;
+    if (pread(fd, buf, h->len, (off_t)(off + sizeof *h)) != (ssize_t)h->len || record_crc(h, buf) != h->crc) {
+        free(buf);
+        return -1;
+    }
+    if (payload)
+        *payload = buf;
+    else
+        free(buf);
+    return (long long)(sizeof *h + h->len);
+}
+
+/* ---- recovery ---------------------------------------------------------------- */
+
+static int list_segments(cn_spool *s)
+{
+    DIR *d = opendir(s->o.directory);
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        uint64_t first;
+        char tail[8];
+        if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) == 2 && strcmp(tail, "log") == 0)
+            if (seg_push(s, first) != 0) {
+                closedir(d);
+                return -1;
+            }
+    }
+    closedir(d);
+    qsort(s->segs, s->n_segs, sizeof *s->segs, cmp_seg);
+    return 0;
+}
+
+/* Validates a segment's records; cuts a torn tail of the last segment. */
+static int scan_segment(cn_spool *s, size_t i)
+{
+    segment *g = &s->segs[i];
+    char path[4200];
+    seg_path(s, g->first_seq, path, sizeof path);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    fstat(fd, &st);
+    uint64_t size = (uint64_t)st.st_size, off = 0, seq = g->first_seq;
+    record_header h;
+    long long n;
+    while ((n = read_record(fd, off, size, &h, NULL)) > 0 && h.seq == seq) {
+        off += (uint64_t)n;
+        seq++;
+        g->snapshots += h.n_snapshots;
+    }
+    if (off < size) {
+        bool last = i + 1 == s->n_segs;
+        cn_metric_inc(s->m_corrupt);
+        cn_warn(s->name, "spool %s: %s record at offset %" PRIu64 " (%" PRIu64 " bytes after it %s)", path,
+                last ? "torn or corrupt tail" : "corrupt", off, size - off,
+                last ? "cut off; a crash interrupted that write" : "skipped");
+        if (last && ftruncate(fd, (off_t)off) != 0)
+            cn_warn(s->name, "spool %s: cannot cut the torn tail: %s", path, strerror(errno));
+    }
+    close(fd);
+    g->bytes = off;
+    g->end_seq = seq;
+    s->total_bytes += off;
+    return 0;
+}
+
+static void read_cursor(cn_spool *s)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/cursor", s->o.directory);
+    uint64_t v[2];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    s->cursor = s->n_segs ? s->segs[0].first_seq : 0;
+    if (fd < 0)
+        return;
+    if (read(fd, v, sizeof v) == (ssize_t)sizeof v && v[1] == (uint64_t)cn_crc32(&v[0], sizeof v[0]))
+        s->cursor = v[0];
+    else
+        cn_warn(s->name, "spool %s: cursor file unreadable; replaying from the oldest record", s->o.directory);
+    close(fd);
+}
+
+static void write_cursor(cn_spool *s, uint64_t cursor)
+{
+    char tmp[4200], path[4200];
+    snprintf(tmp, sizeof tmp, "%s/cursor.tmp", s->o.directory);
+    snprintf(path, sizeof path, "%s/cursor", s->o.directory);
+    uint64_t v[2] = {cursor, cn_crc32(&cursor, sizeof cursor)};
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0 || write(fd, v, sizeof v) != (ssize_t)sizeof v ||
+        (s->o.fsync != CN_SPOOL_FSYNC_NEVER && fdatasync(fd) != 0) || rename(tmp, path) != 0)
+        cn_log_limited(&s->log, CN_LOG_WARN, s->name, "spool %s: cannot save the cursor: %s", s->o.directory,
+                       strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static int open_segment_for_append(cn_spool *s)
+{
+    segment *g = &s->segs[s->n_segs - 1];
+    char path[4200];
+    seg_path(s, g->first_seq, path, sizeof path);
+    s->write_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    return s->write_fd < 0 ? -1 : 0;
+}
+
+static int reader_open(cn_spool *s, size_t seg)
+{
+    if (s->read_fd >= 0)
+        close(s->read_fd);
+    char path[4200];
+    seg_path(s, s->segs[seg].first_seq, path, sizeof path);
+    s->read_fd = open(path, O_RDONLY | O_CLOEXEC);
+    s->read_seg = seg;
+    s->read_off = 0;
+    s->read_seq = s->segs[seg].first_seq;
+    return s->read_fd < 0 ? -1 : 0;
+}
+
+/* Deletes leading segments that hold nothing at or after the cursor. */
+static void delete_committed_segments(cn_spool *s)
+{
+    size_t n = 0;
+    while (n + 1 < s->n_segs && s->segs[n].end_seq <= s->cursor && s->read_seg > n)
+        n++;
+    for (size_t i = 0; i < n; i++) {
+        char path[4200];
+        seg_path(s, s->segs[i].first_seq, path, sizeof path);
+        unlink(path);
+        s->total_bytes -= s->segs[i].bytes;
+    }
+    if (n) {
+        memmove(s->segs, s->segs + n, (s->n_segs - n) * sizeof *s->segs);
+        s->n_segs -= n;
+        s->read_seg -= n;
+    }
+}
+
+static int ring_reserve(cn_spool *s, uint64_t window)
+{
+    if (window < s->done_cap)
+        return 0;
+    size_t cap = s->done_cap ? s->done_cap : 1024;
+    while (cap <= window)
+        cap *= 2;
+    uint8_t *ring = calloc(cap, 1);
+    if (!ring)
+        return -1;
+    for (uint64_t q = s->cursor; q < s->read_seq; q++)
+        ring[q & (cap - 1)] = s->done_cap ? s->done[q & (s->done_cap - 1)] : 0;
+    free(s->done);
+    s->done = ring;
+    s->done_cap = cap;
+    return 0;
+}
+
+static void *flusher_main(void *arg);
+
+cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const char *labels)
+{
+    cn_spool *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->o = *opts;
+    s->o.directory = strdup(opts->directory);
+    s->name = strdup(name);
+    s->write_fd = s->read_fd = -1;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->readable, &attr);
+    pthread_cond_init(&s->flusher_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    s->m_bytes = cn_gauge("canopy_spool_bytes", "Bytes in the exporter's spool.", labels);
+    s->m_pending = cn_gauge("canopy_spool_pending_records", "Records in the spool not yet exported.", labels);
+    s->m_records = cn_counter("canopy_spool_records_total", "Records appended to the spool.", labels);
+    s->m_dropped_records = cn_counter("canopy_spool_dropped_records_total",
+                                      "Records dropped by when_full: drop_oldest.", labels);
+    s->m_dropped_snapshots = cn_counter("canopy_spool_dropped_snapshots_total",
+                                        "Snapshots dropped by when_full: drop_oldest.", labels);
+    s->m_full = cn_counter("canopy_spool_full_refusals_total",
+                           "Batches refused (retryable) because the spool was full or could not be written.", labels);
+    s->m_errors = cn_counter("canopy_spool_write_errors_total", "Failed spool writes (disk full, I/O error).", labels);
+    s->m_corrupt = cn_counter("canopy_spool_corrupt_records_total",
+                              "Torn or corrupt records found (and skipped) when the spool was opened.", labels);
+    s->log.interval_ms = 10000;
+    if (!s->o.directory || !s->name || mkdirs(s->o.directory) != 0 || list_segments(s) != 0) {
+        cn_error(name, "spool %s: cannot open: %s", opts->directory, strerror(errno));
+        cn_spool_close(s);
+        return NULL;
+    }
+    for (size_t i = 0; i < s->n_segs; i++) {
+        if (scan_segment(s, i) != 0) {
+            cn_error(name, "spool %s: cannot read a segment: %s", opts->directory, strerror(errno));
+            cn_spool_close(s);
+            return NULL;
+        }
+    }
+    s->next_seq = s->n_segs ? s->segs[s->n_segs - 1].end_seq : 0;
+    read_cursor(s);
+    if (s->n_segs && s->cursor < s->segs[0].first_seq)
+        s->cursor = s->segs[0].first_seq; /* the oldest records were dropped */
+    if (s->cursor > s->next_seq)
+        s->cursor = s->next_seq;
+    s->replay_end = s->next_seq;
+    if (s->n_segs == 0 && seg_push(s, s->next_seq) != 0) {
+        cn_spool_close(s);
+        return NULL;
+    }
+    /* Position the reader on the cursor. */
+    size_t seg = 0;
+    while (seg + 1 < s->n_segs && s->segs[seg + 1].first_seq <= s->cursor)
+        seg++;
+    if (open_segment_for_append(s) != 0 || reader_open(s, seg) != 0) {
+        cn_error(name, "spool %s: cannot open segment files: %s", opts->directory, strerror(errno));
+        cn_spool_close(s);
+        return NULL;
+    }
+    record_header h;
+    long long n;
+    while (s->read_seq < s->cursor &&
+           (n = read_record(s->read_fd, s->read_off, s->segs[seg].bytes, &h, NULL)) > 0) {
+        s->read_off += (uint64_t)n;
+        s->read_seq++;
+    }
+    s->cursor = s->read_seq;
+    delete_committed_segments(s);
+    if (ring_reserve(s, 1) != 0) {
+        cn_spool_close(s);
+        return NULL;
+    }
+    update_gauges(s);
+    if (s->next_seq > s->cursor)
+        cn_info(name, "spool %s: %" PRIu64 " records (%" PRIu64 " bytes) from before the restart will be replayed",
+                s->o.directory, s->next_seq - s->cursor, s->total_bytes);
+    if (pthread_create(&s->flusher, NULL, flusher_main, s) == 0)
+        s->flusher_started = true;
+    return s;
+}
+
+/* ---- append --------------------------------------------------------------------- */
+
+/* Drops the oldest segment that is not being written. Caller holds the lock. */
+static bool drop_oldest_segment(cn_spool *s)
+{
+    if (s->n_segs < 2)
+        return false;
+    segment g = s->segs[0];
+    char path[4200];
+    seg_path(s, g.first_seq, path, sizeof path);
+    unlink(path);
+    uint64_t lost_records = g.end_seq > s->cursor ? g.end_seq - (s->cursor > g.first_seq ? s->cursor : g.first_seq) : 0;
+    cn_metric_add(s->m_dropped_records, (int64_t)lost_records);
+    cn_metric_add(s->m_dropped_snapshots, (int64_t)g.snapshots);
+    cn_log_limited(&s->log, CN_LOG_WARN, s->name,
+                   "spool %s is full: dropped its oldest %" PRIu64 " records (%" PRIu64 " snapshots) per "
+                   "when_full: drop_oldest",
+                   s->o.directory, g.end_seq - g.first_seq, g.snapshots);
+    s->total_bytes -= g.bytes;
+    memmove(s->segs, s->segs + 1, (s->n_segs - 1) * sizeof *s->segs);
+    s->n_segs--;
+    if (s->cursor < s->segs[0].first_seq) {
+        /* Records still being exported from the dropped segment complete as usual; the
+         * cursor simply no longer waits for them. */
+        for (uint64_t q = s->cursor; q < s->segs[0].first_seq && q < s->read_seq; q++)
+            s->done[q & (s->done_cap - 1)] = 0;
+        s->cursor = s->segs[0].first_seq;
+        s->cursor_dirty = true;
+    }
+    if (s->read_seg == 0) {
+        reader_open(s, 0);
+    } else {
+        s->read_seg--;
+    }
+    if (s->read_seq < s->cursor) {
+        s->read_seq = s->cursor;
+    }
+    return true;
+}
+
+static int rotate(cn_spool *s)
+{
+    if (s->o.fsync != CN_SPOOL_FSYNC_NEVER)
+        fdatasync(s->write_fd);
+    close(s->write_fd);
+    s->write_fd = -1;
+    if (seg_push(s, s->next_seq) != 0)
+        return -1;
+    return open_segment_for_append(s);
+}
+
+cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots)
+{
+    record_header h = {RECORD_MAGIC, (uint32_t)len, 0, n_snapshots, 0};
+    uint64_t rec = sizeof h + len;
+    pthread_mutex_lock(&s->lock);
+    cn_spool_result result = CN_SPOOL_OK;
+    while (s->total_bytes + rec > (uint64_t)s->o.max_size) {
+        if (s->o.when_full != CN_SPOOL_DROP_OLDEST || !drop_oldest_segment(s)) {
+            cn_metric_inc(s->m_full);
+            cn_log_limited(&s->log, CN_LOG_WARN, s->name,
+                           "spool %s is full (%" PRIu64 " of %lld bytes): refusing batches until the exporter "
+                           "catches up; agents will resend",
+                           s->o.directory, s->total_bytes, (long long)s->o.max_size);
+            result = CN_SPOOL_FULL;
+            goto out;
+        }
+    }
+    segment *g = &s->segs[s->n_segs - 1];
+    if (g->bytes > 0 && g->bytes + rec > (uint64_t)s->o.segment_size) {
+        if (rotate(s) != 0) {
+            result = CN_SPOOL_IO;
+            goto io_error;
+        }
+        g = &s->segs[s->n_segs - 1];
+    }
+    h.seq = s->next_seq;
+    h.crc = record_crc(&h, data);
+    for (int attempt = 0;; attempt++) {
+        struct iovec iov[2] = {{&h, sizeof h}, {(void *)data, len}};
+        ssize_t n = writev(s->write_fd, iov, 2);
+        if (n == (ssize_t)rec)
+            break;
+        int err = n < 0 ? errno : ENOSPC;
+        /* Remove a partial record so the file stays a clean sequence of records. */
+        if (n > 0 && ftruncate(s->write_fd, (off_t)g->bytes) != 0)
+            err = errno;
+        if (err == ENOSPC && s->o.when_full == CN_SPOOL_DROP_OLDEST && attempt < 4 && drop_oldest_segment(s)) {
+            g = &s->segs[s->n_segs - 1];
+            continue;
+        }
+        errno = err;
+        result = CN_SPOOL_IO;
+        goto io_error;
+    }
+    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && fdatasync(s->write_fd) != 0) {
+        result = CN_SPOOL_IO;
+        goto io_error;
+    }
+    g->bytes += rec;
+    g->end_seq = ++s->next_seq;
+    g->snapshots += n_snapshots;
+    s->total_bytes += rec;
+    s->unsynced = true;
+    cn_metric_inc(s->m_records);
+    update_gauges(s);
+    pthread_cond_signal(&s->readable);
+    goto out;
+io_error:
+    cn_metric_inc(s->m_errors);
+    cn_metric_inc(s->m_full);
+    cn_log_limited(&s->log, CN_LOG_ERROR, s->name,
+                   "spool %s: write failed: %s; refusing batches (agents will resend) until it can be written",
+                   s->o.directory, strerror(errno));
+out:
+    pthread_mutex_unlock(&s->lock);
+    return result;
+}
+
+/* ---- read and complete ------------------------------------------------------------- */
+
+int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&s->lock);
+    int rc = 0;
+    for (;;) {
+        if (s->closed) {
+            rc = -1;
+            break;
+        }
+        if (s->read_seq < s->next_seq) {
+            segment *g = &s->segs[s->read_seg];
+            if (s->read_off >= g->bytes || s->read_seq >= g->end_seq) {
+                if (s->read_seg + 1 >= s->n_segs)
+                    break; /* not possible while read_seq < next_seq; be safe */
+                reader_open(s, s->read_seg + 1);
+                continue;
+            }
+            record_header h;
+            void *buf = NULL;
+            long long n = read_record(s->read_fd, s->read_off, g->bytes, &h, &buf);
+            if (n <= 0 || h.seq != s->read_seq) {
+                free(buf);
+                /* Checked at open; only a middle segment's damaged tail can get here. Skip it. */
+                cn_log_limited(&s->log, CN_LOG_WARN, s->name, "spool %s: skipping a damaged record at seq %" PRIu64,
+                               s->o.directory, s->read_seq);
+                g->bytes = s->read_off;
+                uint64_t skip_to = s->read_seg + 1 < s->n_segs ? s->segs[s->read_seg + 1].first_seq : s->next_seq;
+                if (ring_reserve(s, skip_to - s->cursor + 1) == 0)
+                    for (uint64_t q = s->read_seq; q < skip_to; q++)
+                        s->done[q & (s->done_cap - 1)] = 1;
+                s->read_seq = skip_to;
+                continue;
+            }
+            if (ring_reserve(s, s->read_seq - s->cursor + 1) != 0) {
+                free(buf);
+                break;
+            }
+            s->done[s->read_seq & (s->done_cap - 1)] = 0;
+            *seq = s->read_seq++;
+            s->read_off += (uint64_t)n;
+            *data = buf;
+            *len = h.len;
+            rc = 1;
+            break;
+        }
+        if (pthread_cond_timedwait(&s->readable, &s->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+void cn_spool_done(cn_spool *s, uint64_t seq)
+{
+    pthread_mutex_lock(&s->lock);
+    if (seq >= s->cursor && seq < s->read_seq) {
+        s->done[seq & (s->done_cap - 1)] = 1;
+        uint64_t before = s->cursor;
+        while (s->cursor < s->read_seq && s->done[s->cursor & (s->done_cap - 1)]) {
+            s->done[s->cursor & (s->done_cap - 1)] = 0;
+            s->cursor++;
+        }
+        if (s->cursor != before) {
+            s->cursor_dirty = true;
+            delete_committed_segments(s);
+            update_gauges(s);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t cn_spool_replay_end(const cn_spool *s) { return s->replay_end; }
+
+bool cn_spool_has_replay(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool pending = s->cursor < s->replay_end;
+    pthread_mutex_unlock(&s->lock);
+    return pending;
+}
+
+void cn_spool_sync(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int fd = s->unsynced && s->o.fsync == CN_SPOOL_FSYNC_INTERVAL ? dup(s->write_fd) : -1;
+    s->unsynced = false;
+    bool save = s->cursor_dirty;
+    uint64_t cursor = s->cursor;
+    s->cursor_dirty = false;
+    pthread_mutex_unlock(&s->lock);
+    /* fsync outside the lock so appends are not held up by the disk. */
+    if (fd >= 0) {
+        fdatasync(fd);
+        close(fd);
+    }
+    if (save)
+        write_cursor(s, cursor);
+}
+
+void cn_spool_wake(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    pthread_cond_broadcast(&s->readable);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void *flusher_main(void *arg)
+{
+    cn_spool *s = arg;
+    int64_t interval = s->o.fsync == CN_SPOOL_FSYNC_INTERVAL ? s->o.fsync_interval : 1000;
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop_flusher) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += interval / 1000;
+        ts.tv_nsec += (interval % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->flusher_wake, &s->lock, &ts);
+        if (s->stop_flusher)
+            break;
+        pthread_mutex_unlock(&s->lock);
+        cn_spool_sync(s);
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+void cn_spool_close(cn_spool *s)
+{
+    if (!s)
+        return;
+    if (s->flusher_started) {
+        pthread_mutex_lock(&s->lock);
+        s->stop_flusher = true;
+        pthread_cond_signal(&s->flusher_wake);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->flusher, NULL);
+    }
+    pthread_mutex_lock(&s->lock);
+    s->closed = true;
+    pthread_cond_broadcast(&s->readable);
+    pthread_mutex_unlock(&s->lock);
+    if (s->write_fd >= 0) {
+        if (s->o.fsync != CN_SPOOL_FSYNC_NEVER)
+            fdatasync(s->write_fd);
+        s->unsynced = false;
+    }
+    if (s->o.directory && s->n_segs)
+        cn_spool_sync(s);
+    if (s->write_fd >= 0)
+        close(s->write_fd);
+    if (s->read_fd >= 0)
+        close(s->read_fd);
+    pthread_cond_destroy(&s->readable);
+    pthread_cond_destroy(&s->flusher_wake);
+    pthread_mutex_destroy(&s->lock);
+    free(s->segs);
+    free(s->done);
+    free(s->o.directory);
+    free(s->name);
+    free(s);
+}

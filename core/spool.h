@@ -1,0 +1,72 @@
+/*
+ * A persistent spool: an append-only log of records (encoded agent requests)
+ * in segment files, each record framed with its sequence number, length and a
+ * CRC32, plus a committed read cursor. It is an exporter's queue on disk:
+ * the receiver appends a batch before it acks the agent, and the exporter's
+ * worker reads records back, so a crash, a restart or a long backend outage
+ * loses nothing that was acked.
+ *
+ * Files in the spool directory:
+ *   seg-<first seq, 20 digits>.log   records; a new segment every segment_size
+ *   cursor                           the first record not yet fully exported
+ *
+ * Durability of appends follows the fsync policy: always (fsync before the
+ * append returns), interval (a flusher fsyncs every fsync_interval; an ack may
+ * precede the fsync, so a power loss can lose that much, a process crash
+ * cannot), never (left to the OS).
+ */
+#ifndef CANOPY_SPOOL_H
+#define CANOPY_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum { CN_SPOOL_FSYNC_ALWAYS = 0, CN_SPOOL_FSYNC_INTERVAL, CN_SPOOL_FSYNC_NEVER };
+enum { CN_SPOOL_BLOCK = 0, CN_SPOOL_DROP_OLDEST };
+
+typedef struct cn_spool_options {
+    char *directory;
+    int64_t max_size;
+    int fsync;
+    int64_t fsync_interval;
+    int when_full;
+    int64_t segment_size;
+} cn_spool_options;
+
+typedef struct cn_spool cn_spool;
+
+typedef enum cn_spool_result {
+    CN_SPOOL_OK = 0,
+    CN_SPOOL_FULL,   /* max_size reached with when_full: block; retryable */
+    CN_SPOOL_IO,     /* write failed (disk full...); retryable */
+} cn_spool_result;
+
+/* Opens (creating) the spool and recovers it: finds the head, cuts a torn
+ * tail, reads the cursor. `name` labels metrics and logs. NULL on failure. */
+cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const char *labels);
+void cn_spool_close(cn_spool *s);
+
+/* Appends one record; thread safe. n_snapshots is kept for drop accounting. */
+cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots);
+
+/*
+ * Reads the next unread record, waiting up to timeout_ms. Returns 1 with a
+ * malloc'd copy in *data (caller frees), 0 when none arrived, -1 when closed.
+ * Records come back in order, starting at the cursor after a restart.
+ */
+int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms);
+/* Marks a record fully handled; the cursor moves over every handled prefix. */
+void cn_spool_done(cn_spool *s, uint64_t seq);
+/* Records written before this spool was opened (replayed after a restart). */
+uint64_t cn_spool_replay_end(const cn_spool *s);
+/* True when records from before the restart wait to be replayed. */
+bool cn_spool_has_replay(cn_spool *s);
+/* Persists the cursor and fsyncs per policy; called periodically and at close. */
+void cn_spool_sync(cn_spool *s);
+/* Wakes readers blocked in cn_spool_read (shutdown). */
+void cn_spool_wake(cn_spool *s);
+
+uint32_t cn_crc32(const void *data, size_t len);
+
+#endif
