@@ -1,8 +1,8 @@
 """A small shop backend: the WSGI app of the gunicorn + gevent example.
 
 Each endpoint mixes the two things a profile should tell apart: waiting on
-I/O (gevent sockets and sleeps, during which other requests run) and CPU
-work (JSON, hashing, sorting). Handler names are the names you should find
+I/O (sockets and sleeps, which gevent turns into greenlet switches, during
+which other requests run) and CPU work (JSON, hashing, sorting). Handler names are the names you should find
 in the profiles: checkout, reserve_inventory, charge_payment, ...
 
     gunicorn -k gevent -w 4 -c python:canopy_agent.gunicorn_conf app:app
@@ -14,7 +14,13 @@ import random
 import socket
 import time
 
-import gevent
+import threading
+
+# Under gunicorn's gevent worker the standard library is monkey-patched
+# before this module is imported: time.sleep and sockets then wait
+# cooperatively (other requests run meanwhile) and threads are greenlets.
+# Written against the standard library, the app also runs on a threaded
+# worker (gunicorn -k gthread), where canopy uses thread mode.
 
 PRODUCTS = [{"sku": "sku-%04d" % i, "name": "product %d" % i, "price_cents": 199 + 37 * i} for i in range(200)]
 
@@ -29,12 +35,13 @@ def _remote_call(payload, latency_s):
     def peer():
         try:
             data = theirs.recv(65536)
-            gevent.sleep(latency_s)
+            time.sleep(latency_s)
             theirs.sendall(b"ok:" + hashlib.md5(data).hexdigest().encode())
         finally:
             theirs.close()
 
-    responder = gevent.spawn(peer)
+    responder = threading.Thread(target=peer, daemon=True)
+    responder.start()
     try:
         ours.sendall(payload)
         return ours.recv(65536)
@@ -74,7 +81,7 @@ def sign_payment(order):
 def charge_payment(order):
     """CPU (signing), then a wait on the payment gateway (I/O)."""
     signature = sign_payment(order)
-    gevent.sleep(0.005 + random.random() * 0.01)
+    time.sleep(0.005 + random.random() * 0.01)
     return {"status": "charged", "signature": signature[:16]}
 
 
@@ -90,7 +97,7 @@ def checkout(environ):
 
 
 def list_products(environ):
-    gevent.sleep(0.002)  # the catalog database
+    time.sleep(0.002)  # the catalog database
     return {"products": PRODUCTS[:50]}
 
 
