@@ -11,4 +11,7 @@ typedef struct cn_service cn_service;
 int cn_admin_start(cn_service *svc);
 void cn_admin_stop(cn_service *svc);
 
+/* `canopy task create|list|cancel`: argv[0] is "task". Returns the exit code. */
+int cn_task_command(int argc, char **argv);
+
 #endif

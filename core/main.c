@@ -1,5 +1,5 @@
 /*
- * The canopy command: run, validate, components, version.
+ * The canopy command: run, validate, components, docs, task, version.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "docs.h"
 #include "service.h"
 
@@ -28,6 +29,7 @@ static void usage(FILE *out)
             "  validate -c FILE   check a config; errors are printed as FILE:LINE:COL: message\n"
             "  components         list the compiled-in receivers, processors and exporters\n"
             "  docs               print the configuration reference (docs/configuration.md)\n"
+            "  task <create|list|cancel>  manage profiling tasks through the admin API\n"
             "  version            print the version\n"
             "\n"
             "Run 'canopy <command> --help' for a command's options.\n");
@@ -219,6 +221,8 @@ int main(int argc, char **argv)
         return cmd_validate(argc - 1, argv + 1);
     if (strcmp(cmd, "components") == 0)
         return cmd_components(argc - 1, argv + 1);
+    if (strcmp(cmd, "task") == 0)
+        return cn_task_command(argc - 1, argv + 1);
     if (strcmp(cmd, "docs") == 0) {
         if (argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
             puts("Usage: canopy docs\n\nPrints the configuration reference, generated from every compiled-in\n"

@@ -17,6 +17,7 @@
 
 #include "canopy/dict.h"
 #include "canopy/plugin.h"
+#include "canopy/profiles.h"
 
 typedef struct pending_snap {
     int32_t seq;
@@ -46,6 +47,12 @@ typedef struct merge_task {
     int64_t last_flush_ms, last_data_ms; /* monotonic */
 } merge_task;
 
+/* aggregate: the live call tree per task that the admin API renders (canopy/profiles.h). */
+typedef struct merge_aggregate {
+    bool enabled;
+    int64_t max_tasks, max_nodes, max_segments;
+} merge_aggregate;
+
 typedef struct merge_ctx {
     /* options */
     int64_t flush_interval;
@@ -54,7 +61,9 @@ typedef struct merge_ctx {
     int64_t max_segments_per_task;
     int64_t segment_idle_timeout;
     int64_t task_idle_timeout;
+    merge_aggregate aggregate;
     /* runtime */
+    cn_profiles *profiles; /* the shared store, fed at every flush; NULL when aggregate is off */
     cn_component *self;
     cn_task_registry *registry;
     cn_dict *tasks; /* task id -> merge_task */
@@ -88,6 +97,26 @@ static const cn_option merge_options[] = {
     {CN_OPT_DURATION, "task_idle_timeout", "1m", offsetof(merge_ctx, task_idle_timeout),
      "A task the registry does not know ends after no snapshot for this long.", .min = 1000,
      .max = 7 * 24 * 3600 * 1000LL},
+    {CN_OPT_MAP, "aggregate", NULL, offsetof(merge_ctx, aggregate),
+     "A merged call tree per task across agents and segments (sample counts and SkyWalking durations), kept "
+     "live for the admin API (/api/v1/tasks/{id}/flamegraph.svg, /folded, /profile.pb.gz) and the web UI. "
+     "Shared by every merge_by_task in the process; the last one started sets the limits.",
+     .sub = (const cn_option[]){
+         {CN_OPT_BOOL, "enabled", "true", offsetof(merge_aggregate, enabled),
+          "Keep the per-task call trees (costs a hash probe per frame at each flush)."},
+         {CN_OPT_INT, "max_tasks", "64", offsetof(merge_aggregate, max_tasks),
+          "Tasks kept; when full, the task that ended first is forgotten, and snapshots of a new task are "
+          "dropped from the trees (counted) while every held task is still live.",
+          .min = 1, .max = 100000},
+         {CN_OPT_INT, "max_nodes", "50000", offsetof(merge_aggregate, max_nodes),
+          "Call tree nodes per task (about 80 bytes each). A stack needing more is cut and counted under a "
+          "\"[truncated]\" frame.",
+          .min = 16, .max = 100000000},
+         {CN_OPT_INT, "max_segments", "10000", offsetof(merge_aggregate, max_segments),
+          "Segments per task followed for durations; the least recently seen are forgotten first (their next "
+          "snapshot starts a new run).",
+          .min = 16, .max = 100000000},
+         CN_OPT_END}},
     CN_OPT_END};
 
 /* ---- state --------------------------------------------------------------------- */
@@ -306,6 +335,8 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
         for (size_t i = 0; i < t->n_batches; i++)
             cn_batch_unref(t->batches[i]);
         t->n_batches = 0;
+        if (final && m->profiles)
+            cn_profiles_end_task(m->profiles, t->id);
         return;
     }
     /* The chunk takes over the batch references. */
@@ -315,6 +346,8 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
     t->n_batches = t->cap_batches = 0;
     c->task_final = final;
     cn_metric_inc(m->flushes);
+    if (m->profiles)
+        cn_profiles_add_chunk(m->profiles, c);
     cn_emit(out, c);
 }
 
@@ -584,6 +617,14 @@ static int merge_start(void *ctx, cn_component *self)
     m->flushes = cn_counter("canopy_merge_flushes_total", "Chunks handed on.", l);
     m->limit_log.interval_ms = 10000;
     m->next_sweep_ms = cn_mono_ms() + 10000;
+    if (m->aggregate.enabled) {
+        cn_profiles_limits limits = CN_PROFILES_DEFAULT_LIMITS;
+        limits.max_tasks = m->aggregate.max_tasks;
+        limits.max_nodes = m->aggregate.max_nodes;
+        limits.max_segments = m->aggregate.max_segments;
+        if (!(m->profiles = cn_profiles_shared_acquire(&limits)))
+            return -1;
+    }
     return 0;
 }
 
@@ -597,6 +638,7 @@ static void merge_destroy(void *ctx)
             task_free(value);
         cn_dict_free(m->tasks, NULL);
     }
+    cn_profiles_shared_release(m->profiles);
     free(m->task_of);
     free(m->segment_of);
     free(m->segment_task);

@@ -1,0 +1,409 @@
+/*
+ * /api/v1/tasks: the task registry and the per-task profiles as JSON, task
+ * creation and cancellation, and the live renders of a task's call tree.
+ *
+ *   GET    /api/v1/tasks                      {"tasks": [task, ...]}
+ *   POST   /api/v1/tasks                      {service, endpoint, duration, min_duration_threshold,
+ *                                              dump_period, max_sampling_count[, id]} -> 201 task
+ *   GET    /api/v1/tasks/{id}                 task
+ *   DELETE /api/v1/tasks/{id}                 cancels it -> task
+ *   GET    /api/v1/tasks/{id}/flamegraph.svg[?width=N]  | /profile.pb.gz | /folded
+ *
+ * Durations are strings ("5m", "10ms") or numbers of milliseconds.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "admin_internal.h"
+
+#define MAX_ID_LEN 128
+
+/* ---- task JSON ---------------------------------------------------------------- */
+
+static const char *source_name(cn_task_source s)
+{
+    return s == CN_TASK_STATIC ? "static" : s == CN_TASK_ADMIN ? "admin" : s == CN_TASK_OAP ? "oap" : "unknown";
+}
+
+static json_t *links(const char *id)
+{
+    char *enc = malloc(strlen(id) * 3 + 1), *w = enc;
+    if (!enc)
+        return json_object();
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+        bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+                     *p == '_' || *p == '.' || *p == '~';
+        if (plain)
+            *w++ = (char)*p;
+        else
+            w += sprintf(w, "%%%02X", *p);
+    }
+    *w = '\0';
+    char svg[600], pprof[600], folded[600];
+    snprintf(svg, sizeof svg, "/api/v1/tasks/%s/flamegraph.svg", enc);
+    snprintf(pprof, sizeof pprof, "/api/v1/tasks/%s/profile.pb.gz", enc);
+    snprintf(folded, sizeof folded, "/api/v1/tasks/%s/folded", enc);
+    free(enc);
+    return json_pack("{s:s, s:s, s:s}", "flamegraph", svg, "pprof", pprof, "folded", folded);
+}
+
+/* A task as JSON: registry fields when known (t may be NULL), profile figures when any (info may be NULL). */
+static json_t *task_json(const cn_task *t, const cn_profile_info *info, int64_t now)
+{
+    const char *id = t ? t->id : info->task_id;
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "id", json_string(id));
+    if (t) {
+        cn_task_state st = t->cancelled || now >= t->start_ms + t->duration_ms ? CN_TASK_ENDED
+                           : now < t->start_ms                                  ? CN_TASK_PENDING
+                                                                                : CN_TASK_RUNNING;
+        json_object_set_new(o, "service", json_string(t->service));
+        json_object_set_new(o, "endpoint", json_string(t->endpoint));
+        json_object_set_new(o, "source", json_string(source_name(t->source)));
+        json_object_set_new(o, "status", json_string(cn_task_state_name(st)));
+        json_object_set_new(o, "cancelled", json_boolean(t->cancelled));
+        json_object_set_new(o, "start_time", json_integer(t->start_ms));
+        json_object_set_new(o, "create_time", json_integer(t->create_ms));
+        json_object_set_new(o, "duration_ms", json_integer(t->duration_ms));
+        json_object_set_new(o, "min_duration_threshold_ms", json_integer(t->min_duration_ms));
+        json_object_set_new(o, "dump_period_ms", json_integer(t->dump_period_ms));
+        json_object_set_new(o, "max_sampling_count", json_integer(t->max_sampling_count));
+        int64_t left = st == CN_TASK_ENDED ? 0 : t->start_ms + t->duration_ms - (now > t->start_ms ? now : t->start_ms);
+        json_object_set_new(o, "remaining_ms", json_integer(left));
+    } else {
+        /* Seen in data only (e.g. a task the registry already forgot). */
+        json_object_set_new(o, "service", info->service ? json_string(info->service) : json_null());
+        json_object_set_new(o, "endpoint", json_null());
+        json_object_set_new(o, "source", json_string("data"));
+        json_object_set_new(o, "status", json_string(info->ended ? "ended" : "unknown"));
+    }
+    json_object_set_new(o, "agents", json_integer(info ? info->agents : 0));
+    json_object_set_new(o, "snapshots", json_integer(info ? info->snapshots : 0));
+    json_object_set_new(o, "segments", json_integer(info ? info->segments : 0));
+    json_object_set_new(o, "nodes", json_integer(info ? info->nodes : 0));
+    json_object_set_new(o, "truncated_snapshots", json_integer(info ? info->truncated : 0));
+    json_object_set_new(o, "first_snapshot_time", info && info->first_ms ? json_integer(info->first_ms) : json_null());
+    json_object_set_new(o, "last_snapshot_time", info && info->last_ms ? json_integer(info->last_ms) : json_null());
+    json_object_set_new(o, "links", links(id));
+    return o;
+}
+
+static void list_tasks(cn_admin *a, nng_aio *aio)
+{
+    int64_t now = cn_now_ms();
+    cn_task *tasks = NULL;
+    cn_profile_info *infos = NULL;
+    size_t n = cn_tasks_list(a->svc->tasks, &tasks);
+    size_t m = cn_profiles_list(a->profiles, &infos);
+    bool *matched = calloc(m ? m : 1, sizeof *matched);
+    json_t *arr = json_array();
+    bool ok = matched && arr;
+    for (size_t i = 0; ok && i < n; i++) {
+        const cn_profile_info *info = NULL;
+        for (size_t j = 0; j < m; j++)
+            if (!matched[j] && strcmp(infos[j].task_id, tasks[i].id) == 0) {
+                info = &infos[j];
+                matched[j] = true;
+                break;
+            }
+        ok = json_array_append_new(arr, task_json(&tasks[i], info, now)) == 0;
+    }
+    for (size_t j = 0; ok && j < m; j++)
+        if (!matched[j])
+            ok = json_array_append_new(arr, task_json(NULL, &infos[j], now)) == 0;
+    for (size_t i = 0; i < n; i++)
+        cn_task_clear(&tasks[i]);
+    free(tasks);
+    for (size_t j = 0; j < m; j++)
+        cn_profile_info_clear(&infos[j]);
+    free(infos);
+    free(matched);
+    if (!ok) {
+        json_decref(arr);
+        cn_admin_reply_error(a, aio, 500, "out of memory");
+        return;
+    }
+    cn_admin_reply_json(a, aio, 200, json_pack("{s:o}", "tasks", arr));
+}
+
+static void get_task(cn_admin *a, nng_aio *aio, const char *id, uint16_t status)
+{
+    cn_task t = {0};
+    cn_profile_info info = {0};
+    bool known = cn_tasks_get(a->svc->tasks, id, &t) == 0;
+    bool has_profile = cn_profiles_info(a->profiles, id, &info) == 0;
+    if (!known && !has_profile) {
+        cn_admin_reply_error(a, aio, 404, "no task %s", id);
+        return;
+    }
+    json_t *o = task_json(known ? &t : NULL, has_profile ? &info : NULL, cn_now_ms());
+    if (known)
+        cn_task_clear(&t);
+    if (has_profile)
+        cn_profile_info_clear(&info);
+    cn_admin_reply_json(a, aio, o ? status : 500, o ? o : json_pack("{s:s}", "error", "out of memory"));
+}
+
+/* ---- create and cancel --------------------------------------------------------- */
+
+/* A duration given as "5m" or as a number of milliseconds, within [min, max]. */
+static int json_duration(json_t *body, const char *key, const char *def, int64_t min, int64_t max, int64_t *out,
+                         char *err, size_t err_len)
+{
+    json_t *v = json_object_get(body, key);
+    if (!v || json_is_null(v)) {
+        cn_parse_duration_ms(def, out);
+    } else if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+    } else if (!json_is_string(v) || cn_parse_duration_ms(json_string_value(v), out) != 0) {
+        snprintf(err, err_len, "%s: a duration such as \"10ms\", \"30s\" or \"5m\" (or milliseconds) is expected",
+                 key);
+        return -1;
+    }
+    if (*out < min || *out > max) {
+        snprintf(err, err_len, "%s: %lld ms is out of range (%lld ms to %lld ms)", key, (long long)*out,
+                 (long long)min, (long long)max);
+        return -1;
+    }
+    return 0;
+}
+
+static bool valid_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > MAX_ID_LEN)
+        return false;
+    for (const char *p = id; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+              *p == '_' || *p == '.' || *p == ':'))
+            return false;
+    return true;
+}
+
+static bool content_is_json(nng_http_req *req)
+{
+    const char *ct = nng_http_req_get_header(req, "Content-Type");
+    return ct && strncasecmp(ct, "application/json", 16) == 0;
+}
+
+static void create_task(cn_admin *a, nng_aio *aio, nng_http_req *req)
+{
+    if (!content_is_json(req)) {
+        cn_admin_reply_error(a, aio, 415, "POST /api/v1/tasks takes Content-Type: application/json");
+        return;
+    }
+    void *data;
+    size_t len;
+    nng_http_req_get_data(req, &data, &len);
+    json_error_t jerr;
+    json_t *body = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!body || !json_is_object(body)) {
+        json_decref(body);
+        cn_admin_reply_error(a, aio, 400, "the body must be a JSON object (%s)", body ? "not an object" : jerr.text);
+        return;
+    }
+    char err[300] = "";
+    const char *service = json_string_value(json_object_get(body, "service"));
+    const char *endpoint = json_string_value(json_object_get(body, "endpoint"));
+    json_t *jid = json_object_get(body, "id");
+    json_t *jmax = json_object_get(body, "max_sampling_count");
+    cn_task t = {.source = CN_TASK_ADMIN, .max_sampling_count = 5};
+    char id[MAX_ID_LEN + 1];
+    static const char *const known[] = {"id", "service", "endpoint", "duration", "min_duration_threshold",
+                                        "dump_period", "max_sampling_count", NULL};
+    const char *key;
+    json_t *value;
+    json_object_foreach(body, key, value)
+    {
+        bool ok = false;
+        for (size_t i = 0; known[i] && !ok; i++)
+            ok = strcmp(key, known[i]) == 0;
+        if (!ok && !err[0])
+            snprintf(err, sizeof err, "unknown field \"%.64s\"", key);
+    }
+    if (err[0]) {
+    } else if (!service || !service[0] || strlen(service) > 256) {
+        snprintf(err, sizeof err, "service: a non-empty string (the agents' CANOPY_SERVICE) is required");
+    } else if (!endpoint || !endpoint[0] || strlen(endpoint) > 1024) {
+        snprintf(err, sizeof err, "endpoint: a non-empty string (for WSGI apps the PATH_INFO) is required");
+    } else if (jid && !json_is_null(jid) && (!json_is_string(jid) || !valid_id(json_string_value(jid)))) {
+        snprintf(err, sizeof err, "id: 1 to %d characters of [A-Za-z0-9._:-]", MAX_ID_LEN);
+    } else if (jmax && !json_is_null(jmax) &&
+               (!json_is_integer(jmax) || json_integer_value(jmax) < 1 || json_integer_value(jmax) > 100000)) {
+        snprintf(err, sizeof err, "max_sampling_count: an integer from 1 to 100000 is expected");
+    } else if (json_duration(body, "duration", "10m", 1000, 7 * 24 * 3600 * 1000LL, &t.duration_ms, err,
+                             sizeof err) == 0 &&
+               json_duration(body, "min_duration_threshold", "0ms", 0, 3600 * 1000, &t.min_duration_ms, err,
+                             sizeof err) == 0 &&
+               json_duration(body, "dump_period", "10ms", 10, 60000, &t.dump_period_ms, err, sizeof err) == 0) {
+        err[0] = '\0';
+    }
+    if (err[0]) {
+        json_decref(body);
+        cn_admin_reply_error(a, aio, 400, "%s", err);
+        return;
+    }
+    if (jmax && json_is_integer(jmax))
+        t.max_sampling_count = json_integer_value(jmax);
+    if (jid && json_is_string(jid)) {
+        snprintf(id, sizeof id, "%s", json_string_value(jid));
+    } else {
+        uint8_t r[8];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+            /* No entropy source: a clock-based id is still unique enough on one host. */
+            uint64_t x = (uint64_t)cn_mono_ns() ^ ((uint64_t)cn_now_ms() << 20);
+            memcpy(r, &x, sizeof r);
+        }
+        snprintf(id, sizeof id, "task-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+    }
+    t.id = id;
+    t.serial = id;
+    t.service = (char *)service;
+    t.endpoint = (char *)endpoint;
+    t.create_ms = t.start_ms = cn_now_ms();
+    int rc = cn_tasks_add(a->svc->tasks, &t, err, sizeof err);
+    json_decref(body); /* service and endpoint pointed into it */
+    if (rc != 0) {
+        cn_admin_reply_error(a, aio, strstr(err, "already exists") ? 409 : strstr(err, "limit") ? 507 : 400, "%s",
+                             err);
+        return;
+    }
+    cn_info("admin", "task %s created through the admin API (%lld ms)", id, (long long)t.duration_ms);
+    get_task(a, aio, id, 201);
+}
+
+static void cancel_task(cn_admin *a, nng_aio *aio, const char *id)
+{
+    if (cn_tasks_cancel(a->svc->tasks, id) != 0) {
+        cn_admin_reply_error(a, aio, 404, "no task %s", id);
+        return;
+    }
+    cn_info("admin", "task %s cancelled through the admin API", id);
+    get_task(a, aio, id, 200);
+}
+
+/* ---- renders ------------------------------------------------------------------ */
+
+typedef enum render_kind { RENDER_SVG, RENDER_PPROF, RENDER_FOLDED } render_kind;
+
+static int query_int(const char *query, const char *key, int def)
+{
+    size_t klen = strlen(key);
+    for (const char *p = query; p && *p;) {
+        if (strncmp(p, key, klen) == 0 && p[klen] == '=')
+            return atoi(p + klen + 1);
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    return def;
+}
+
+static void render(cn_admin *a, nng_aio *aio, const char *id, render_kind kind, const char *query)
+{
+    cn_task t = {0};
+    cn_profile_info info = {0};
+    bool known = cn_tasks_get(a->svc->tasks, id, &t) == 0;
+    cn_calltree *tree = cn_profiles_clone(a->profiles, id, &info);
+    bool empty = false;
+    if (!tree) {
+        if (!known) {
+            cn_admin_reply_error(a, aio, 404, "no task %s", id);
+            return;
+        }
+        /* A task with no snapshot yet draws as an empty profile, so the UI can poll it. */
+        tree = cn_calltree_new(1);
+        empty = true;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = tree ? open_memstream(&buf, &len) : NULL;
+    int rc = -1;
+    if (out) {
+        cn_profile_meta meta = {.task_id = id,
+                                .service = known ? t.service : info.service,
+                                .endpoint = known ? t.endpoint : NULL,
+                                .start_ms = empty ? 0 : info.first_ms,
+                                .end_ms = empty ? 0 : info.last_ms,
+                                .period_ms = known ? t.dump_period_ms : 0,
+                                .agents = empty ? 0 : info.agents};
+        rc = kind == RENDER_SVG     ? cn_calltree_write_svg(tree, &meta, query_int(query, "width", 1200), out)
+             : kind == RENDER_PPROF ? cn_calltree_write_pprof(tree, &meta, out)
+                                    : cn_calltree_write_folded(tree, out);
+        if (fclose(out) != 0)
+            rc = -1;
+    }
+    if (rc != 0 || !buf) {
+        cn_admin_reply_error(a, aio, 500, "out of memory while rendering task %s", id);
+    } else if (kind == RENDER_PPROF) {
+        char disp[400], name[300];
+        cn_profile_file_name(id, ".pb.gz", name, sizeof name);
+        snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", name);
+        cn_admin_reply(a, aio, 200, "application/octet-stream", buf, len, "Content-Disposition", disp);
+    } else {
+        cn_admin_reply(a, aio, 200, kind == RENDER_SVG ? "image/svg+xml" : "text/plain; charset=utf-8", buf, len,
+                       NULL, NULL);
+    }
+    free(buf);
+    cn_calltree_free(tree);
+    if (known)
+        cn_task_clear(&t);
+    if (!empty)
+        cn_profile_info_clear(&info);
+}
+
+/* ---- routing ------------------------------------------------------------------ */
+
+static void method_not_allowed(cn_admin *a, nng_aio *aio, const char *allow)
+{
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "{\"error\":\"method not allowed; use %s\"}", allow);
+    cn_admin_reply(a, aio, 405, "application/json", msg, (size_t)n, "Allow", allow);
+}
+
+void cn_admin_tasks(cn_admin *a, nng_aio *aio, nng_http_req *req, const char *rest, const char *query)
+{
+    const char *method = nng_http_req_get_method(req);
+    bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (rest[0] == '\0' || strcmp(rest, "/") == 0) {
+        if (get)
+            list_tasks(a, aio);
+        else if (strcmp(method, "POST") == 0)
+            create_task(a, aio, req);
+        else
+            method_not_allowed(a, aio, "GET, POST");
+        return;
+    }
+    /* "/{id}" or "/{id}/{view}"; an id never holds '/' (valid_id), but one from an OAP might: take the last part. */
+    char id[MAX_ID_LEN * 2 + 1];
+    const char *start = rest + 1, *slash = strrchr(start, '/');
+    static const char *const views[] = {"flamegraph.svg", "profile.pb.gz", "folded"};
+    int view = -1;
+    if (slash)
+        for (int i = 0; i < 3; i++)
+            if (strcmp(slash + 1, views[i]) == 0)
+                view = i;
+    size_t n = view >= 0 ? (size_t)(slash - start) : strlen(start);
+    if (n == 0 || n >= sizeof id) {
+        cn_admin_reply_error(a, aio, 404, "not found");
+        return;
+    }
+    memcpy(id, start, n);
+    id[n] = '\0';
+    if (view >= 0) {
+        if (!get)
+            method_not_allowed(a, aio, "GET");
+        else
+            render(a, aio, id, view == 0 ? RENDER_SVG : view == 1 ? RENDER_PPROF : RENDER_FOLDED, query);
+        return;
+    }
+    if (get)
+        get_task(a, aio, id, 200);
+    else if (strcmp(method, "DELETE") == 0)
+        cancel_task(a, aio, id);
+    else
+        method_not_allowed(a, aio, "GET, DELETE");
+}

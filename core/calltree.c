@@ -1,0 +1,375 @@
+/*
+ * The merged call tree (see canopy/calltree.h). Nodes live in one array;
+ * a child is found by an open-addressing table keyed by (parent, signature),
+ * so adding a snapshot costs one integer hash probe per frame. Signatures are
+ * interned once per tree into an arena.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "canopy/batch.h"
+#include "canopy/calltree.h"
+#include "canopy/dict.h"
+
+/* Room for "[truncated]" nodes past max_nodes, so a cut stack still lands under its deepest frame. */
+#define RESERVE(max) ((max) / 16 + 16)
+
+struct cn_calltree {
+    size_t max_nodes;
+    bool frozen; /* a clone: read only */
+    cn_calltree_node *nodes;
+    size_t n_nodes, cap_nodes;
+    uint32_t first_root;
+    /* child table: key (parent + 1) << 32 | sig, value node id; 0 keys are empty */
+    uint64_t *keys;
+    uint32_t *vals;
+    size_t cap_table; /* power of two */
+    /* signatures */
+    cn_dict *sig_index; /* signature -> index + 1 */
+    char **sigs;
+    size_t n_sigs, cap_sigs;
+    size_t sig_bytes;
+    cn_arena *arena;
+    uint32_t truncated_sig;
+    int64_t samples, truncated;
+    uint32_t *scratch; /* the path of the snapshot being added */
+    size_t cap_scratch;
+};
+
+void cn_calltree_run_clear(cn_calltree_run *r)
+{
+    free(r->path);
+    memset(r, 0, sizeof *r);
+}
+
+cn_calltree *cn_calltree_new(size_t max_nodes)
+{
+    cn_calltree *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->max_nodes = max_nodes ? max_nodes : 1;
+    t->first_root = CN_CALLTREE_NONE;
+    t->truncated_sig = CN_CALLTREE_NONE;
+    t->cap_table = 256;
+    t->keys = calloc(t->cap_table, sizeof *t->keys);
+    t->vals = malloc(t->cap_table * sizeof *t->vals);
+    t->sig_index = cn_dict_new(256);
+    t->arena = cn_arena_new(16 * 1024);
+    if (!t->keys || !t->vals || !t->sig_index || !t->arena) {
+        cn_calltree_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void cn_calltree_free(cn_calltree *t)
+{
+    if (!t)
+        return;
+    free(t->nodes);
+    free(t->keys);
+    free(t->vals);
+    cn_dict_free(t->sig_index, NULL);
+    free(t->sigs);
+    cn_arena_free(t->arena);
+    free(t->scratch);
+    free(t);
+}
+
+static uint32_t sig_add(cn_calltree *t, const char *sig, size_t len)
+{
+    if (t->n_sigs == t->cap_sigs) {
+        size_t cap = t->cap_sigs ? t->cap_sigs * 2 : 256;
+        char **grown = realloc(t->sigs, cap * sizeof *grown);
+        if (!grown)
+            return CN_CALLTREE_NONE;
+        t->sigs = grown;
+        t->cap_sigs = cap;
+    }
+    char *copy = cn_arena_alloc(t->arena, len + 1);
+    if (!copy)
+        return CN_CALLTREE_NONE;
+    memcpy(copy, sig, len + 1);
+    t->sigs[t->n_sigs] = copy;
+    t->sig_bytes += len + 1;
+    return (uint32_t)t->n_sigs++;
+}
+
+uint32_t cn_calltree_intern(cn_calltree *t, const char *sig)
+{
+    if (t->frozen)
+        return CN_CALLTREE_NONE;
+    void *v = cn_dict_get(t->sig_index, sig);
+    if (v)
+        return (uint32_t)((uintptr_t)v - 1);
+    /* A signature only matters as a node; there are never more distinct ones than nodes. */
+    if (t->n_sigs >= t->max_nodes + RESERVE(t->max_nodes))
+        return CN_CALLTREE_NONE;
+    uint32_t id = sig_add(t, sig, strlen(sig));
+    if (id == CN_CALLTREE_NONE)
+        return id;
+    if (cn_dict_put(t->sig_index, t->sigs[id], (void *)(uintptr_t)(id + 1)) != 0) {
+        t->n_sigs--; /* the arena bytes stay; rare */
+        return CN_CALLTREE_NONE;
+    }
+    return id;
+}
+
+static inline uint64_t child_key(uint32_t parent, uint32_t sig)
+{
+    return ((uint64_t)(parent + 1u) << 32 | sig) + 1; /* + 1: parent NONE wraps to 0, and 0 means empty */
+}
+
+static inline size_t key_slot(uint64_t key, size_t mask)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+}
+
+static int table_grow(cn_calltree *t)
+{
+    size_t cap = t->cap_table * 2;
+    uint64_t *keys = calloc(cap, sizeof *keys);
+    uint32_t *vals = malloc(cap * sizeof *vals);
+    if (!keys || !vals) {
+        free(keys);
+        free(vals);
+        return -1;
+    }
+    for (size_t i = 0; i < t->cap_table; i++) {
+        if (!t->keys[i])
+            continue;
+        size_t j = key_slot(t->keys[i], cap - 1);
+        while (keys[j])
+            j = (j + 1) & (cap - 1);
+        keys[j] = t->keys[i];
+        vals[j] = t->vals[i];
+    }
+    free(t->keys);
+    free(t->vals);
+    t->keys = keys;
+    t->vals = vals;
+    t->cap_table = cap;
+    return 0;
+}
+
+/* The child of parent with signature sig, created when missing and allowed (limit = most nodes). */
+static uint32_t child_get(cn_calltree *t, uint32_t parent, uint32_t sig, size_t limit)
+{
+    uint64_t key = child_key(parent, sig);
+    size_t mask = t->cap_table - 1, i = key_slot(key, mask);
+    while (t->keys[i]) {
+        if (t->keys[i] == key)
+            return t->vals[i];
+        i = (i + 1) & mask;
+    }
+    if (t->n_nodes >= limit)
+        return CN_CALLTREE_NONE;
+    if ((t->n_nodes + 1) * 2 > t->cap_table) {
+        if (table_grow(t) != 0)
+            return CN_CALLTREE_NONE;
+        mask = t->cap_table - 1;
+        i = key_slot(key, mask);
+        while (t->keys[i])
+            i = (i + 1) & mask;
+    }
+    if (t->n_nodes == t->cap_nodes) {
+        size_t cap = t->cap_nodes ? t->cap_nodes * 2 : 256;
+        cn_calltree_node *grown = realloc(t->nodes, cap * sizeof *grown);
+        if (!grown)
+            return CN_CALLTREE_NONE;
+        t->nodes = grown;
+        t->cap_nodes = cap;
+    }
+    uint32_t id = (uint32_t)t->n_nodes++;
+    cn_calltree_node *n = &t->nodes[id];
+    *n = (cn_calltree_node){.parent = parent, .first_child = CN_CALLTREE_NONE, .sig = sig};
+    if (parent == CN_CALLTREE_NONE) {
+        n->next_sibling = t->first_root;
+        t->first_root = id;
+    } else {
+        n->depth = t->nodes[parent].depth + 1;
+        n->next_sibling = t->nodes[parent].first_child;
+        t->nodes[parent].first_child = id;
+    }
+    t->keys[i] = key;
+    t->vals[i] = id;
+    return id;
+}
+
+/* Where a stack cut at `parent` goes: its "[truncated]" child, or parent itself past the reserve. */
+static uint32_t truncated_node(cn_calltree *t, uint32_t parent)
+{
+    if (t->truncated_sig == CN_CALLTREE_NONE) {
+        uint32_t s = sig_add(t, CN_CALLTREE_TRUNCATED, strlen(CN_CALLTREE_TRUNCATED));
+        /* Not in sig_index: an agent frame with the same text stays a different signature. */
+        if (s == CN_CALLTREE_NONE)
+            return parent;
+        t->truncated_sig = s;
+    }
+    uint32_t n = child_get(t, parent, t->truncated_sig, t->max_nodes + RESERVE(t->max_nodes));
+    return n != CN_CALLTREE_NONE ? n : parent;
+}
+
+int cn_calltree_add(cn_calltree *t, const uint32_t *sigs, size_t n, cn_calltree_run *run, int32_t seq,
+                    int64_t time_ms)
+{
+    if (t->frozen)
+        return -1;
+    uint32_t empty_sig;
+    if (n == 0) {
+        /* Counted like any snapshot, so totals match what was received. */
+        empty_sig = cn_calltree_intern(t, CN_CALLTREE_EMPTY);
+        sigs = &empty_sig;
+        n = 1;
+    }
+    if (n > t->cap_scratch) {
+        uint32_t *grown = realloc(t->scratch, n * sizeof *grown);
+        if (!grown)
+            return -1;
+        t->scratch = grown;
+        t->cap_scratch = n;
+    }
+    bool consecutive = run && run->valid && seq == run->last_seq + 1;
+    int64_t dt = consecutive ? time_ms - run->last_time_ms : 0;
+    if (dt < 0)
+        dt = 0; /* clocks step back: never a negative duration */
+    uint32_t parent = CN_CALLTREE_NONE;
+    size_t depth = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t node = sigs[i] == CN_CALLTREE_NONE ? CN_CALLTREE_NONE : child_get(t, parent, sigs[i], t->max_nodes);
+        bool cut = node == CN_CALLTREE_NONE;
+        if (cut) {
+            node = truncated_node(t, parent);
+            if (node == CN_CALLTREE_NONE)
+                break; /* a root past every limit: counted in samples and truncated only */
+        }
+        cn_calltree_node *nd = &t->nodes[node];
+        nd->count++;
+        /* A node id stands for its whole path, so "on the last snapshot's stack at this depth" is
+         * exactly "in the same run": the run goes on, and its duration grows by the gap. */
+        if (consecutive && i < run->n_path && run->path[i] == node)
+            nd->duration_ms += dt;
+        t->scratch[depth++] = node;
+        parent = node;
+        if (cut) {
+            rc = -1;
+            break;
+        }
+    }
+    t->samples++;
+    if (rc != 0 || depth == 0) {
+        t->truncated++;
+        rc = -1;
+    }
+    if (depth > 0)
+        t->nodes[t->scratch[depth - 1]].self++;
+    if (run && (!run->valid || seq > run->last_seq)) {
+        if (depth > run->cap_path) {
+            uint32_t *grown = realloc(run->path, depth * sizeof *grown);
+            if (!grown) {
+                run->valid = false; /* the next snapshot starts a new run */
+                return rc;
+            }
+            run->path = grown;
+            run->cap_path = (uint32_t)depth;
+        }
+        memcpy(run->path, t->scratch, depth * sizeof *run->path);
+        run->n_path = (uint32_t)depth;
+        run->valid = true;
+        run->last_seq = seq;
+        run->last_time_ms = time_ms;
+    }
+    return rc;
+}
+
+cn_calltree *cn_calltree_clone(const cn_calltree *t)
+{
+    cn_calltree *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->frozen = true;
+    c->max_nodes = t->max_nodes;
+    c->first_root = t->first_root;
+    c->truncated_sig = t->truncated_sig;
+    c->samples = t->samples;
+    c->truncated = t->truncated;
+    c->n_nodes = c->cap_nodes = t->n_nodes;
+    c->n_sigs = c->cap_sigs = t->n_sigs;
+    c->sig_bytes = t->sig_bytes;
+    c->nodes = malloc((t->n_nodes ? t->n_nodes : 1) * sizeof *c->nodes);
+    c->sigs = malloc((t->n_sigs ? t->n_sigs : 1) * sizeof *c->sigs);
+    /* One block for every string: a clone is short-lived and read once. */
+    c->arena = cn_arena_new(t->sig_bytes + 64);
+    if (!c->nodes || !c->sigs || !c->arena) {
+        cn_calltree_free(c);
+        return NULL;
+    }
+    if (t->n_nodes)
+        memcpy(c->nodes, t->nodes, t->n_nodes * sizeof *c->nodes);
+    for (size_t i = 0; i < t->n_sigs; i++) {
+        size_t len = strlen(t->sigs[i]);
+        if (!(c->sigs[i] = cn_arena_alloc(c->arena, len + 1))) {
+            cn_calltree_free(c);
+            return NULL;
+        }
+        memcpy(c->sigs[i], t->sigs[i], len + 1);
+    }
+    return c;
+}
+
+size_t cn_calltree_node_count(const cn_calltree *t) { return t->n_nodes; }
+const cn_calltree_node *cn_calltree_nodes(const cn_calltree *t) { return t->nodes; }
+uint32_t cn_calltree_first_root(const cn_calltree *t) { return t->first_root; }
+const char *cn_calltree_sig(const cn_calltree *t, uint32_t sig) { return sig < t->n_sigs ? t->sigs[sig] : "?"; }
+size_t cn_calltree_sig_count(const cn_calltree *t) { return t->n_sigs; }
+int64_t cn_calltree_samples(const cn_calltree *t) { return t->samples; }
+int64_t cn_calltree_truncated(const cn_calltree *t) { return t->truncated; }
+
+size_t cn_calltree_bytes(const cn_calltree *t)
+{
+    return sizeof *t + t->cap_nodes * sizeof *t->nodes + t->cap_table * (sizeof *t->keys + sizeof *t->vals) +
+           t->cap_sigs * sizeof *t->sigs + t->sig_bytes * 2 + t->n_sigs * 24;
+}
+
+bool cn_signature_parse(const char *sig, const char **file, size_t *file_len, const char **func, size_t *func_len,
+                        int64_t *line)
+{
+    /* "<filename>.<function>: <lineno>": the line number follows the last ": ", and the
+     * function name (a Python identifier, or <module>, <lambda>...) follows the last '.'
+     * before it; file names have dots of their own. */
+    const char *colon = NULL;
+    for (const char *p = strstr(sig, ": "); p; p = strstr(p + 1, ": "))
+        colon = p;
+    *file = sig + strlen(sig);
+    *file_len = 0;
+    *func = sig;
+    *func_len = strlen(sig);
+    *line = 0;
+    if (!colon)
+        return false;
+    const char *num = colon + 2;
+    int64_t v = 0;
+    const char *p = num;
+    if (*p == '-')
+        p++;
+    if (!*p)
+        return false;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9' || v > (INT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (*p - '0');
+    }
+    const char *dot = NULL;
+    for (const char *q = sig; q < colon; q++)
+        if (*q == '.')
+            dot = q;
+    if (!dot || dot == sig || dot + 1 == colon)
+        return false;
+    *file = sig;
+    *file_len = (size_t)(dot - sig);
+    *func = dot + 1;
+    *func_len = (size_t)(colon - dot - 1);
+    *line = num[0] == '-' ? -v : v;
+    return true;
+}

@@ -1,0 +1,126 @@
+/*
+ * Per-task profiles: a merged call tree (canopy/calltree.h) per task, across
+ * every agent and segment, plus what the admin API shows about it (agents,
+ * snapshots, segments, first and last snapshot time).
+ *
+ * A store is thread safe: the pipeline thread feeds it chunks while the admin
+ * API lists and renders it. Readers take a clone of a tree (a quick copy
+ * under the lock) and render outside the lock, so rendering never stalls the
+ * pipeline.
+ *
+ * One store is shared by the process: merge_by_task feeds it and the admin
+ * API reads it (cn_profiles_shared_acquire). The profile exporters (folded,
+ * pprof, flamegraph) each keep their own store through cn_profile_files.
+ *
+ * Everything is bounded: tasks kept (ended ones are forgotten first), nodes
+ * per task, segments per task, agents per task. What does not fit is counted
+ * in metrics.
+ */
+#ifndef CANOPY_PROFILES_H
+#define CANOPY_PROFILES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "canopy/batch.h"
+#include "canopy/calltree.h"
+#include "canopy/common.h"
+#include "canopy/tasks.h"
+
+typedef struct cn_profiles cn_profiles;
+
+typedef struct cn_profiles_limits {
+    int64_t max_tasks;    /* tasks kept; when full, the task that ended longest ago is forgotten */
+    int64_t max_nodes;    /* call tree nodes per task */
+    int64_t max_segments; /* segments followed per task for durations; the least recently seen go first */
+    int64_t max_agents;   /* distinct agent instances counted per task */
+} cn_profiles_limits;
+
+#define CN_PROFILES_DEFAULT_LIMITS ((cn_profiles_limits){64, 50000, 10000, 10000})
+
+/* labels: the Prometheus label set of the store's metrics, e.g. `store="live"`. */
+cn_profiles *cn_profiles_new(const cn_profiles_limits *limits, const char *labels);
+void cn_profiles_free(cn_profiles *p);
+
+/*
+ * The process-wide store read by the admin API. The first acquire creates it;
+ * limits (when not NULL) replace the current ones for tasks created from then
+ * on. Every acquire is matched by a release; the last one frees it.
+ */
+cn_profiles *cn_profiles_shared_acquire(const cn_profiles_limits *limits);
+void cn_profiles_shared_release(cn_profiles *p);
+/* The shared store when someone holds it, else NULL (no reference taken: only for metrics and tests). */
+cn_profiles *cn_profiles_shared_peek(void);
+
+/*
+ * Adds a chunk's snapshots, best in merge_by_task order (grouped by segment,
+ * ascending sequence). Snapshots of a task the store has no room for are
+ * counted and dropped. A task_final chunk marks its task ended.
+ */
+void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk);
+/* Marks a task ended (as a task_final chunk does). */
+void cn_profiles_end_task(cn_profiles *p, const char *task_id);
+/* Forgets a task. Returns -1 when unknown. */
+int cn_profiles_remove(cn_profiles *p, const char *task_id);
+
+typedef struct cn_profile_info {
+    char *task_id;
+    char *service;       /* of the first agent seen; NULL if none */
+    int64_t snapshots;   /* added */
+    int64_t agents;      /* distinct instances (at most max_agents) */
+    int64_t segments;    /* distinct segments seen */
+    int64_t nodes;
+    int64_t truncated;   /* snapshots cut by the node limit */
+    int64_t first_ms, last_ms; /* epoch ms of the earliest and latest snapshot */
+    bool ended;
+} cn_profile_info;
+
+void cn_profile_info_clear(cn_profile_info *i);
+/* Fills *out. Returns -1 when the task is unknown. */
+int cn_profiles_info(cn_profiles *p, const char *task_id, cn_profile_info *out);
+/* Every task, oldest first; free each with cn_profile_info_clear, then the array. */
+size_t cn_profiles_list(cn_profiles *p, cn_profile_info **out);
+/* A read-only clone of the task's tree (free with cn_calltree_free); NULL when unknown or out of memory. */
+cn_calltree *cn_profiles_clone(cn_profiles *p, const char *task_id, cn_profile_info *info);
+
+/* ---- files per task, for the profile exporters ------------------------------ */
+
+/*
+ * What the folded, pprof and flamegraph exporters share: a private store fed
+ * with every chunk, and a file <directory>/<taskId><suffix> (the id made safe
+ * as a file name) written when the task ends and, with interval > 0, every
+ * interval while it runs. A file is written to a temporary name and renamed,
+ * so readers never see a partial one.
+ */
+typedef int (*cn_profile_render_fn)(const cn_calltree *t, const cn_profile_meta *meta, void *arg, FILE *out);
+
+typedef struct cn_profile_files_config {
+    const char *component;  /* for logs */
+    const char *labels;     /* for metrics */
+    const char *directory;
+    int dir_mode;
+    const char *suffix;     /* ".folded", ".pb.gz", ".svg" */
+    int64_t interval_ms;    /* 0: only when the task ends */
+    cn_profiles_limits limits;
+    cn_profile_render_fn render;
+    void *render_arg;
+    cn_task_registry *registry; /* optional: service, endpoint and dump period for the meta */
+} cn_profile_files_config;
+
+typedef struct cn_profile_files cn_profile_files;
+
+/* Creates the directory when missing. NULL after logging why. */
+cn_profile_files *cn_profile_files_new(const cn_profile_files_config *cfg);
+/* For cb_export: CN_OK, or CN_RETRY when a file could not be written (a retry never adds the chunk twice). */
+cn_status cn_profile_files_export(cn_profile_files *f, const cn_chunk *chunk);
+/* For cb_tick: periodic files. */
+void cn_profile_files_tick(cn_profile_files *f, int64_t now_mono_ms);
+/* For cb_flush: writes every task still held (shutdown). */
+void cn_profile_files_flush(cn_profile_files *f);
+void cn_profile_files_free(cn_profile_files *f);
+
+/* A task id made safe as a file name: [A-Za-z0-9._-] kept, the rest '_', never starting with '.'. */
+void cn_profile_file_name(const char *task_id, const char *suffix, char *out, size_t len);
+
+#endif
