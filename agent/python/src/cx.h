@@ -136,6 +136,8 @@ int cx_sampler_start(void);
 /* Stops and joins; call with the GIL held (it is released while joining). */
 void cx_sampler_stop(void);
 void cx_sampler_wake(void);
+/* A tracer was installed: re-check which threads need GIL sampling. */
+void cx_sampler_tracers_changed(void);
 /* After fork in the child: the thread is gone, forget it without joining. */
 void cx_sampler_forget(void);
 
@@ -153,7 +155,8 @@ typedef struct cx_counters {
     uint64_t sig_misses;         /* signature cache misses */
     uint64_t sig_resets;         /* cache cleared because it was full */
     uint64_t frames_truncated;   /* stacks cut at max_stack_depth */
-    uint64_t samples;            /* sampler ticks that took the GIL */
+    uint64_t samples;            /* sampler ticks that looked at the stacks */
+    uint64_t samples_idle;       /* ... and found no profiled greenlet running */
     uint64_t registry_full;      /* begin refused: too many profiled at once */
     uint64_t segments_begun;
     uint64_t segments_ended;

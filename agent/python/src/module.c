@@ -346,6 +346,7 @@ static PyObject *m_install_tracer(PyObject *self, PyObject *unused)
     Py_INCREF(t);
     t->next = cx.tracers;
     cx.tracers = t;
+    cx_sampler_tracers_changed();
     return (PyObject *)t;
 }
 
@@ -659,6 +660,7 @@ static PyObject *m_stats(PyObject *self, PyObject *unused)
     PUT("signature_resets", c.sig_resets);
     PUT("frames_truncated", c.frames_truncated);
     PUT("samples", c.samples);
+    PUT("samples_idle", c.samples_idle);
     PUT("registry_full", c.registry_full);
     PUT("segments_begun", c.segments_begun);
     PUT("segments_ended", c.segments_ended);

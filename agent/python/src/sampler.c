@@ -15,6 +15,9 @@
  *    and sends a task-finish report when a task's time window ends, even if
  *    the app receives no request at that moment.
  *
+ * In sampling mode the main thread's greenlets are sampled through a
+ * pending call rather than by taking the GIL (see pending_sample).
+ *
  * It keeps one Python thread state for its whole life (created on start):
  * PyGILState_Ensure/Release per tick would create and destroy a thread state
  * each time.
@@ -22,6 +25,7 @@
 #include "cx.h"
 
 #include <errno.h>
+#include <pythread.h>
 #include <string.h>
 #include <time.h>
 
@@ -62,6 +66,82 @@ static int due(cx_segment *seg, int64_t now, int tick_ms)
     return 1;
 }
 
+/*
+ * Sampling mode, hub in the main thread (the gevent case): the sample is
+ * taken by a pending call (Py_AddPendingCall), which the main thread runs at
+ * its next bytecode boundary, in whatever greenlet is running right then.
+ *
+ * Why not just take the GIL and look: the GIL is handed over where the main
+ * thread releases it, and a gevent server releases it mostly around socket
+ * calls and in the hub's event loop; a sampler that takes the GIL therefore
+ * lands almost always in the hub or in the server's I/O, and almost never in
+ * a request's CPU work, which is exactly what sampling mode is for. The
+ * pending call interrupts the running Python code instead, so samples are
+ * proportional to where time goes. (Thread mode has no such mechanism for
+ * other threads and keeps GIL sampling, like sys._current_frames samplers.)
+ */
+static atomic_int pending;            /* a pending call is queued */
+static atomic_ulong main_tid;         /* learned from the first pending call */
+static atomic_int gil_path_needed = 1;/* tracers on other threads (or not known yet) */
+
+void cx_sampler_tracers_changed(void)
+{
+    atomic_store(&gil_path_needed, 1);
+}
+
+static int pending_sample(void *arg)
+{
+    (void)arg;
+    atomic_store(&pending, 0);
+    unsigned long tid = PyThread_get_thread_ident();
+    atomic_store(&main_tid, tid);
+    int others = 0;
+    if (atomic_load(&cx.mode) == CX_MODE_SAMPLING && cx.agent && cx.greenlets.count) {
+        /* Runs between two bytecodes of arbitrary code: leave its error
+         * state exactly as it was. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        int64_t now = cx_now_ms();
+        int tick = atomic_load(&cx.sample_period_ms);
+        for (cx_tracer *t = cx.tracers; t; t = t->next) {
+            if (!t->active)
+                continue;
+            if (t->thread_id != tid) {
+                others = 1;
+                continue;
+            }
+            cx_segment *seg = cx_registry_find(&cx.greenlets, (uintptr_t)t->current);
+            if (!seg)
+                cx.c.samples_idle++;
+            else if (due(seg, now, tick))
+                cx_snapshot(seg, cx_frame_of_tstate(PyThreadState_GET()), now);
+        }
+        if (++cx.c.samples % 64 == 0)
+            cx_update_sample_period();
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            cx.c.errors++;
+        }
+        PyErr_Restore(et, ev, tb);
+    } else {
+        for (cx_tracer *t = cx.tracers; t; t = t->next)
+            others |= t->active && t->thread_id != tid;
+    }
+    atomic_store(&gil_path_needed, others);
+    return 0;
+}
+
+/* No GIL. Queues one pending call at a time. */
+static void schedule_pending(void)
+{
+    if (atomic_exchange(&pending, 1))
+        return;
+    if (Py_AddPendingCall(pending_sample, NULL) != 0) {
+        atomic_store(&pending, 0); /* queue full: try at the next tick */
+        __atomic_fetch_add(&cx.c.errors, 1, __ATOMIC_RELAXED);
+    }
+}
+
 /* GIL held. */
 static void sample_tick(int tick_ms)
 {
@@ -71,8 +151,10 @@ static void sample_tick(int tick_ms)
     int64_t now = cx_now_ms();
     PyInterpreterState *interp = PyInterpreterState_Get();
     if (mode == CX_MODE_SAMPLING) {
+        unsigned long mtid = atomic_load(&main_tid);
         for (cx_tracer *t = cx.tracers; t; t = t->next) {
-            if (!t->active)
+            /* The main thread's greenlets are sampled by pending_sample. */
+            if (!t->active || (mtid && t->thread_id == mtid))
                 continue;
             cx_segment *seg = cx_registry_find(&cx.greenlets, (uintptr_t)t->current);
             if (!seg || !due(seg, now, tick_ms))
@@ -208,9 +290,16 @@ static void *sampler_main(void *arg)
         if (sampling && now >= next_tick) {
             next_tick += tick;
             if (!_Py_IsFinalizing()) {
-                PyEval_RestoreThread(ts);
-                sample_tick(tick);
-                ts = PyEval_SaveThread();
+                int gil = 1;
+                if (m == CX_MODE_SAMPLING) {
+                    schedule_pending();
+                    gil = atomic_load(&gil_path_needed);
+                }
+                if (gil) {
+                    PyEval_RestoreThread(ts);
+                    sample_tick(tick);
+                    ts = PyEval_SaveThread();
+                }
             }
         }
         if (now >= next_house) {
