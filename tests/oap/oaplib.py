@@ -356,7 +356,7 @@ def run_test(fn):
 # ---- canopy config ------------------------------------------------------------------
 
 def canopy_config(listen_url, admin_port, exporters, flush_interval="200ms", tasks="", log_level="info",
-                  max_snapshots=None):
+                  max_snapshots=None, shutdown_timeout="10s"):
     """A whole collector config: nng receiver -> merge_by_task -> the given
     exporters ({id: yaml body indented by 4}), admin API on admin_port."""
     ex = "\n".join("  %s:\n%s" % (k, v) for k, v in exporters.items())
@@ -372,6 +372,7 @@ processors:
 exporters:
 %s
 service:
+  shutdown_timeout: %s
   pipelines:
     profiles:
       receivers: [nng]
@@ -382,7 +383,7 @@ service:
       level: %s
     http:
       listen: "127.0.0.1:%d"
-""" % (listen_url, merge, ex, ", ".join(exporters.keys()), log_level, admin_port)
+""" % (listen_url, merge, ex, shutdown_timeout, ", ".join(exporters.keys()), log_level, admin_port)
     if tasks:
         text += "tasks:\n" + tasks.rstrip("\n") + "\n"
     return text

@@ -40,7 +40,7 @@ def main(args):
             before = oap.stats()["snapshots_stored"]
             wrong = env.collector({"skywalking": oaplib.sw_exporter_yaml(
                 [oap.target], token="t0k", timeout="2s", tls={"ca_file": other_ca["ca"]})
-                + "\n" + oaplib.retry_yaml()}, name="canopy-wrong-ca")
+                + "\n" + oaplib.retry_yaml()}, name="canopy-wrong-ca", shutdown_timeout="1s")
             wrong.start(env.admin_port)
             env.loadgen(agents=1, batches=2, batch_size=10, depth=4, tasks=1)
             oaplib.wait_for("the handshake failure in canopy's log", lambda: "is not answering" in wrong.log(), 20)
