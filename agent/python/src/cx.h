@@ -136,6 +136,8 @@ int cx_sampler_start(void);
 /* Stops and joins; call with the GIL held (it is released while joining). */
 void cx_sampler_stop(void);
 void cx_sampler_wake(void);
+/* Sets the interpreter's eval_breaker (3.11; see breaker.c). 0 if done. */
+int cx_poke_eval_breaker(void);
 /* A tracer was installed: re-check which threads need GIL sampling. */
 void cx_sampler_tracers_changed(void);
 /* After fork in the child: the thread is gone, forget it without joining. */

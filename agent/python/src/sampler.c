@@ -139,7 +139,9 @@ static void schedule_pending(void)
     if (Py_AddPendingCall(pending_sample, NULL) != 0) {
         atomic_store(&pending, 0); /* queue full: try at the next tick */
         __atomic_fetch_add(&cx.c.errors, 1, __ATOMIC_RELAXED);
+        return;
     }
+    cx_poke_eval_breaker();
 }
 
 /* GIL held. */
