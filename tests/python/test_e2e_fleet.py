@@ -76,6 +76,30 @@ class FleetEndToEnd(unittest.TestCase):
             self.assertLess(names.index("app"), names.index("checkout"))
             self.assertLess(names.index("__call__"), names.index("app"))
 
+    def test_sampling_mode_sees_cpu_work(self):
+        # Sampling mode: time-proportional samples every 10 ms. checkout's
+        # CPU work (sign_payment's hashing loop, compute_totals' JSON) runs
+        # between switches, where switch-time snapshots cannot see it.
+        self.fleet = fleet.Fleet(self.work, workers=2, env={
+            "CANOPY_COLLECTOR": self.collector.url, "CANOPY_MODE": "sampling"}).start()
+        fleet.wait_until(lambda: all(s.get("tasks") for s in self.fleet.worker_stats().values()), 10,
+                         what="the task in the workers")
+        self.assertEqual({s["mode"] for s in self.fleet.worker_stats().values()}, {"sampling"})
+        result = fleet.load(self.fleet.base + "/checkout", requests=200, concurrency=20)
+        self.assertEqual(result["failed"], 0, result["stderr"])
+        self.fleet.stop()
+        self.fleet = None
+        rows = fleet.wait_until(lambda: self.collector.rows("task-checkout"), 10, what="snapshots in the JSONL")
+        time.sleep(0.5)
+        rows = self.collector.rows("task-checkout")
+        fleet.check_segments(self, rows)
+        # The innermost frame of the app in each sample (a sample can also
+        # land in the middleware, before or after the app's code).
+        leaves = [[s for s in r["stack"]["codeSignatures"] if s.startswith(APP + ".")][-1:] for r in rows]
+        leaves = [x[0] for x in leaves if x]
+        cpu = [x for x in leaves if ".sign_payment: " in x or ".compute_totals: " in x]
+        self.assertTrue(cpu, "no sample in checkout's CPU work: %s" % leaves[:20])
+
 
 if __name__ == "__main__":
     unittest.main()
