@@ -39,5 +39,12 @@ test-fast: build
 bench: deps build
 	tools/bench/run-all $(BUILD)
 
+# libFuzzer harnesses (tests/fuzz/README.md): a clang tree in build-fuzz/,
+# then each harness runs FUZZ_SECONDS on its seed corpus.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: deps
+	tests/fuzz/run-fuzz --build build-fuzz --seconds $(FUZZ_SECONDS) --jobs $(JOBS)
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

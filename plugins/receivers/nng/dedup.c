@@ -4,6 +4,9 @@
 
 #include "dedup.h"
 
+/* Highest watermark: the window [watermark, watermark + DEDUP_WINDOW) then ends at UINT64_MAX. */
+#define WATERMARK_MAX (UINT64_MAX - DEDUP_WINDOW + 1)
+
 typedef struct dedup_session {
     uint64_t watermark; /* every seq < watermark has been accepted */
     uint64_t bits[DEDUP_WINDOW / 64]; /* bit i: watermark + i accepted */
@@ -115,18 +118,25 @@ dedup_result dedup_claim(dedup_table *t, const char *instance, uint64_t session,
         }
     }
     s->last_seen_ms = now_ms;
+    /* Offsets from the watermark, never watermark + n: batch_seq is the agent's
+     * to choose, and a sum near UINT64_MAX would wrap (found by fuzz_dedup). */
     if (seq < s->watermark) {
         result = DEDUP_SEEN;
     } else {
-        if (seq >= s->watermark + DEDUP_WINDOW)
-            slide(s, seq - (s->watermark + DEDUP_WINDOW) + 1);
         uint64_t i = seq - s->watermark;
+        if (i >= DEDUP_WINDOW) {
+            slide(s, i - DEDUP_WINDOW + 1);
+            i = DEDUP_WINDOW - 1;
+        }
         if (bit_get(s, i)) {
             result = DEDUP_SEEN;
         } else {
             bit_set(s, i, true);
-            /* Keep the window anchored at the first gap. */
+            /* Keep the window anchored at the first gap, but never past
+             * WATERMARK_MAX, so the window's last bit stays <= UINT64_MAX. */
             uint64_t run = accepted_run(s);
+            if (run > WATERMARK_MAX - s->watermark)
+                run = WATERMARK_MAX - s->watermark;
             if (run)
                 slide(s, run);
         }
@@ -142,7 +152,7 @@ void dedup_release(dedup_table *t, const char *instance, uint64_t session, uint6
     pthread_mutex_lock(&t->lock);
     dedup_session *s = cn_dict_get(t->sessions, key);
     if (s) {
-        if (seq >= s->watermark && seq < s->watermark + DEDUP_WINDOW) {
+        if (seq >= s->watermark && seq - s->watermark < DEDUP_WINDOW) {
             bit_set(s, seq - s->watermark, false);
         } else if (seq < s->watermark && s->watermark - seq <= DEDUP_WINDOW) {
             /* The watermark already moved past seq: move it back to seq. */
