@@ -45,8 +45,9 @@ void cn_admin_reply(cn_admin *a, nng_aio *aio, uint16_t status, const char *cont
         rv = nng_http_res_set_header(res, "Cache-Control", "no-store");
     if (rv == 0 && extra_header)
         rv = nng_http_res_set_header(res, extra_header, extra_value);
-    if (rv == 0 && len > 0)
-        rv = nng_http_res_copy_data(res, body, len);
+    /* An empty body still needs "Content-Length: 0", or a client waits for the connection to close. */
+    if (rv == 0)
+        rv = len > 0 ? nng_http_res_copy_data(res, body, len) : nng_http_res_set_data(res, "", 0);
     if (rv != 0) {
         /* Out of memory: nng answers 500 itself when the handler fails. */
         if (res)

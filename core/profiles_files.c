@@ -203,7 +203,9 @@ cn_status cn_profile_files_export(cn_profile_files *f, const cn_chunk *chunk)
         int rc = write_task(f, chunk->task_id);
         if (rc < 0)
             return CN_RETRY;
-        cn_profiles_remove(f->store, chunk->task_id);
+        /* The ended task's tree stays (the store forgets ended tasks first when it needs room), so
+         * snapshots that arrive late are added to it and its file is rewritten whole, never replaced
+         * by a file of the late ones only. */
         cn_dict_remove(f->dirty, chunk->task_id);
         if (rc == 0)
             cn_info(f->component, "task %s ended: profile written to %s", chunk->task_id, f->directory);

@@ -91,7 +91,8 @@ cn_calltree *cn_profiles_clone(cn_profiles *p, const char *task_id, cn_profile_i
  * with every chunk, and a file <directory>/<taskId><suffix> (the id made safe
  * as a file name) written when the task ends and, with interval > 0, every
  * interval while it runs. A file is written to a temporary name and renamed,
- * so readers never see a partial one.
+ * so readers never see a partial one. An ended task's tree is kept until the
+ * store needs room, so late snapshots rewrite the whole file.
  */
 typedef int (*cn_profile_render_fn)(const cn_calltree *t, const cn_profile_meta *meta, void *arg, FILE *out);
 
