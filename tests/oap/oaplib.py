@@ -242,6 +242,10 @@ class Collector:
         if getattr(self, "logf", None):
             self.logf.close()
             self.logf = None
+        # Under the ASan/UBSan build (make test runs the `sanitize` label there).
+        text = self.log()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            check(marker not in text, "canopy: %s, see %s" % (marker, self.log_path))
         return rc
 
 
