@@ -213,6 +213,7 @@ def audit_jsonl(directory):
     import json
     seen = set()
     segs = {}
+    by_service = {}
     lines = dup = bad = 0
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         if not name.endswith(".jsonl"):
@@ -231,9 +232,10 @@ def audit_jsonl(directory):
                     continue
                 seen.add(key)
                 segs.setdefault(key[:2], []).append(key[2])
+                by_service[o.get("service")] = by_service.get(o.get("service"), 0) + 1
     not_dense = [s for s, q in segs.items() if sorted(q) != list(range(len(q)))]
     return {"lines": lines, "unique": len(seen), "dup": dup, "bad": bad, "keys": seen, "segments": len(segs),
-            "not_dense": not_dense}
+            "not_dense": not_dense, "by_service": by_service}
 
 
 # ---- spool directory --------------------------------------------------------------
@@ -253,6 +255,11 @@ def spool_bytes(directory):
         except OSError:
             pass
     return total
+
+
+def segment_firsts(directory):
+    """First record sequence of every segment file, from the names."""
+    return [int(n[4:-4]) for n in spool_files(directory)]
 
 
 def spool_cursor(directory):
