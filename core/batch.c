@@ -10,6 +10,7 @@
 
 #include "canopy/batch.h"
 #include "canopy/common.h"
+#include "decode.h"
 
 /* Bytes of decoded batches alive anywhere in the process: the memory limiter's input. */
 static _Atomic int64_t live_batch_bytes;
@@ -91,8 +92,16 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     cn_arena *arena = cn_arena_new(len * 4 + 4096);
     if (!arena)
         return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
-    ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, arena};
-    Canopy__V1__Request *req = canopy__v1__request__unpack(&alloc, len, data);
+    Canopy__V1__Request *req = NULL;
+    decode_result dr = cn_decode_batch_request(data, len, arena, &req);
+    if (dr == DECODE_NO_MEMORY) {
+        cn_arena_free(arena);
+        return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
+    }
+    if (dr == DECODE_FALLBACK) {
+        ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, arena};
+        req = canopy__v1__request__unpack(&alloc, len, data);
+    }
     if (!req) {
         cn_arena_free(arena);
         return fail(CANOPY__V1__REASON__REASON_MALFORMED, detail, detail_len,

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decode.h"
 #include "testutil.h"
 
 static Canopy__V1__Reason decode(const uint8_t *data, size_t len, const cn_batch_limits *lim, char *detail)
@@ -139,6 +140,82 @@ static void test_identity_and_version(void **state)
     free(buf);
 }
 
+/* Equal content, or both refused: the direct decoder must agree with protobuf-c. */
+static void compare_decoders(const uint8_t *buf, size_t len)
+{
+    cn_arena *a = cn_arena_new(1024);
+    Canopy__V1__Request *fast = NULL;
+    decode_result dr = cn_decode_batch_request(buf, len, a, &fast);
+    Canopy__V1__Request *ref = canopy__v1__request__unpack(NULL, len, buf);
+    if (dr == DECODE_FALLBACK) {
+        /* protobuf-c decides; nothing to compare */
+    } else if (dr != DECODE_OK) {
+        assert_null(ref);
+    } else {
+        assert_non_null(ref);
+        assert_int_equal(fast->protocol_version, ref->protocol_version);
+        assert_int_equal(fast->body_case, ref->body_case);
+        assert_true((fast->agent == NULL) == (ref->agent == NULL));
+        if (ref->agent) {
+            assert_string_equal(fast->agent->service, ref->agent->service);
+            assert_string_equal(fast->agent->instance, ref->agent->instance);
+            assert_string_equal(fast->agent->host, ref->agent->host);
+            assert_int_equal(fast->agent->pid, ref->agent->pid);
+            assert_int_equal(fast->agent->session, ref->agent->session);
+        }
+        const Canopy__V1__SnapshotBatch *x = fast->batch, *y = ref->batch;
+        assert_int_equal(x->batch_seq, y->batch_seq);
+        assert_int_equal(x->n_strings, y->n_strings);
+        for (size_t i = 0; i < x->n_strings; i++)
+            assert_string_equal(x->strings[i], y->strings[i]);
+        assert_int_equal(x->n_snapshots, y->n_snapshots);
+        for (size_t i = 0; i < x->n_snapshots; i++) {
+            const Canopy__V1__Snapshot *p = x->snapshots[i], *q = y->snapshots[i];
+            assert_int_equal(p->task, q->task);
+            assert_int_equal(p->segment, q->segment);
+            assert_int_equal(p->time_ms, q->time_ms);
+            assert_int_equal(p->sequence, q->sequence);
+            assert_int_equal(p->n_frames, q->n_frames);
+            assert_memory_equal(p->frames, q->frames, p->n_frames * sizeof *p->frames);
+        }
+    }
+    if (ref)
+        canopy__v1__request__free_unpacked(ref, NULL);
+    cn_arena_free(a);
+}
+
+static void test_direct_decoder_matches_protobuf_c(void **state)
+{
+    (void)state;
+    test_snap snaps[40];
+    for (int i = 0; i < 40; i++)
+        snaps[i] = (test_snap){i % 3 ? "task-a" : "task-b", i % 2 ? "seg-1" : "seg-2", 1700000000000LL + i * 10,
+                               i / 2, {"main.py.<module>: 1", "app.py.handle: 20", i % 5 ? "db.py.query: 7" : NULL,
+                                       NULL}};
+    uint8_t *buf;
+    size_t len = test_encode_batch("instance-\xc3\xa9", 123456789, snaps, 40, &buf);
+    compare_decoders(buf, len);
+    /* Every truncation and single-byte corruption: same verdict, same content. */
+    for (size_t cut = 0; cut < len; cut++)
+        compare_decoders(buf, cut);
+    srand(7);
+    uint8_t *mut = malloc(len);
+    for (int round = 0; round < 3000; round++) {
+        memcpy(mut, buf, len);
+        size_t at = (size_t)rand() % len;
+        mut[at] = (uint8_t)rand();
+        compare_decoders(mut, len);
+    }
+    free(mut);
+    /* Negative sequences and big times survive the varint round trip. */
+    snaps[0].sequence = -5;
+    snaps[0].time_ms = INT64_MAX;
+    free(buf);
+    len = test_encode_batch("i", 0, snaps, 1, &buf);
+    compare_decoders(buf, len);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -147,6 +224,7 @@ int main(void)
         cmocka_unit_test(test_index_out_of_range),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_identity_and_version),
+        cmocka_unit_test(test_direct_decoder_matches_protobuf_c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
