@@ -164,31 +164,35 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+#define EVICT_SAMPLES 512
+
 /*
- * At max_segments_per_task, forget the least recently seen tenth of the
- * segments that hold no pending snapshots. Forgetting a segment only loses
- * its duplicate detection, which matters for seconds after its request
- * ended; refusing a new segment would lose data.
+ * At max_segments_per_task, forget about the least recently seen tenth of
+ * the segments that hold no pending snapshots. Forgetting a segment only
+ * loses its duplicate detection, which matters for seconds after its request
+ * ended; refusing a new segment would lose data. The cut-off age comes from
+ * a sample, so an eviction costs one pass over the segments.
  */
 static void evict_segments(merge_ctx *m, merge_task *t)
 {
-    size_t n = cn_dict_size(t->segments), pos = 0, k = 0;
-    int64_t *ages = malloc(n * sizeof *ages);
-    char **victims = malloc((n / 10 + 1) * sizeof *victims);
+    size_t n = cn_dict_size(t->segments), pos = 0, k = 0, seen = 0;
+    size_t stride = n / EVICT_SAMPLES + 1;
+    int64_t ages[EVICT_SAMPLES];
     const char *key;
     void *value;
-    if (!ages || !victims)
-        goto done;
-    while (cn_dict_next(t->segments, &pos, NULL, &value))
-        if (!((merge_segment *)value)->dirty)
+    while (k < EVICT_SAMPLES && cn_dict_next(t->segments, &pos, NULL, &value))
+        if (!((merge_segment *)value)->dirty && seen++ % stride == 0)
             ages[k++] = ((merge_segment *)value)->last_seen_ms;
     if (k == 0)
-        goto done;
+        return;
     qsort(ages, k, sizeof *ages, cmp_i64);
     int64_t cutoff = ages[(k - 1) / 10];
+    char **victims = malloc((n / 5 + 1) * sizeof *victims);
+    if (!victims)
+        return;
     size_t n_victims = 0;
     pos = 0;
-    while (n_victims < n / 10 + 1 && cn_dict_next(t->segments, &pos, &key, &value)) {
+    while (n_victims < n / 5 + 1 && cn_dict_next(t->segments, &pos, &key, &value)) {
         merge_segment *s = value;
         if (!s->dirty && s->last_seen_ms <= cutoff && (victims[n_victims] = strdup(key)))
             n_victims++;
@@ -197,11 +201,9 @@ static void evict_segments(merge_ctx *m, merge_task *t)
         segment_free(cn_dict_remove(t->segments, victims[i]));
         free(victims[i]);
     }
+    free(victims);
     cn_metric_add(m->live_segments, -(int64_t)n_victims);
     cn_metric_add(m->evicted_segments, (int64_t)n_victims);
-done:
-    free(ages);
-    free(victims);
 }
 
 static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id)
