@@ -176,7 +176,25 @@ void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms)
 {
     atomic_store(&shutdown_deadline_ms, deadline_mono_ms);
     if (c->rt && c->rt->thread_started) {
-        pthread_join(c->rt->thread, NULL);
+        /* Wait until the deadline; then a plugin stuck in a remote call is told to abort it. */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        int64_t left = deadline_mono_ms - cn_mono_ms();
+        if (left < 0)
+            left = 0;
+        until.tv_sec += left / 1000;
+        until.tv_nsec += (left % 1000) * 1000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        if (pthread_timedjoin_np(c->rt->thread, NULL, &until) != 0) {
+            if (c->plugin.exporter->cb_interrupt) {
+                cn_warn(c->id, "shutdown_timeout ran out during an export; aborting the call in flight");
+                c->plugin.exporter->cb_interrupt(c->ctx);
+            }
+            pthread_join(c->rt->thread, NULL);
+        }
         c->rt->thread_started = false;
         /* The per-chunk lines are rate limited; say once how much shutdown cost. */
         int64_t lost = cn_metric_get(c->rt->shutdown_dropped_snapshots);

@@ -117,6 +117,13 @@ typedef struct cn_exporter_plugin {
     int (*cb_task_source)(void *ctx, cn_component *self, const cn_node *source_cfg,
                           cn_task_registry *reg, cn_diag *d);
     /*
+     * Optional. Called from the stopping thread when service.shutdown_timeout
+     * runs out while cb_export is still running (a backend that hangs). Must
+     * not block and must be thread safe: it aborts the in-flight remote call,
+     * and cb_export then returns CN_RETRY.
+     */
+    void (*cb_interrupt)(void *ctx);
+    /*
      * Optional, for exactly-once delivery with a spool. After a crash the spool
      * replays records the sink may already hold. Before replaying, the core asks
      * the plugin what its sink already has: call `seen` for each (task, segment)
