@@ -93,14 +93,19 @@ def block(args, wd):
             lg = None
             t_acked = time.time()
             n, t_all = sl.wait_lines(out, sent, 30, 10)
+            refused = col.metric("canopy_spool_full_refusals_total")
+            errors = col.metric("canopy_spool_write_errors_total")
             rc = col.stop(60)
             check(rc == 0, "canopy exited with %s" % rc)
             a = sl.audit_jsonl(out)
-            refused = col.metric("canopy_spool_full_refusals_total")
             print(sl.report_line(policy="block", sent=sent, received=a["unique"], lost=sent - a["unique"],
-                                 dup=a["dup"], refusals_metric=refused if refused is not None else "n/a",
+                                 dup=a["dup"], refusals_metric=int(refused) if refused is not None else "n/a",
+                                 write_errors_metric=int(errors) if errors is not None else "n/a",
                                  acked_after_space_s=t_acked - t_space, all_written_after_space_s=t_all - t_space),
                   flush=True)
+            if refused is not None:
+                check(refused > 0 and errors > 0, "block: refusals/write errors not counted (%r, %r)"
+                      % (refused, errors))
             check(a["unique"] == sent and a["dup"] == 0 and not a["not_dense"],
                   "block: %d unique of %d, %d duplicates, %d segments with gaps"
                   % (a["unique"], sent, a["dup"], len(a["not_dense"])))
