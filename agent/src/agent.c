@@ -189,6 +189,10 @@ static void agent_free_strings(cn_agent *a)
     free(a->service);
     free(a->instance);
     free(a->host);
+    free(a->tls_ca_file);
+    free(a->tls_cert_file);
+    free(a->tls_key_file);
+    free(a->tls_server_name);
 }
 
 int cn_agent_new(const cn_agent_options *o, cn_agent **out)
@@ -206,7 +210,13 @@ int cn_agent_new(const cn_agent_options *o, cn_agent **out)
     a->service = cn_ag_strdup(o->service);
     a->instance = cn_ag_strdup(o->instance);
     a->host = cn_ag_strdup(o->host);
-    if (!a->url || !a->service || (o->instance && !a->instance) || (o->host && !a->host)) {
+    a->tls_ca_file = cn_ag_strdup(o->tls_ca_file);
+    a->tls_cert_file = cn_ag_strdup(o->tls_cert_file);
+    a->tls_key_file = cn_ag_strdup(o->tls_key_file);
+    a->tls_server_name = cn_ag_strdup(o->tls_server_name);
+    if (!a->url || !a->service || (o->instance && !a->instance) || (o->host && !a->host) ||
+        (o->tls_ca_file && !a->tls_ca_file) || (o->tls_cert_file && !a->tls_cert_file) ||
+        (o->tls_key_file && !a->tls_key_file) || (o->tls_server_name && !a->tls_server_name)) {
         agent_free_strings(a);
         free(a);
         return -CN_ENOMEM;
@@ -215,6 +225,10 @@ int cn_agent_new(const cn_agent_options *o, cn_agent **out)
     a->o.service = a->service;
     a->o.instance = a->instance;
     a->o.host = a->host;
+    a->o.tls_ca_file = a->tls_ca_file;
+    a->o.tls_cert_file = a->tls_cert_file;
+    a->o.tls_key_file = a->tls_key_file;
+    a->o.tls_server_name = a->tls_server_name;
     if (a->o.max_batch_snapshots == 0)
         a->o.max_batch_snapshots = 256;
     if (a->o.max_batch_age_ms == 0)

@@ -62,6 +62,7 @@ typedef struct cn_ag_state {
 struct cn_agent {
     cn_agent_options o;  /* strings point at the copies below */
     char *url, *service, *instance, *host;
+    char *tls_ca_file, *tls_cert_file, *tls_key_file, *tls_server_name;
     atomic_uint gen;     /* builder generations; kept across forks so a
                             caller's slots never match a stale batch */
     atomic_uint epoch;   /* fork epoch the state belongs to */

@@ -43,6 +43,10 @@ static bool sender_ensure(cn_ag_state *st)
     so.backoff_min_ms = o->backoff_min_ms;
     so.backoff_max_ms = o->backoff_max_ms;
     so.max_buffered_bytes = o->max_buffered_bytes;
+    so.tls_ca_file = o->tls_ca_file;
+    so.tls_cert_file = o->tls_cert_file;
+    so.tls_key_file = o->tls_key_file;
+    so.tls_server_name = o->tls_server_name;
     cn_sender *s = NULL;
     int rv = cn_ag_sender_new(&so, on_done, st, &s);
     pthread_mutex_lock(&st->mu);

@@ -12,12 +12,15 @@
  * A resend is the very same bytes (same batch_seq), so the collector's
  * (instance, session, batch_seq) deduplication makes resending safe.
  */
+#include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
 
 #include "internal.h"
 
@@ -372,6 +375,124 @@ static void *sender_main(void *arg)
     return NULL;
 }
 
+/* ---- dialing ---- */
+
+/* A whole PEM file (a certificate chain is a few KiB); NULL on failure. */
+static char *read_pem(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 1 >= cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *grown = cap <= (1u << 20) ? realloc(buf, cap) : NULL;
+            if (!grown) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = grown;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        if (got == 0)
+            break;
+        len += got;
+    }
+    bool failed = ferror(f) != 0;
+    fclose(f);
+    if (failed) {
+        free(buf);
+        return NULL;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* The client TLS config for a tls+tcp:// URL: verify the collector against
+ * tls_ca_file (required: an unverified TLS peer could be anyone), present the
+ * client certificate when one is given. */
+static int tls_config_new(const cn_sender_options *o, const char *url, nng_tls_config **out)
+{
+    if (!o->tls_ca_file || (o->tls_cert_file == NULL) != (o->tls_key_file == NULL))
+        return -CN_EINVAL;
+    nng_tls_config *cfg = NULL;
+    if (nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT) != 0)
+        return -CN_ENOMEM;
+    int rv = nng_tls_config_ca_file(cfg, o->tls_ca_file);
+    if (rv == 0)
+        rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED);
+    /* The name the collector's certificate must carry: given, or the URL's host. */
+    char host[256] = "";
+    if (rv == 0 && !o->tls_server_name) {
+        const char *h = strstr(url, "://");
+        h = h ? h + 3 : url;
+        const char *end = h[0] == '[' ? strchr(h, ']') : strrchr(h, ':');
+        if (h[0] == '[' && end)
+            h++;
+        size_t n = end ? (size_t)(end - h) : strlen(h);
+        if (n < sizeof(host)) {
+            memcpy(host, h, n);
+            host[n] = '\0';
+        }
+    }
+    const char *name = o->tls_server_name ? o->tls_server_name : host;
+    if (rv == 0 && name[0])
+        rv = nng_tls_config_server_name(cfg, name);
+    if (rv == 0 && o->tls_cert_file) {
+        char *cert = read_pem(o->tls_cert_file);
+        char *key = cert ? read_pem(o->tls_key_file) : NULL;
+        rv = cert && key ? nng_tls_config_own_cert(cfg, cert, key, NULL) : NNG_ENOENT;
+        if (key) {
+            memset(key, 0, strlen(key)); /* no private key left in freed memory */
+            free(key);
+        }
+        free(cert);
+    }
+    if (rv == 0 && nng_tls_config_version(cfg, NNG_TLS_1_2, NNG_TLS_1_3) != 0)
+        rv = nng_tls_config_version(cfg, NNG_TLS_1_2, NNG_TLS_1_2);
+    if (rv != 0) {
+        nng_tls_config_free(cfg);
+        return rv == NNG_ENOMEM ? -CN_ENOMEM : -CN_EINVAL;
+    }
+    *out = cfg;
+    return 0;
+}
+
+/* Dials in the background (the collector may start later; nng keeps
+ * redialling), with TLS for tls+tcp:// URLs. */
+static int sender_dial(cn_sender *s, const cn_sender_options *o)
+{
+    bool tls = strncmp(s->url, "tls+", 4) == 0;
+    /* TLS files with a plain URL would silently send in clear: refuse. */
+    if (!tls && (o->tls_ca_file || o->tls_cert_file || o->tls_key_file || o->tls_server_name))
+        return -CN_EINVAL;
+    nng_dialer d;
+    if (nng_dialer_create(&d, s->sock, s->url) != 0)
+        return -CN_EINVAL;
+    if (tls) {
+        nng_tls_config *cfg = NULL;
+        int rv = tls_config_new(o, s->url, &cfg);
+        if (rv != 0) {
+            nng_dialer_close(d);
+            return rv;
+        }
+        rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cfg);
+        nng_tls_config_free(cfg); /* the dialer holds its own reference */
+        if (rv != 0) {
+            nng_dialer_close(d);
+            return -CN_ENNG;
+        }
+    }
+    if (nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+        nng_dialer_close(d);
+        return -CN_EINVAL;
+    }
+    return 0;
+}
+
 /* ---- lifecycle ---- */
 
 /* The one destroy path, for a fully or partly made sender. */
@@ -462,10 +583,10 @@ int cn_ag_sender_new(const cn_sender_options *o, cn_ag_done_fn done, void *arg, 
             goto fail;
     }
     /* Non-blocking: the collector may start later; nng keeps redialling. */
-    if (nng_dial(s->sock, s->url, NULL, NNG_FLAG_NONBLOCK) != 0) {
-        rv = -CN_EINVAL;
+    if ((rv = sender_dial(s, o)) != 0)
         goto fail;
-    }
+    /* The TLS files were read; keep no pointers to the caller's strings. */
+    s->o.tls_ca_file = s->o.tls_cert_file = s->o.tls_key_file = s->o.tls_server_name = NULL;
     /* Set before the thread exists: it shares a word with fields the thread
      * reads, and pthread_create orders this write before them. */
     s->thread_ok = true;

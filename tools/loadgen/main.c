@@ -28,6 +28,7 @@ typedef struct lg_options {
     const char *url;
     const char *service;
     const char *dump_batch;
+    const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
     int agents;
     lg_workload_config w;
     unsigned window;
@@ -86,6 +87,10 @@ static void usage(FILE *f)
             "  --service NAME         service name (default loadgen)\n"
             "  --seed N               workload seed (default 1)\n"
             "  --dump-batch FILE      write agent 0's first encoded Request to FILE and exit\n"
+            "  --tls-ca FILE          tls+tcp:// URLs: CA (PEM) the collector's certificate must chain to\n"
+            "  --tls-cert FILE        tls+tcp:// URLs: client certificate (PEM), for client_auth\n"
+            "  --tls-key FILE         tls+tcp:// URLs: private key (PEM) of --tls-cert\n"
+            "  --tls-server-name NAME name the collector's certificate must carry (default: the URL's host)\n"
             "  --quiet                no progress on stderr\n"
             "  --help                 this text\n",
             CN_AGENT_DEFAULT_URL);
@@ -114,6 +119,8 @@ static int parse_args(int argc, char **argv, lg_options *o)
         {"window", required_argument, NULL, 'w'},       {"timeout", required_argument, NULL, 'T'},
         {"attempt-timeout", required_argument, NULL, 'A'}, {"service", required_argument, NULL, 'S'},
         {"seed", required_argument, NULL, 'r'},         {"dump-batch", required_argument, NULL, 'D'},
+        {"tls-ca", required_argument, NULL, 'c'},       {"tls-cert", required_argument, NULL, 'e'},
+        {"tls-key", required_argument, NULL, 'k'},      {"tls-server-name", required_argument, NULL, 'N'},
         {"quiet", no_argument, NULL, 'q'},              {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -129,6 +136,10 @@ static int parse_args(int argc, char **argv, lg_options *o)
         case 'u': o->url = optarg; break;
         case 'S': o->service = optarg; break;
         case 'D': o->dump_batch = optarg; break;
+        case 'c': o->tls_ca = optarg; break;
+        case 'e': o->tls_cert = optarg; break;
+        case 'k': o->tls_key = optarg; break;
+        case 'N': o->tls_server_name = optarg; break;
         case 'q': o->quiet = true; break;
         case 'h': usage(stdout); exit(0);
         case 'n': if ((rv = parse_int("--agents", optarg, 1, &v)) == 0) o->agents = (int)v; break;
@@ -157,6 +168,21 @@ static int parse_args(int argc, char **argv, lg_options *o)
     }
     if (optind < argc) {
         fprintf(stderr, "canopy-loadgen: unexpected argument \"%s\"\n", argv[optind]);
+        return -1;
+    }
+    bool tls_url = strncmp(o->url, "tls+", 4) == 0;
+    bool tls_opts = o->tls_ca || o->tls_cert || o->tls_key || o->tls_server_name;
+    if (tls_opts && !tls_url) {
+        fprintf(stderr, "canopy-loadgen: --tls-* options need a tls+tcp:// --url\n");
+        return -1;
+    }
+    if (tls_url && !o->tls_ca) {
+        fprintf(stderr, "canopy-loadgen: a tls+tcp:// --url needs --tls-ca (the CA that signed the collector's "
+                        "certificate)\n");
+        return -1;
+    }
+    if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+        fprintf(stderr, "canopy-loadgen: --tls-cert and --tls-key go together\n");
         return -1;
     }
     if (o->agents > 4096 || o->w.depth > 10000 || o->w.batch_size > 1000000) {
@@ -209,6 +235,10 @@ static int agent_main(const lg_options *o, int index, int go_fd, int rep_fd)
     so.window = o->window;
     so.timeout_ms = o->attempt_timeout_ms;
     so.max_buffered_bytes = total + 1; /* everything is queued up front */
+    so.tls_ca_file = o->tls_ca;
+    so.tls_cert_file = o->tls_cert;
+    so.tls_key_file = o->tls_key;
+    so.tls_server_name = o->tls_server_name;
     cn_sender *s = NULL;
     int rv = cn_sender_new(&so, &s);
     if (rv != 0) {

@@ -186,6 +186,14 @@ typedef struct cn_sender_options {
     uint32_t backoff_max_ms;     /* cap of the doubling delay; default 5000 */
     uint32_t max_attempts;       /* per request; 0 = unlimited (default) */
     size_t max_buffered_bytes;   /* queued + in flight; default 8 MiB */
+    /* TLS, for tls+tcp:// URLs only (all NULL: none). The server's certificate
+     * must chain to tls_ca_file and match tls_server_name (default: the URL's
+     * host). tls_cert_file + tls_key_file: the client certificate a collector
+     * with client_auth: required asks for. PEM files, read by cn_sender_new. */
+    const char *tls_ca_file;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_server_name;
 } cn_sender_options;
 
 /* Fills the defaults (url NULL). */
@@ -231,6 +239,11 @@ typedef struct cn_agent_options {
      * so the defaults below match the collector's nng receiver defaults. */
     size_t max_string_len;        /* bytes, cut at a UTF-8 boundary; default 4096 */
     size_t max_strings;           /* per batch string table; default 65536 */
+    /* TLS for a tls+tcp:// url; see cn_sender_options. Copied. */
+    const char *tls_ca_file;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_server_name;
 } cn_agent_options;
 
 /* Fills the defaults (service NULL). */

@@ -4,12 +4,18 @@
  * callback: receive -> handle -> send reply -> receive. A batch is acked only
  * once every pipeline it feeds has taken it; anything refused gets an error
  * reply with a machine-readable reason, and a counter.
+ *
+ * Listeners: ipc:// (socket file mode and group), tcp:// (loopback only unless
+ * allow_insecure) and tls+tcp:// (nng's TLS transport over mbedTLS, optional
+ * client certificates). Every limit is counted per limit and logged at most
+ * once per interval per limit, so one flood never hides another refusal.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <grp.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/supplemental/tls/tls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +43,59 @@ static const char *const reason_labels[] = {
 };
 #define N_REASONS (sizeof reason_labels / sizeof reason_labels[0])
 
+/* Which limit a LIMIT_EXCEEDED or TOO_LARGE refusal hit: label values of
+ * canopy_receiver_limit_exceeded_total, named after the options. */
+typedef enum limit_kind {
+    LIMIT_MESSAGE_SIZE = 0,
+    LIMIT_SNAPSHOTS,
+    LIMIT_STRINGS,
+    LIMIT_STRING_LENGTH,
+    LIMIT_FRAMES,
+    LIMIT_OTHER,
+    N_LIMITS
+} limit_kind;
+static const char *const limit_labels[] = {
+    "max_message_size", "max_snapshots_per_batch", "max_strings_per_batch", "max_string_length", "max_frames",
+    "other",
+};
+
+static const char *const client_auth_choices[] = {"none", "optional", "required", NULL};
+
+/*
+ * What nng handles inside a listener, before or instead of a request: a TLS
+ * handshake that failed authentication, a peer that is not an SP/REQ peer,
+ * no memory, a pipe we closed (max_connections), and "other": any other
+ * close, which is mostly agents going away but also a message over twice
+ * max_message_size (nng does not say which). nng counts them per listener;
+ * we copy them into canopy_receiver_transport_errors_total every second and
+ * log the increase of those that are always a problem (why != NULL).
+ */
+static const char *const transport_errors[] = {"auth", "proto", "timeout", "oom", "reject", "other"};
+static const char *const transport_error_why[] = {
+    "failed TLS authentication (no or untrusted client certificate, or the client does not trust ours)",
+    "were not nng REQ peers (protocol negotiation failed)",
+    "timed out during the handshake",
+    "were closed for lack of memory",
+    NULL, /* our own max_connections closes, logged where they happen */
+    NULL, /* mostly agents that went away */
+};
+#define N_TRANSPORT_ERRORS (sizeof transport_errors / sizeof transport_errors[0])
+#define STATS_INTERVAL_MS 1000
+
+typedef struct listener_stats {
+    nng_listener l;
+    bool started;
+    cn_metric *errors[N_TRANSPORT_ERRORS];
+    uint64_t last[N_TRANSPORT_ERRORS];
+} listener_stats;
+
+typedef struct nng_receiver_tls {
+    char *cert_file;
+    char *key_file;
+    char *ca_file;
+    int client_auth; /* index into client_auth_choices: same order as nng_tls_auth_mode */
+} nng_receiver_tls;
+
 struct nng_receiver {
     /* options */
     cn_strlist listen;
@@ -50,6 +109,8 @@ struct nng_receiver {
     int64_t max_string_length;
     int64_t max_frames;
     int64_t max_agent_sessions;
+    int64_t max_connections;
+    nng_receiver_tls tls;
     /* runtime */
     cn_component *self;
     cn_batch_limits limits;
@@ -61,13 +122,39 @@ struct nng_receiver {
     cn_metric *requests[4]; /* by body case: batch, command_query, task_finish, other */
     cn_metric *accepted_batches, *accepted_snapshots, *received_bytes, *duplicates, *agent_sessions;
     cn_metric *refused[N_REASONS];
-    cn_ratelimit refuse_log;
+    cn_metric *limit_exceeded[N_LIMITS];
+    cn_metric *connections, *connections_refused, *connections_accepted;
+    /* One per reason and per limit: a flood of one kind must not hide the others. */
+    cn_ratelimit refuse_log[N_REASONS];
+    cn_ratelimit limit_log[N_LIMITS];
+    cn_ratelimit conn_log;
+    nng_tls_config *tls_config;
+    listener_stats *listeners; /* one per listen URL */
+    nng_aio *stats_aio;
+    cn_ratelimit transport_log[N_TRANSPORT_ERRORS];
+    /* Pipes counted against max_connections, by id (nng_pipe_notify callbacks). */
+    pthread_mutex_t conn_lock;
+    bool conn_lock_ok;
+    cn_dict *pipes;
 };
+
+static const cn_option tls_options[] = {
+    {CN_OPT_STR, "cert_file", NULL, offsetof(nng_receiver_tls, cert_file),
+     "PEM certificate (chain) the tls+tcp:// listeners present to agents."},
+    {CN_OPT_STR, "key_file", NULL, offsetof(nng_receiver_tls, key_file), "PEM private key of cert_file."},
+    {CN_OPT_STR, "ca_file", NULL, offsetof(nng_receiver_tls, ca_file),
+     "PEM CA certificate(s) that agents' client certificates must chain to (client_auth optional or "
+     "required)."},
+    {CN_OPT_ENUM, "client_auth", "none", offsetof(nng_receiver_tls, client_auth),
+     "none: agents need no certificate; optional: a certificate, when presented, must verify against "
+     "ca_file; required: agents without a certificate that verifies are refused at the handshake.",
+     .choices = client_auth_choices},
+    CN_OPT_END};
 
 static const cn_option nng_options[] = {
     {CN_OPT_STRLIST, "listen", "ipc:///tmp/canopy.sock", offsetof(nng_receiver, listen),
-     "nng URLs to listen on: ipc:///path or tcp://host:port. Plain tcp:// must be on a loopback address "
-     "unless allow_insecure is true."},
+     "nng URLs to listen on: ipc:///path, tcp://host:port or tls+tcp://host:port. Plain tcp:// must be on "
+     "a loopback address unless allow_insecure is true; tls+tcp:// needs tls.cert_file and tls.key_file."},
     {CN_OPT_SIZE, "max_message_size", "4MiB", offsetof(nng_receiver, max_message_size),
      "Largest request accepted. Larger ones (up to twice this) get a TOO_LARGE reply; beyond that nng "
      "closes the connection.",
@@ -79,7 +166,14 @@ static const cn_option nng_options[] = {
     {CN_OPT_STR, "ipc_group", NULL, offsetof(nng_receiver, ipc_group),
      "Group to own ipc:// sockets (e.g. the group the gunicorn workers run as)."},
     {CN_OPT_BOOL, "allow_insecure", "false", offsetof(nng_receiver, allow_insecure),
-     "Allow plain tcp:// on non-loopback addresses (anyone who can reach the port can send data)."},
+     "Allow plain tcp:// on non-loopback addresses (anyone who can reach the port can send data and read "
+     "task definitions). Prefer tls+tcp:// with client_auth: required."},
+    {CN_OPT_MAP, "tls", NULL, offsetof(nng_receiver, tls),
+     "TLS of the tls+tcp:// listeners (nng's TLS transport, mbedTLS; TLS 1.2).", .sub = tls_options},
+    {CN_OPT_INT, "max_connections", "1024", offsetof(nng_receiver, max_connections),
+     "Agent connections open at once, over all listeners; further ones are closed at once and counted. Each "
+     "connection may hold one request of up to twice max_message_size in memory.",
+     .min = 1, .max = 1000000},
     {CN_OPT_INT, "max_snapshots_per_batch", "16384", offsetof(nng_receiver, max_snapshots_per_batch),
      "Snapshots one batch may carry.", .min = 1, .max = 10000000},
     {CN_OPT_INT, "max_strings_per_batch", "65536", offsetof(nng_receiver, max_strings_per_batch),
@@ -104,36 +198,120 @@ static bool host_is_loopback(const char *host)
     return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
+typedef enum url_kind { URL_IPC, URL_TCP, URL_TLS, URL_BAD } url_kind;
+
+static url_kind classify_url(const char *url)
+{
+    if (strncmp(url, "ipc://", 6) == 0)
+        return URL_IPC;
+    if (strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tcp4://", 7) == 0 || strncmp(url, "tcp6://", 7) == 0)
+        return URL_TCP;
+    if (strncmp(url, "tls+tcp://", 10) == 0 || strncmp(url, "tls+tcp4://", 11) == 0 ||
+        strncmp(url, "tls+tcp6://", 11) == 0)
+        return URL_TLS;
+    return URL_BAD;
+}
+
 static int check_url(nng_receiver *rx, const char *url, const cn_node *at, cn_diag *d)
 {
-    if (strncmp(url, "ipc://", 6) == 0) {
+    url_kind kind = classify_url(url);
+    if (kind == URL_IPC) {
         if (!url[6]) {
             cn_diag_error(d, at, "listen: \"%s\" has no socket path", url);
             return -1;
         }
         return 0;
     }
-    bool tcp = strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tcp4://", 7) == 0 || strncmp(url, "tcp6://", 7) == 0;
-    if (!tcp) {
-        cn_diag_error(d, at, "listen: \"%s\" must start with ipc:// or tcp://", url);
+    if (kind == URL_BAD) {
+        cn_diag_error(d, at, "listen: \"%s\" must start with ipc://, tcp:// or tls+tcp://", url);
         return -1;
     }
     const char *host = strstr(url, "://") + 3;
     const char *colon = strrchr(host, ':');
     if (!colon || colon == host || !colon[1]) {
-        cn_diag_error(d, at, "listen: \"%s\" must be tcp://host:port", url);
+        cn_diag_error(d, at, "listen: \"%s\" must be %s://host:port", url, kind == URL_TLS ? "tls+tcp" : "tcp");
         return -1;
+    }
+    if (kind == URL_TLS) {
+        /* Encrypted, and with client_auth: required only agents holding a certificate get in. */
+        if (!rx->tls.cert_file || !rx->tls.key_file) {
+            cn_diag_error(d, at, "listen: \"%s\" needs tls.cert_file and tls.key_file (the certificate it presents)",
+                          url);
+            return -1;
+        }
+        return 0;
     }
     char h[256];
     snprintf(h, sizeof h, "%.*s", (int)(colon - host), host);
     if (!rx->allow_insecure && !host_is_loopback(h)) {
         cn_diag_error(d, at,
                       "listen: refusing plain %s on a non-loopback address: anyone who can reach it could send "
-                      "data and read tasks. Listen on 127.0.0.1 or an ipc:// path, or set allow_insecure: true",
+                      "data and read tasks. Listen on 127.0.0.1, an ipc:// path or tls+tcp:// (with tls: "
+                      "cert_file, key_file), or set allow_insecure: true",
                       url);
         return -1;
     }
     return 0;
+}
+
+/* The node of option `name` in map `node`, else `fallback`: errors always carry a position. */
+static const cn_node *opt_at(const cn_node *node, const char *name, const cn_node *fallback)
+{
+    const cn_node *n = cn_options_node(node, name);
+    return n ? n : fallback;
+}
+
+/* Whether a PEM file is readable and holds a block whose label contains `what`. */
+static int check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path, strerror(errno));
+        return -1;
+    }
+    char line[256];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f))
+        found = strncmp(line, "-----BEGIN ", 11) == 0 && strstr(line, what) != NULL;
+    fclose(f);
+    if (!found) {
+        cn_diag_error(d, at, "tls.%s: %s holds no PEM \"%s\" block", key, path, what);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_tls(nng_receiver *rx, cn_component *self, bool has_tls_url, cn_diag *d)
+{
+    const cn_node *node = cn_node_get(cn_component_node(self), "tls");
+    const nng_receiver_tls *t = &rx->tls;
+    bool any = t->cert_file || t->key_file || t->ca_file || t->client_auth != NNG_TLS_AUTH_MODE_NONE;
+    if (!any)
+        return 0;
+    const cn_node *at = node ? node : cn_component_node(self);
+    int rc = 0;
+    if (!has_tls_url) {
+        /* Otherwise a user could believe agents are authenticated while they are not. */
+        cn_diag_error(d, at, "tls is set but no listen URL is tls+tcp://; TLS applies only to tls+tcp:// listeners");
+        rc = -1;
+    }
+    if ((t->cert_file == NULL) != (t->key_file == NULL)) {
+        cn_diag_error(d, at, "tls: cert_file and key_file go together");
+        rc = -1;
+    }
+    if (t->client_auth != NNG_TLS_AUTH_MODE_NONE && !t->ca_file) {
+        cn_diag_error(d, opt_at(node, "client_auth", at),
+                      "tls.client_auth: %s needs tls.ca_file (the CA agents' certificates must chain to)",
+                      client_auth_choices[t->client_auth]);
+        rc = -1;
+    }
+    if (t->cert_file && check_pem(d, opt_at(node, "cert_file", at), "cert_file", t->cert_file, "CERTIFICATE"))
+        rc = -1;
+    if (t->key_file && check_pem(d, opt_at(node, "key_file", at), "key_file", t->key_file, "PRIVATE KEY"))
+        rc = -1;
+    if (t->ca_file && check_pem(d, opt_at(node, "ca_file", at), "ca_file", t->ca_file, "CERTIFICATE"))
+        rc = -1;
+    return rc;
 }
 
 static int nng_check(void *ctx, cn_component *self, cn_diag *d)
@@ -145,8 +323,12 @@ static int nng_check(void *ctx, cn_component *self, cn_diag *d)
         return -1;
     }
     int rc = 0;
-    for (size_t i = 0; i < rx->listen.n; i++)
+    bool has_tls_url = false;
+    for (size_t i = 0; i < rx->listen.n; i++) {
         rc |= check_url(rx, rx->listen.v[i], at, d);
+        has_tls_url |= classify_url(rx->listen.v[i]) == URL_TLS;
+    }
+    rc |= check_tls(rx, self, has_tls_url, d);
     if (rx->ipc_group && !getgrnam(rx->ipc_group)) {
         cn_diag_error(d, cn_options_node(cn_component_node(self), "ipc_group"), "ipc_group: no group named \"%s\"",
                       rx->ipc_group);
@@ -173,13 +355,41 @@ static bool reason_retryable(Canopy__V1__Reason r)
            r == CANOPY__V1__REASON__REASON_INTERNAL;
 }
 
+/*
+ * Which limit a refusal hit, from cn_batch_validate's detail text (the core
+ * reports only the reason). tests/tls/limits.py sends one request over each
+ * limit and checks the label, so a changed wording fails there, not silently.
+ */
+static limit_kind classify_limit(Canopy__V1__Reason reason, const char *detail)
+{
+    if (reason == CANOPY__V1__REASON__REASON_TOO_LARGE)
+        return LIMIT_MESSAGE_SIZE;
+    if (strncmp(detail, "string table has ", 17) == 0)
+        return LIMIT_STRINGS;
+    if (strncmp(detail, "batch has ", 10) == 0)
+        return LIMIT_SNAPSHOTS;
+    if (strncmp(detail, "string ", 7) == 0 && strstr(detail, " bytes long"))
+        return LIMIT_STRING_LENGTH;
+    if (strncmp(detail, "snapshot ", 9) == 0 && strstr(detail, " frames, limit"))
+        return LIMIT_FRAMES;
+    return LIMIT_OTHER;
+}
+
 static nng_msg *refuse(nng_receiver *rx, Canopy__V1__Reason reason, uint64_t batch_seq, const char *detail,
                        const char *who)
 {
-    if ((size_t)reason < N_REASONS)
-        cn_metric_inc(rx->refused[reason]);
-    cn_log_limited(&rx->refuse_log, reason_retryable(reason) ? CN_LOG_INFO : CN_LOG_WARN, cn_component_id(rx->self),
-                   "refused a request from %s: %s: %s", who, reason_labels[reason < N_REASONS ? reason : 0], detail);
+    size_t r = (size_t)reason < N_REASONS ? (size_t)reason : CANOPY__V1__REASON__REASON_INTERNAL;
+    cn_metric_inc(rx->refused[r]);
+    cn_log_level level = reason_retryable(reason) ? CN_LOG_INFO : CN_LOG_WARN;
+    if (reason == CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED || reason == CANOPY__V1__REASON__REASON_TOO_LARGE) {
+        limit_kind k = classify_limit(reason, detail);
+        cn_metric_inc(rx->limit_exceeded[k]);
+        cn_log_limited(&rx->limit_log[k], level, cn_component_id(rx->self), "refused a request from %s: %s: %s", who,
+                       limit_labels[k], detail);
+    } else {
+        cn_log_limited(&rx->refuse_log[r], level, cn_component_id(rx->self), "refused a request from %s: %s: %s",
+                       who, reason_labels[r], detail);
+    }
     Canopy__V1__Reply reply = CANOPY__V1__REPLY__INIT;
     reply.reason = reason;
     reply.retryable = reason_retryable(reason);
@@ -295,11 +505,32 @@ done:
     return msg;
 }
 
+/* "127.0.0.1:51234" or "pid 4242": who sent it, for logs about requests that carry no identity. */
+static void describe_peer(nng_pipe p, char *buf, size_t len)
+{
+    nng_sockaddr sa;
+    int pid;
+    char ip[INET6_ADDRSTRLEN];
+    if (nng_pipe_id(p) < 0 || nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) != 0) {
+        snprintf(buf, len, "an agent");
+    } else if (sa.s_family == NNG_AF_INET && inet_ntop(AF_INET, &sa.s_in.sa_addr, ip, sizeof ip)) {
+        snprintf(buf, len, "%s:%u", ip, (unsigned)ntohs(sa.s_in.sa_port));
+    } else if (sa.s_family == NNG_AF_INET6 && inet_ntop(AF_INET6, sa.s_in6.sa_addr, ip, sizeof ip)) {
+        snprintf(buf, len, "[%s]:%u", ip, (unsigned)ntohs(sa.s_in6.sa_port));
+    } else if (sa.s_family == NNG_AF_IPC && nng_pipe_get_int(p, NNG_OPT_IPC_PEER_PID, &pid) == 0) {
+        snprintf(buf, len, "pid %d", pid);
+    } else {
+        snprintf(buf, len, "an agent");
+    }
+}
+
 static nng_msg *handle_request(nng_receiver *rx, nng_msg *in)
 {
     size_t len = nng_msg_len(in);
     cn_metric_add(rx->received_bytes, (int64_t)len);
-    char who[160] = "an agent";
+    char peer[64], who[192];
+    describe_peer(nng_msg_get_pipe(in), peer, sizeof peer);
+    snprintf(who, sizeof who, "%s", peer);
     if (len > (size_t)rx->max_message_size) {
         cn_metric_inc(rx->requests[3]);
         char detail[128];
@@ -317,7 +548,7 @@ static nng_msg *handle_request(nng_receiver *rx, nng_msg *in)
         cn_metric_inc(rx->requests[3]);
         return refuse(rx, reason, 0, detail, who);
     }
-    snprintf(who, sizeof who, "%s (service %s)", req->agent->instance, req->agent->service);
+    snprintf(who, sizeof who, "%.64s (service %.48s, %.63s)", req->agent->instance, req->agent->service, peer);
     nng_msg *reply;
     switch (req->body_case) {
     case CANOPY__V1__REQUEST__BODY_BATCH:
@@ -373,19 +604,149 @@ static void worker_cb(void *arg)
     nng_ctx_recv(w->ctx, w->aio);
 }
 
-static int start_listener(nng_receiver *rx, const char *url)
+/* ---- connections ------------------------------------------------------------------------ */
+
+/*
+ * Counts connections against max_connections. nng calls this on its own
+ * threads; a pipe closed in ADD_PRE never reaches the socket (no request of
+ * it is read). The ids of counted pipes are kept because nng 1.5 still sends
+ * REM_POST for a pipe closed in ADD_PRE, and that one must not be uncounted.
+ */
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
+    nng_receiver *rx = arg;
+    char key[16];
+    snprintf(key, sizeof key, "%u", (unsigned)nng_pipe_id(p));
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        pthread_mutex_lock(&rx->conn_lock);
+        size_t open = cn_dict_size(rx->pipes);
+        bool admit = (int64_t)open < rx->max_connections && cn_dict_put(rx->pipes, key, rx) == 0;
+        if (admit)
+            open++;
+        pthread_mutex_unlock(&rx->conn_lock);
+        if (admit) {
+            cn_metric_inc(rx->connections_accepted);
+            cn_metric_set(rx->connections, (int64_t)open);
+            return;
+        }
+        char who[80];
+        describe_peer(p, who, sizeof who);
+        cn_metric_inc(rx->connections_refused);
+        cn_log_limited(&rx->conn_log, CN_LOG_WARN, cn_component_id(rx->self),
+                       "refused a connection from %s: max_connections (%lld) reached (or out of memory)", who,
+                       (long long)rx->max_connections);
+        nng_pipe_close(p);
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        pthread_mutex_lock(&rx->conn_lock);
+        bool counted = cn_dict_remove(rx->pipes, key) != NULL;
+        size_t open = cn_dict_size(rx->pipes);
+        pthread_mutex_unlock(&rx->conn_lock);
+        if (counted)
+            cn_metric_set(rx->connections, (int64_t)open);
+    }
+}
+
+/* ---- listeners ------------------------------------------------------------------------------ */
+
+/* Reads a whole (small) PEM file; NULL with errno set on failure. */
+static char *read_pem(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 1 >= cap) {
+            cap = cap ? cap * 2 : 8192;
+            /* A certificate chain is a few KiB; anything huge is not one. */
+            char *grown = cap <= (1u << 20) ? realloc(buf, cap) : NULL;
+            if (!grown) {
+                free(buf);
+                fclose(f);
+                errno = cap > (1u << 20) ? EFBIG : ENOMEM;
+                return NULL;
+            }
+            buf = grown;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        if (got == 0)
+            break;
+        len += got;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* The server TLS config shared by every tls+tcp:// listener. */
+static int make_tls_config(nng_receiver *rx)
+{
+    const char *id = cn_component_id(rx->self);
+    const nng_receiver_tls *t = &rx->tls;
+    char *cert = read_pem(t->cert_file);
+    char *key = cert ? read_pem(t->key_file) : NULL;
+    if (!cert || !key) {
+        cn_error(id, "tls: cannot read %s: %s", cert ? t->key_file : t->cert_file, strerror(errno));
+        free(cert);
+        free(key);
+        return -1;
+    }
+    int rv = nng_tls_config_alloc(&rx->tls_config, NNG_TLS_MODE_SERVER);
+    const char *step = "allocate a TLS config";
+    if (rv == 0) {
+        step = "load tls.cert_file and tls.key_file (do they match?)";
+        rv = nng_tls_config_own_cert(rx->tls_config, cert, key, NULL);
+    }
+    if (rv == 0 && t->ca_file) {
+        step = "load tls.ca_file";
+        rv = nng_tls_config_ca_file(rx->tls_config, t->ca_file);
+    }
+    if (rv == 0) {
+        step = "set tls.client_auth";
+        rv = nng_tls_config_auth_mode(rx->tls_config, (nng_tls_auth_mode)t->client_auth);
+    }
+    /* Nothing older than TLS 1.2; mbedTLS 2.28 (Debian 12) stops at 1.2. */
+    if (rv == 0 && nng_tls_config_version(rx->tls_config, NNG_TLS_1_2, NNG_TLS_1_3) != 0) {
+        step = "require TLS 1.2";
+        rv = nng_tls_config_version(rx->tls_config, NNG_TLS_1_2, NNG_TLS_1_2);
+    }
+    /* The key must not linger in freed memory. */
+    memset(key, 0, strlen(key));
+    free(key);
+    free(cert);
+    if (rv != 0) {
+        cn_error(id, "tls: cannot %s: %s", step, nng_strerror(rv));
+        return -1;
+    }
+    return 0;
+}
+
+static int start_listener(nng_receiver *rx, size_t index)
+{
+    const char *url = rx->listen.v[index];
     nng_listener l;
+    url_kind kind = classify_url(url);
     int rv = nng_listener_create(&l, rx->sock, url);
-    if (rv == 0 && strncmp(url, "ipc://", 6) == 0)
+    if (rv == 0 && kind == URL_IPC)
         rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, rx->ipc_permissions);
+    if (rv == 0 && kind == URL_TLS)
+        rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, rx->tls_config);
     if (rv == 0)
         rv = nng_listener_start(l, 0);
     if (rv != 0) {
         cn_error(cn_component_id(rx->self), "cannot listen on %s: %s", url, nng_strerror(rv));
         return -1;
     }
-    if (strncmp(url, "ipc://", 6) == 0 && rx->ipc_group) {
+    rx->listeners[index].l = l;
+    rx->listeners[index].started = true;
+    if (kind == URL_IPC && rx->ipc_group) {
         struct group *g = getgrnam(rx->ipc_group);
         if (!g || chown(url + 6, (uid_t)-1, g->gr_gid) != 0) {
             cn_error(cn_component_id(rx->self), "cannot give %s to group %s: %s", url + 6, rx->ipc_group,
@@ -393,17 +754,106 @@ static int start_listener(nng_receiver *rx, const char *url)
             return -1;
         }
     }
-    cn_info(cn_component_id(rx->self), "listening on %s", url);
+    if (kind == URL_TLS)
+        cn_info(cn_component_id(rx->self), "listening on %s (TLS, client certificates %s)", url,
+                client_auth_choices[rx->tls.client_auth]);
+    else if (kind == URL_IPC)
+        cn_info(cn_component_id(rx->self), "listening on %s (mode %04o%s%s)", url, rx->ipc_permissions,
+                rx->ipc_group ? ", group " : "", rx->ipc_group ? rx->ipc_group : "");
+    else
+        cn_info(cn_component_id(rx->self), "listening on %s", url);
     return 0;
 }
 
-static int nng_start(void *ctx, cn_component *self)
+/* Label value: the URL with quotes and backslashes (not valid in a Prometheus label) replaced. */
+static void label_escape(char *out, size_t len, const char *in)
 {
-    nng_receiver *rx = ctx;
-    rx->self = self;
-    rx->limits = (cn_batch_limits){rx->max_snapshots_per_batch, rx->max_strings_per_batch, rx->max_string_length,
-                                   rx->max_frames};
-    const char *labels = cn_component_labels(self);
+    size_t i = 0;
+    for (; in[i] && i + 1 < len; i++)
+        out[i] = in[i] == '"' || in[i] == '\\' || in[i] == '\n' ? '_' : in[i];
+    out[i] = '\0';
+}
+
+static void make_listener_metrics(nng_receiver *rx)
+{
+    for (size_t i = 0; i < rx->listen.n; i++) {
+        char url[192], l[320];
+        label_escape(url, sizeof url, rx->listen.v[i]);
+        for (size_t e = 0; e < N_TRANSPORT_ERRORS; e++) {
+            snprintf(l, sizeof l, "%s,listener=\"%s\",error=\"%s\"", cn_component_labels(rx->self), url,
+                     transport_errors[e]);
+            rx->listeners[i].errors[e] =
+                cn_counter("canopy_receiver_transport_errors_total",
+                           "Connections nng closed, by listener and cause (auth: TLS authentication failed, "
+                           "proto: not an nng REQ peer, timeout, oom, reject: max_connections, other: any other "
+                           "close, mostly agents going away, also a message over twice max_message_size).",
+                           l);
+        }
+    }
+    for (size_t e = 0; e < N_TRANSPORT_ERRORS; e++)
+        rx->transport_log[e].interval_ms = 5000;
+}
+
+/*
+ * The statistics scope of listener `id`. Not nng_stat_find_listener: in nng
+ * 1.5.2 it returns the socket's first listener whatever the id.
+ */
+static nng_stat *find_listener_scope(nng_stat *parent, int id, int depth)
+{
+    for (nng_stat *c = nng_stat_child(parent); c; c = nng_stat_next(c)) {
+        if (nng_stat_type(c) != NNG_STAT_SCOPE)
+            continue;
+        if (strcmp(nng_stat_name(c), "listener") == 0) {
+            for (nng_stat *v = nng_stat_child(c); v; v = nng_stat_next(v))
+                if (nng_stat_type(v) == NNG_STAT_ID && strcmp(nng_stat_name(v), "id") == 0 &&
+                    nng_stat_value(v) == (uint64_t)id)
+                    return c;
+        } else if (depth < 3) {
+            nng_stat *found = find_listener_scope(c, id, depth + 1);
+            if (found)
+                return found;
+        }
+    }
+    return NULL;
+}
+
+/* Copies nng's per-listener error counters into our metrics; logs increases. */
+static void collect_listener_stats(nng_receiver *rx)
+{
+    nng_stat *root;
+    if (nng_stats_get(&root) != 0)
+        return; /* no memory: next time */
+    for (size_t i = 0; i < rx->listen.n; i++) {
+        listener_stats *ls = &rx->listeners[i];
+        nng_stat *scope = ls->started ? find_listener_scope(root, nng_listener_id(ls->l), 0) : NULL;
+        for (size_t e = 0; scope && e < N_TRANSPORT_ERRORS; e++) {
+            nng_stat *st = nng_stat_find(scope, transport_errors[e]);
+            uint64_t v = st ? nng_stat_value(st) : 0;
+            if (v <= ls->last[e])
+                continue;
+            cn_metric_set(ls->errors[e], (int64_t)v);
+            if (transport_error_why[e])
+                cn_log_limited(&rx->transport_log[e], CN_LOG_WARN, cn_component_id(rx->self),
+                           "%s: %llu connection(s) %s (%llu in all)", rx->listen.v[i],
+                           (unsigned long long)(v - ls->last[e]), transport_error_why[e], (unsigned long long)v);
+            ls->last[e] = v;
+        }
+    }
+    nng_stats_free(root);
+}
+
+static void stats_cb(void *arg)
+{
+    nng_receiver *rx = arg;
+    if (nng_aio_result(rx->stats_aio) != 0)
+        return; /* stopped */
+    collect_listener_stats(rx);
+    nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
+}
+
+static void make_metrics(nng_receiver *rx)
+{
+    const char *labels = cn_component_labels(rx->self);
     static const char *const kinds[] = {"batch", "command_query", "task_finish", "invalid"};
     char l[256];
     for (size_t i = 0; i < 4; i++) {
@@ -416,6 +866,15 @@ static int nng_start(void *ctx, cn_component *self)
                                     "Requests refused with an error reply, by reason.", l);
     }
     rx->refused[0] = rx->refused[1] = rx->refused[2];
+    for (size_t i = 0; i < N_LIMITS; i++) {
+        snprintf(l, sizeof l, "%s,limit=\"%s\"", labels, limit_labels[i]);
+        rx->limit_exceeded[i] = cn_counter("canopy_receiver_limit_exceeded_total",
+                                           "Requests refused (limit_exceeded or too_large) by the limit they broke.", l);
+        rx->limit_log[i].interval_ms = 5000;
+    }
+    for (size_t i = 0; i < N_REASONS; i++)
+        rx->refuse_log[i].interval_ms = 5000;
+    rx->conn_log.interval_ms = 5000;
     rx->accepted_batches = cn_counter("canopy_receiver_accepted_batches_total", "Batches acked into the pipelines.", labels);
     rx->accepted_snapshots = cn_counter("canopy_receiver_accepted_snapshots_total",
                                         "Snapshots acked into the pipelines.", labels);
@@ -423,9 +882,32 @@ static int nng_start(void *ctx, cn_component *self)
     rx->duplicates = cn_counter("canopy_receiver_duplicate_batches_total",
                                 "Batches received again after they were accepted (acked, not resubmitted).", labels);
     rx->agent_sessions = cn_gauge("canopy_receiver_agent_sessions", "Agent sessions tracked for deduplication.", labels);
-    rx->refuse_log.interval_ms = 5000;
+    rx->connections = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
+    rx->connections_accepted = cn_counter("canopy_receiver_connections_accepted_total",
+                                          "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
+    rx->connections_refused = cn_counter("canopy_receiver_connections_refused_total",
+                                         "Connections closed at once because max_connections was reached.", labels);
+}
+
+static int nng_start(void *ctx, cn_component *self)
+{
+    nng_receiver *rx = ctx;
+    rx->self = self;
+    rx->limits = (cn_batch_limits){rx->max_snapshots_per_batch, rx->max_strings_per_batch, rx->max_string_length,
+                                   rx->max_frames};
+    make_metrics(rx);
 
     if (dedup_init(&rx->dedup, (size_t)rx->max_agent_sessions) != 0)
+        return -1;
+    if (pthread_mutex_init(&rx->conn_lock, NULL) != 0)
+        return -1;
+    rx->conn_lock_ok = true;
+    if (!(rx->pipes = cn_dict_new(64)))
+        return -1;
+    bool has_tls_url = false;
+    for (size_t i = 0; i < rx->listen.n; i++)
+        has_tls_url |= classify_url(rx->listen.v[i]) == URL_TLS;
+    if (has_tls_url && make_tls_config(rx) != 0)
         return -1;
     int rv = nng_rep0_open(&rx->sock);
     if (rv != 0) {
@@ -435,6 +917,11 @@ static int nng_start(void *ctx, cn_component *self)
     rx->sock_open = true;
     /* Accept up to twice the limit so an oversized request still gets a TOO_LARGE reply. */
     nng_socket_set_size(rx->sock, NNG_OPT_RECVMAXSZ, (size_t)rx->max_message_size * 2);
+    if ((rv = nng_pipe_notify(rx->sock, NNG_PIPE_EV_ADD_PRE, pipe_event, rx)) != 0 ||
+        (rv = nng_pipe_notify(rx->sock, NNG_PIPE_EV_REM_POST, pipe_event, rx)) != 0) {
+        cn_error(cn_component_id(self), "cannot watch connections: %s", nng_strerror(rv));
+        return -1;
+    }
     rx->workers = calloc((size_t)rx->contexts, sizeof *rx->workers);
     if (!rx->workers)
         return -1;
@@ -448,9 +935,17 @@ static int nng_start(void *ctx, cn_component *self)
         }
         w->ctx_open = true;
     }
+    if (!(rx->listeners = calloc(rx->listen.n, sizeof *rx->listeners)))
+        return -1;
+    make_listener_metrics(rx);
     for (size_t i = 0; i < rx->listen.n; i++)
-        if (start_listener(rx, rx->listen.v[i]) != 0)
+        if (start_listener(rx, i) != 0)
             return -1;
+    if ((rv = nng_aio_alloc(&rx->stats_aio, stats_cb, rx)) != 0) {
+        cn_error(cn_component_id(self), "cannot start the listener statistics timer: %s", nng_strerror(rv));
+        return -1;
+    }
+    nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
     for (size_t i = 0; i < rx->n_workers; i++) {
         rx->workers[i].state = WORKER_RECV;
         nng_ctx_recv(rx->workers[i].ctx, rx->workers[i].aio);
@@ -461,6 +956,8 @@ static int nng_start(void *ctx, cn_component *self)
 static void nng_stop(void *ctx)
 {
     nng_receiver *rx = ctx;
+    if (rx->stats_aio)
+        nng_aio_stop(rx->stats_aio);
     /* The service already refuses new batches (SHUTTING_DOWN replies); stop the workers. */
     for (size_t i = 0; i < rx->n_workers; i++)
         if (rx->workers[i].aio)
@@ -485,11 +982,31 @@ static void nng_destroy(void *ctx)
     rx->workers = NULL;
     rx->n_workers = 0;
     dedup_destroy(&rx->dedup);
+    /* The socket is closed: no pipe callback runs any more. */
+    if (rx->pipes) {
+        cn_dict_free(rx->pipes, NULL);
+        rx->pipes = NULL;
+    }
+    if (rx->conn_lock_ok) {
+        pthread_mutex_destroy(&rx->conn_lock);
+        rx->conn_lock_ok = false;
+    }
+    if (rx->tls_config) {
+        nng_tls_config_free(rx->tls_config); /* listeners held their own references */
+        rx->tls_config = NULL;
+    }
+    if (rx->stats_aio) {
+        nng_aio_free(rx->stats_aio);
+        rx->stats_aio = NULL;
+    }
+    free(rx->listeners);
+    rx->listeners = NULL;
 }
 
 const cn_receiver_plugin cn_receiver_nng = {
     .type = "nng",
-    .description = "Snapshot batches and task queries from canopy agents over nng REQ/REP (ipc://, tcp://).",
+    .description = "Snapshot batches and task queries from canopy agents over nng REQ/REP (ipc://, tcp://, "
+                   "tls+tcp://).",
     .ctx_size = sizeof(nng_receiver),
     .options = nng_options,
     .cb_check = nng_check,
