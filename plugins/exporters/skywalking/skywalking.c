@@ -164,6 +164,12 @@ static int sw_start(void *vctx, cn_component *self)
         return -1;
     }
     c->ep_lock_ok = true;
+    if (!(c->export_slot = calloc(1, sizeof *c->export_slot)) || pthread_mutex_init(&c->export_lock, NULL) != 0) {
+        cn_error(c->id, "cannot create a mutex");
+        return -1;
+    }
+    c->export_lock_ok = true;
+    c->export_slot->lock = &c->export_lock;
     if (c->endpoints.n == 0) {
         cn_error(c->id, "no OAP endpoint configured");
         return -1;
@@ -208,7 +214,26 @@ static void sw_destroy(void *vctx)
         pthread_mutex_destroy(&c->ep_lock);
         c->ep_lock_ok = false;
     }
+    if (c->export_lock_ok) {
+        pthread_mutex_destroy(&c->export_lock);
+        c->export_lock_ok = false;
+    }
+    free(c->export_slot);
+    c->export_slot = NULL;
     /* The options themselves are freed by the core (cn_options_free). */
+}
+
+/* Shutdown ran out of time during an export: abort the call, and any later one. */
+static void sw_interrupt(void *vctx)
+{
+    sw_ctx *c = vctx;
+    if (!c->export_lock_ok)
+        return;
+    pthread_mutex_lock(&c->export_lock);
+    c->export_slot->cancelled = true;
+    if (c->export_slot->call)
+        grpc_call_cancel(c->export_slot->call, NULL);
+    pthread_mutex_unlock(&c->export_lock);
 }
 
 /* ---- export --------------------------------------------------------------- */
@@ -270,6 +295,12 @@ static cn_status sw_export(void *vctx, const cn_chunk *chunk)
             continue;
         }
         const char *task = chunk->task_id ? chunk->task_id : cn_ref_task(&chunk->refs[off]);
+        if (st.cancelled_by_us) {
+            /* Shutdown aborted the call (cb_interrupt): not the OAP's verdict. The core
+             * counts it as a shutdown drop, or leaves it in the spool. */
+            remember_progress(c, chunk, off);
+            return CN_RETRY;
+        }
         if (r == CN_RETRY) {
             remember_progress(c, chunk, off);
             cn_metric_inc(c->m_chunks_retry);
@@ -324,6 +355,7 @@ const cn_exporter_plugin cn_exporter_skywalking = {
     .cb_check = sw_check,
     .cb_start = sw_start,
     .cb_export = sw_export,
+    .cb_interrupt = sw_interrupt,
     .cb_task_source = sw_task_source,
     .cb_task_source_stop = sw_task_source_stop,
     .cb_destroy = sw_destroy,

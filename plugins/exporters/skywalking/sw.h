@@ -54,6 +54,10 @@ typedef struct sw_ctx {
     size_t n_eps;
     pthread_mutex_t ep_lock;
     bool ep_lock_ok;
+    /* The export thread's call in flight, so shutdown can abort it (cb_interrupt). */
+    pthread_mutex_t export_lock;
+    bool export_lock_ok;
+    struct sw_cancel_slot *export_slot;
     size_t rr_next;
     /* Pluck queue: the export thread and the task thread pluck their own tags. */
     grpc_completion_queue *cq;

@@ -515,7 +515,7 @@ static grpc_byte_buffer *encode_snapshot(sw_ctx *c, const cn_snap_ref *r)
 int sw_collect_snapshots(sw_ctx *c, sw_endpoint *ep, const cn_snap_ref *refs, size_t n, sw_rpc_status *st)
 {
     sw_call k;
-    if (call_begin(c, ep, SW_METHOD_COLLECT, &k, NULL) != 0) {
+    if (call_begin(c, ep, SW_METHOD_COLLECT, &k, c->export_slot) != 0) {
         call_end(&k, st);
         set_status(st, GRPC_STATUS_INTERNAL, "cannot create a gRPC call");
         return -1;
