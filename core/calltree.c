@@ -9,7 +9,6 @@
 
 #include "canopy/batch.h"
 #include "canopy/calltree.h"
-#include "canopy/dict.h"
 
 /* Room for "[truncated]" nodes past max_nodes, so a cut stack still lands under its deepest frame. */
 #define RESERVE(max) ((max) / 16 + 16)
@@ -25,20 +24,29 @@ struct cn_calltree {
     uint32_t *vals;
     size_t cap_table; /* power of two */
     /* signatures */
-    cn_dict *sig_index; /* signature -> index + 1 */
+    /* signature index: open addressing of (hash, id + 1); 0 ids are empty */
+    uint64_t *sig_hash;
+    uint32_t *sig_slot;
+    size_t cap_sig_index;
+    uint32_t *sig_len;
     char **sigs;
     size_t n_sigs, cap_sigs;
     size_t sig_bytes;
     cn_arena *arena;
     uint32_t truncated_sig;
     int64_t samples, truncated;
+    bool stale; /* count and duration_ms need settling */
     uint32_t *scratch; /* the path of the snapshot being added */
     size_t cap_scratch;
 };
 
+/* In a run's sigs: the frame where the stack was cut, which no signature equals. */
+#define SIG_CUT (UINT32_MAX - 1)
+
 void cn_calltree_run_clear(cn_calltree_run *r)
 {
     free(r->path);
+    free(r->sigs);
     memset(r, 0, sizeof *r);
 }
 
@@ -53,9 +61,11 @@ cn_calltree *cn_calltree_new(size_t max_nodes)
     t->cap_table = 256;
     t->keys = calloc(t->cap_table, sizeof *t->keys);
     t->vals = malloc(t->cap_table * sizeof *t->vals);
-    t->sig_index = cn_dict_new(256);
+    t->cap_sig_index = 256;
+    t->sig_hash = malloc(t->cap_sig_index * sizeof *t->sig_hash);
+    t->sig_slot = calloc(t->cap_sig_index, sizeof *t->sig_slot);
     t->arena = cn_arena_new(16 * 1024);
-    if (!t->keys || !t->vals || !t->sig_index || !t->arena) {
+    if (!t->keys || !t->vals || !t->sig_hash || !t->sig_slot || !t->arena) {
         cn_calltree_free(t);
         return NULL;
     }
@@ -69,7 +79,9 @@ void cn_calltree_free(cn_calltree *t)
     free(t->nodes);
     free(t->keys);
     free(t->vals);
-    cn_dict_free(t->sig_index, NULL);
+    free(t->sig_hash);
+    free(t->sig_slot);
+    free(t->sig_len);
     free(t->sigs);
     cn_arena_free(t->arena);
     free(t->scratch);
@@ -84,34 +96,94 @@ static uint32_t sig_add(cn_calltree *t, const char *sig, size_t len)
         if (!grown)
             return CN_CALLTREE_NONE;
         t->sigs = grown;
+        uint32_t *lens = realloc(t->sig_len, cap * sizeof *lens);
+        if (!lens)
+            return CN_CALLTREE_NONE;
+        t->sig_len = lens;
         t->cap_sigs = cap;
     }
     char *copy = cn_arena_alloc(t->arena, len + 1);
     if (!copy)
         return CN_CALLTREE_NONE;
-    memcpy(copy, sig, len + 1);
+    memcpy(copy, sig, len);
+    copy[len] = '\0';
     t->sigs[t->n_sigs] = copy;
+    t->sig_len[t->n_sigs] = (uint32_t)len;
     t->sig_bytes += len + 1;
     return (uint32_t)t->n_sigs++;
+}
+
+/* A word-at-a-time hash: interning runs for every new string of every batch, so it must be quick. */
+static uint64_t sig_hash(const char *s, size_t len)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (len * 0xC2B2AE3D27D4EB4FULL);
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, s + i, len - i);
+    h = (h ^ tail) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 29);
+}
+
+static int sig_index_grow(cn_calltree *t)
+{
+    size_t cap = t->cap_sig_index * 2;
+    uint64_t *hashes = malloc(cap * sizeof *hashes);
+    uint32_t *slots = calloc(cap, sizeof *slots);
+    if (!hashes || !slots) {
+        free(hashes);
+        free(slots);
+        return -1;
+    }
+    for (size_t i = 0; i < t->cap_sig_index; i++) {
+        if (!t->sig_slot[i])
+            continue;
+        size_t j = (size_t)t->sig_hash[i] & (cap - 1);
+        while (slots[j])
+            j = (j + 1) & (cap - 1);
+        slots[j] = t->sig_slot[i];
+        hashes[j] = t->sig_hash[i];
+    }
+    free(t->sig_hash);
+    free(t->sig_slot);
+    t->sig_hash = hashes;
+    t->sig_slot = slots;
+    t->cap_sig_index = cap;
+    return 0;
 }
 
 uint32_t cn_calltree_intern(cn_calltree *t, const char *sig)
 {
     if (t->frozen)
         return CN_CALLTREE_NONE;
-    void *v = cn_dict_get(t->sig_index, sig);
-    if (v)
-        return (uint32_t)((uintptr_t)v - 1);
+    size_t len = strlen(sig);
+    uint64_t h = sig_hash(sig, len);
+    size_t mask = t->cap_sig_index - 1, i = (size_t)h & mask;
+    for (; t->sig_slot[i]; i = (i + 1) & mask) {
+        uint32_t id = t->sig_slot[i] - 1;
+        if (t->sig_hash[i] == h && t->sig_len[id] == len && memcmp(t->sigs[id], sig, len) == 0)
+            return id;
+    }
     /* A signature only matters as a node; there are never more distinct ones than nodes. */
-    if (t->n_sigs >= t->max_nodes + RESERVE(t->max_nodes))
+    if (t->n_sigs >= t->max_nodes + RESERVE(t->max_nodes) || t->n_sigs >= UINT32_MAX - 2)
         return CN_CALLTREE_NONE;
-    uint32_t id = sig_add(t, sig, strlen(sig));
+    if ((t->n_sigs + 1) * 2 > t->cap_sig_index) {
+        if (sig_index_grow(t) != 0)
+            return CN_CALLTREE_NONE;
+        mask = t->cap_sig_index - 1;
+        for (i = (size_t)h & mask; t->sig_slot[i]; i = (i + 1) & mask)
+            ;
+    }
+    uint32_t id = sig_add(t, sig, len);
     if (id == CN_CALLTREE_NONE)
         return id;
-    if (cn_dict_put(t->sig_index, t->sigs[id], (void *)(uintptr_t)(id + 1)) != 0) {
-        t->n_sigs--; /* the arena bytes stay; rare */
-        return CN_CALLTREE_NONE;
-    }
+    t->sig_slot[i] = id + 1;
+    t->sig_hash[i] = h;
     return id;
 }
 
@@ -120,9 +192,15 @@ static inline uint64_t child_key(uint32_t parent, uint32_t sig)
     return ((uint64_t)(parent + 1u) << 32 | sig) + 1; /* + 1: parent NONE wraps to 0, and 0 means empty */
 }
 
+/* A full 64-bit mix: both halves of the key (parent, signature) must reach the low bits used. */
 static inline size_t key_slot(uint64_t key, size_t mask)
 {
-    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+    key ^= key >> 31;
+    key *= 0x7FB5D329728EA185ULL;
+    key ^= key >> 27;
+    key *= 0x81DADEF4BC2DD44DULL;
+    key ^= key >> 33;
+    return (size_t)key & mask;
 }
 
 static int table_grow(cn_calltree *t)
@@ -229,58 +307,102 @@ int cn_calltree_add(cn_calltree *t, const uint32_t *sigs, size_t n, cn_calltree_
         t->scratch = grown;
         t->cap_scratch = n;
     }
-    bool consecutive = run && run->valid && seq == run->last_seq + 1;
-    int64_t dt = consecutive ? time_ms - run->last_time_ms : 0;
-    if (dt < 0)
-        dt = 0; /* clocks step back: never a negative duration */
-    uint32_t parent = CN_CALLTREE_NONE;
-    size_t depth = 0;
+    t->stale = true;
+    /* Consecutive snapshots of a segment mostly share their outer frames: the shared prefix of
+     * signatures is the same nodes (a node stands for its whole path), taken from the run's last
+     * path; only the frames after it are looked up, and only they are written back to the run. */
+    size_t reused = 0;
+    const uint32_t *rpath = NULL;
+    if (run && run->n_path) {
+        const uint32_t *rsigs = run->sigs;
+        size_t lim = n < run->n_path ? n : run->n_path;
+        while (reused < lim && sigs[reused] == rsigs[reused])
+            reused++;
+        rpath = run->path;
+    }
+    uint32_t *scratch = t->scratch; /* nodes at depth >= reused */
+    size_t depth = reused;
+    uint32_t parent = reused ? rpath[reused - 1] : CN_CALLTREE_NONE;
     int rc = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = reused; i < n; i++) {
         uint32_t node = sigs[i] == CN_CALLTREE_NONE ? CN_CALLTREE_NONE : child_get(t, parent, sigs[i], t->max_nodes);
-        bool cut = node == CN_CALLTREE_NONE;
-        if (cut) {
+        if (node == CN_CALLTREE_NONE) {
             node = truncated_node(t, parent);
-            if (node == CN_CALLTREE_NONE)
-                break; /* a root past every limit: counted in samples and truncated only */
-        }
-        cn_calltree_node *nd = &t->nodes[node];
-        nd->count++;
-        /* A node id stands for its whole path, so "on the last snapshot's stack at this depth" is
-         * exactly "in the same run": the run goes on, and its duration grows by the gap. */
-        if (consecutive && i < run->n_path && run->path[i] == node)
-            nd->duration_ms += dt;
-        t->scratch[depth++] = node;
-        parent = node;
-        if (cut) {
             rc = -1;
-            break;
+            if (node != CN_CALLTREE_NONE)
+                scratch[depth++] = node;
+            break; /* past every limit at the root: counted in samples and truncated only */
         }
+        scratch[depth++] = node;
+        parent = node;
     }
     t->samples++;
     if (rc != 0 || depth == 0) {
         t->truncated++;
         rc = -1;
     }
-    if (depth > 0)
-        t->nodes[t->scratch[depth - 1]].self++;
+    if (depth == 0)
+        return rc;
+    uint32_t leaf = depth > reused ? scratch[depth - 1] : rpath[depth - 1];
+    t->nodes[leaf].self++;
+    /* SkyWalking's duration: a node's runs are the consecutive snapshots it is on. With this
+     * snapshot's predecessor, every node down to the deepest shared one continues its run by the
+     * gap; noting the gap at that node alone is enough, as durations are summed over subtrees. */
+    if (run && run->valid && seq == run->last_seq + 1) {
+        size_t shared = reused;
+        while (shared < depth && shared < run->n_path && scratch[shared] == rpath[shared])
+            shared++; /* a "[truncated]" node reached again */
+        int64_t dt = time_ms - run->last_time_ms;
+        if (shared > 0 && dt > 0) /* clocks stepping back never make a negative duration */
+            t->nodes[shared > reused ? scratch[shared - 1] : rpath[shared - 1]].shared_ms += dt;
+    }
     if (run && (!run->valid || seq > run->last_seq)) {
         if (depth > run->cap_path) {
-            uint32_t *grown = realloc(run->path, depth * sizeof *grown);
-            if (!grown) {
+            /* realloc keeps the reused prefix in place */
+            uint32_t *path = realloc(run->path, depth * sizeof *path);
+            if (path)
+                run->path = path;
+            uint32_t *rsigs = path ? realloc(run->sigs, depth * sizeof *rsigs) : NULL;
+            if (rsigs)
+                run->sigs = rsigs;
+            if (!path || !rsigs) {
                 run->valid = false; /* the next snapshot starts a new run */
+                run->n_path = 0;
                 return rc;
             }
-            run->path = grown;
             run->cap_path = (uint32_t)depth;
         }
-        memcpy(run->path, t->scratch, depth * sizeof *run->path);
+        if (depth > reused) {
+            memcpy(run->path + reused, scratch + reused, (depth - reused) * sizeof *run->path);
+            memcpy(run->sigs + reused, sigs + reused, (depth - reused) * sizeof *run->sigs);
+        }
+        if (rc != 0)
+            run->sigs[depth - 1] = SIG_CUT; /* the "[truncated]" node stands for no one signature */
         run->n_path = (uint32_t)depth;
         run->valid = true;
         run->last_seq = seq;
         run->last_time_ms = time_ms;
     }
     return rc;
+}
+
+/* count and duration_ms as sums over each subtree; children always come after their parent. */
+static void settle(cn_calltree *t)
+{
+    if (!t->stale)
+        return;
+    for (size_t i = 0; i < t->n_nodes; i++) {
+        t->nodes[i].count = t->nodes[i].self;
+        t->nodes[i].duration_ms = t->nodes[i].shared_ms;
+    }
+    for (size_t i = t->n_nodes; i-- > 0;) {
+        uint32_t p = t->nodes[i].parent;
+        if (p != CN_CALLTREE_NONE) {
+            t->nodes[p].count += t->nodes[i].count;
+            t->nodes[p].duration_ms += t->nodes[i].duration_ms;
+        }
+    }
+    t->stale = false;
 }
 
 cn_calltree *cn_calltree_clone(const cn_calltree *t)
@@ -299,16 +421,21 @@ cn_calltree *cn_calltree_clone(const cn_calltree *t)
     c->sig_bytes = t->sig_bytes;
     c->nodes = malloc((t->n_nodes ? t->n_nodes : 1) * sizeof *c->nodes);
     c->sigs = malloc((t->n_sigs ? t->n_sigs : 1) * sizeof *c->sigs);
+    c->sig_len = malloc((t->n_sigs ? t->n_sigs : 1) * sizeof *c->sig_len);
     /* One block for every string: a clone is short-lived and read once. */
     c->arena = cn_arena_new(t->sig_bytes + 64);
-    if (!c->nodes || !c->sigs || !c->arena) {
+    if (!c->nodes || !c->sigs || !c->sig_len || !c->arena) {
         cn_calltree_free(c);
         return NULL;
     }
+    if (t->n_sigs)
+        memcpy(c->sig_len, t->sig_len, t->n_sigs * sizeof *c->sig_len);
     if (t->n_nodes)
         memcpy(c->nodes, t->nodes, t->n_nodes * sizeof *c->nodes);
+    c->stale = true;
+    settle(c);
     for (size_t i = 0; i < t->n_sigs; i++) {
-        size_t len = strlen(t->sigs[i]);
+        size_t len = t->sig_len[i];
         if (!(c->sigs[i] = cn_arena_alloc(c->arena, len + 1))) {
             cn_calltree_free(c);
             return NULL;
@@ -319,7 +446,12 @@ cn_calltree *cn_calltree_clone(const cn_calltree *t)
 }
 
 size_t cn_calltree_node_count(const cn_calltree *t) { return t->n_nodes; }
-const cn_calltree_node *cn_calltree_nodes(const cn_calltree *t) { return t->nodes; }
+const cn_calltree_node *cn_calltree_nodes(const cn_calltree *t)
+{
+    /* Settling only fills derived fields: reading stays logically const. */
+    settle((cn_calltree *)t);
+    return t->nodes;
+}
 uint32_t cn_calltree_first_root(const cn_calltree *t) { return t->first_root; }
 const char *cn_calltree_sig(const cn_calltree *t, uint32_t sig) { return sig < t->n_sigs ? t->sigs[sig] : "?"; }
 size_t cn_calltree_sig_count(const cn_calltree *t) { return t->n_sigs; }
@@ -329,7 +461,8 @@ int64_t cn_calltree_truncated(const cn_calltree *t) { return t->truncated; }
 size_t cn_calltree_bytes(const cn_calltree *t)
 {
     return sizeof *t + t->cap_nodes * sizeof *t->nodes + t->cap_table * (sizeof *t->keys + sizeof *t->vals) +
-           t->cap_sigs * sizeof *t->sigs + t->sig_bytes * 2 + t->n_sigs * 24;
+           t->cap_sigs * (sizeof *t->sigs + sizeof *t->sig_len) +
+           t->cap_sig_index * (sizeof *t->sig_hash + sizeof *t->sig_slot) + t->sig_bytes + t->n_sigs * 16;
 }
 
 bool cn_signature_parse(const char *sig, const char **file, size_t *file_len, const char **func, size_t *func_len,

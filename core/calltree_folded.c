@@ -1,18 +1,21 @@
 /* Folded stacks (Brendan Gregg's format), as flamegraph.pl, inferno and speedscope read it. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "canopy/calltree.h"
 
-/* ';' separates frames and a line break ends the record: neither may appear inside one. */
+/* ';' separates frames and a line break ends the record: neither may appear inside one.
+ * Written in runs between such characters: stacks are long and repeat their prefixes. */
 static void put_frame(const char *s, FILE *out)
 {
-    for (; *s; s++) {
-        char ch = *s;
-        if (ch == ';')
-            ch = ':';
-        else if (ch == '\n' || ch == '\r')
-            ch = ' ';
-        putc(ch, out);
+    for (;;) {
+        size_t n = strcspn(s, ";\n\r");
+        fwrite(s, 1, n, out);
+        s += n;
+        if (!*s)
+            return;
+        putc(*s == ';' ? ':' : ' ', out);
+        s++;
     }
 }
 

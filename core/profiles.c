@@ -67,6 +67,8 @@ static int shared_refs;
 
 /* ---- tasks --------------------------------------------------------------------- */
 
+static void cache_reset(cn_profiles *p);
+
 static void segment_free(void *v)
 {
     prof_segment *s = v;
@@ -108,6 +110,8 @@ static bool make_room(cn_profiles *p)
     if (!victim)
         return false;
     task_forget(p, victim);
+    /* The signature cache is keyed by task address, which a new task may now reuse. */
+    cache_reset(p);
     cn_metric_inc(p->m_evicted_tasks);
     return true;
 }
@@ -369,8 +373,18 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
     const char *task_str = NULL, *seg_str = NULL;
     prof_segment *seg = NULL;
     int64_t added = 0, truncated = 0, dropped = 0;
+    const cn_batch *map_batch = NULL;
+    const prof_task *map_task = NULL, *prev_task = NULL;
+    uint32_t *map = NULL;
+    const cn_snap_ref *prev = NULL; /* the last snapshot whose signatures are in p->frames */
     for (size_t i = 0; i < chunk->n; i++) {
         const cn_snap_ref *r = &chunk->refs[i];
+        /* The snapshots were decoded long ago on another thread and are cold: fetch a few ahead
+         * (the snapshot, then its frame indices), or each costs two cache misses in a row. */
+        if (i + 8 < chunk->n)
+            __builtin_prefetch(chunk->refs[i + 8].snap);
+        if (i + 4 < chunk->n)
+            __builtin_prefetch(chunk->refs[i + 4].snap->frames);
         /* merge_by_task chunks hold one task; others may mix them. */
         const char *tid = chunk->task_id ? chunk->task_id : cn_ref_task(r);
         if (!t || (tid != task_str && strcmp(tid, task_str) != 0)) {
@@ -378,6 +392,9 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             task_str = tid;
             seg_str = NULL;
             seg = NULL;
+            map_batch = NULL; /* task_get may have forgotten a task and cleared the cache */
+            map_task = NULL;
+            prev = NULL;
         }
         if (!t) {
             dropped++;
@@ -389,19 +406,36 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             seg = segment_get(p, t, sid);
             seg_str = sid;
         }
-        uint32_t *map = cache_get(p, r->batch, t);
-        size_t nf = r->snap->n_frames;
+        if (r->batch != map_batch || t != map_task) {
+            map = cache_get(p, r->batch, t);
+            map_batch = r->batch;
+            map_task = t;
+        }
+        const cn_snapshot *snap = r->snap;
+        size_t nf = snap->n_frames;
         if (nf > p->cap_frames) {
             uint32_t *grown = realloc(p->frames, nf * sizeof *grown);
             if (!grown) {
                 dropped++;
+                prev = NULL;
                 continue;
             }
-            p->frames = grown;
+            p->frames = grown; /* realloc keeps the previous snapshot's signatures */
             p->cap_frames = nf;
         }
-        for (size_t f = 0; f < nf; f++) {
-            uint32_t idx = r->snap->frames[f];
+        /* p->frames still holds the previous snapshot's signatures: where this one has the same
+         * string indices in the same batch (the next sample of the same request, mostly), they are
+         * the same signatures, and only the rest is mapped. */
+        size_t f = 0;
+        if (prev && prev->batch == r->batch && prev_task == t) {
+            const uint32_t *a = snap->frames, *b = prev->snap->frames;
+            size_t lim = nf < prev->snap->n_frames ? nf : prev->snap->n_frames;
+            while (f < lim && a[f] == b[f])
+                f++;
+        }
+        uint32_t *frames = p->frames;
+        for (; f < nf; f++) {
+            uint32_t idx = snap->frames[f];
             uint32_t sig = map ? map[idx] : SIG_UNSET;
             if (sig == SIG_UNSET) {
                 sig = cn_calltree_intern(t->tree, r->batch->strings[idx]);
@@ -410,8 +444,10 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
                 if (map)
                     map[idx] = sig;
             }
-            p->frames[f] = sig == SIG_FAILED ? CN_CALLTREE_NONE : sig;
+            frames[f] = sig == SIG_FAILED ? CN_CALLTREE_NONE : sig;
         }
+        prev = r;
+        prev_task = t;
         if (cn_calltree_add(t->tree, p->frames, nf, seg ? &seg->run : NULL, r->snap->sequence, r->snap->time_ms) != 0)
             truncated++;
         if (seg)

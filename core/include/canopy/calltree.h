@@ -42,18 +42,26 @@ typedef struct cn_calltree_node {
     int64_t count;         /* snapshots whose stack passes through this node */
     int64_t self;          /* snapshots whose stack ends here */
     int64_t duration_ms;   /* SkyWalking's duration (see above) */
+    /*
+     * Raw: time between consecutive snapshots of a segment whose deepest
+     * shared node is this one. Adding a snapshot touches only this and self
+     * of one node each; count and duration_ms are the sums over the subtree,
+     * settled when the nodes are read (cn_calltree_nodes).
+     */
+    int64_t shared_ms;
 } cn_calltree_node;
 
 /*
  * Per-segment state the caller keeps between cn_calltree_add calls, so that
  * durations can follow a segment across chunks. Zero-initialise it; free
- * with cn_calltree_run_clear.
+ * with cn_calltree_run_clear. A run belongs to one tree.
  */
 typedef struct cn_calltree_run {
     bool valid;
     int32_t last_seq;
     int64_t last_time_ms;
     uint32_t *path; /* node ids of the last snapshot, root first */
+    uint32_t *sigs; /* its signatures, so the next snapshot reuses the shared prefix without lookups */
     uint32_t n_path, cap_path;
 } cn_calltree_run;
 
@@ -80,6 +88,7 @@ int cn_calltree_add(cn_calltree *t, const uint32_t *sigs, size_t n, cn_calltree_
 cn_calltree *cn_calltree_clone(const cn_calltree *t);
 
 size_t cn_calltree_node_count(const cn_calltree *t);
+/* The nodes, indexed by id; a parent's id is always below its children's. Settles count and duration_ms. */
 const cn_calltree_node *cn_calltree_nodes(const cn_calltree *t);
 /* First root node, or CN_CALLTREE_NONE; roots are linked through next_sibling. */
 uint32_t cn_calltree_first_root(const cn_calltree *t);

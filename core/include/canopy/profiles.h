@@ -37,7 +37,7 @@ typedef struct cn_profiles_limits {
     int64_t max_agents;   /* distinct agent instances counted per task */
 } cn_profiles_limits;
 
-#define CN_PROFILES_DEFAULT_LIMITS ((cn_profiles_limits){64, 50000, 10000, 10000})
+#define CN_PROFILES_DEFAULT_LIMITS ((cn_profiles_limits){32, 20000, 10000, 10000})
 
 /* labels: the Prometheus label set of the store's metrics, e.g. `store="live"`. */
 cn_profiles *cn_profiles_new(const cn_profiles_limits *limits, const char *labels);

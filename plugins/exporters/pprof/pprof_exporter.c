@@ -27,12 +27,12 @@ static const cn_option pprof_options[] = {
      "Also rewrite each running task's file this often (0: only when the task ends).", .min = 0,
      .max = 24 * 3600 * 1000LL},
     {CN_OPT_MODE, "directory_mode", "0755", offsetof(pprof_ctx, dir_mode), "Mode of directories created."},
-    {CN_OPT_INT, "max_tasks", "64", offsetof(pprof_ctx, max_tasks),
+    {CN_OPT_INT, "max_tasks", "16", offsetof(pprof_ctx, max_tasks),
      "Tasks held at once; ended ones are forgotten first (after their file is written). Snapshots of "
      "tasks past this, while every held task is still running, are dropped and counted.", .min = 1, .max = 100000},
-    {CN_OPT_INT, "max_nodes", "50000", offsetof(pprof_ctx, max_nodes),
-     "Call tree nodes per task (about 80 bytes each); a stack needing more is cut under a \"[truncated]\" frame "
-     "and counted.", .min = 16, .max = 100000000},
+    {CN_OPT_INT, "max_nodes", "20000", offsetof(pprof_ctx, max_nodes),
+     "Call tree nodes per task (about 200 bytes each with its signature); a stack needing more is cut under "
+     "a \"[truncated]\" frame and counted.", .min = 16, .max = 100000000},
     {CN_OPT_INT, "max_segments", "10000", offsetof(pprof_ctx, max_segments),
      "Segments per task followed for durations; the least recently seen are forgotten first.", .min = 16,
      .max = 100000000},

@@ -104,13 +104,13 @@ static const cn_option merge_options[] = {
      .sub = (const cn_option[]){
          {CN_OPT_BOOL, "enabled", "true", offsetof(merge_aggregate, enabled),
           "Keep the per-task call trees (costs a hash probe per frame at each flush)."},
-         {CN_OPT_INT, "max_tasks", "64", offsetof(merge_aggregate, max_tasks),
+         {CN_OPT_INT, "max_tasks", "32", offsetof(merge_aggregate, max_tasks),
           "Tasks kept; when full, the task that ended first is forgotten, and snapshots of a new task are "
           "dropped from the trees (counted) while every held task is still live.",
           .min = 1, .max = 100000},
-         {CN_OPT_INT, "max_nodes", "50000", offsetof(merge_aggregate, max_nodes),
-          "Call tree nodes per task (about 80 bytes each). A stack needing more is cut and counted under a "
-          "\"[truncated]\" frame.",
+         {CN_OPT_INT, "max_nodes", "20000", offsetof(merge_aggregate, max_nodes),
+          "Call tree nodes per task (about 200 bytes each with its signature; an app's profile has a few "
+          "thousand). A stack needing more is cut and counted under a \"[truncated]\" frame.",
           .min = 16, .max = 100000000},
          {CN_OPT_INT, "max_segments", "10000", offsetof(merge_aggregate, max_segments),
           "Segments per task followed for durations; the least recently seen are forgotten first (their next "
