@@ -470,11 +470,12 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
         if (ft)
             end_locked(p, ft);
     }
-    pthread_mutex_unlock(&p->lock);
+    /* Counted before the lock is released, so whoever reads the task's figures sees these too. */
     cn_metric_add(p->m_snapshots, added);
     cn_metric_add(p->m_truncated, truncated);
+    cn_metric_add(p->m_dropped, dropped);
+    pthread_mutex_unlock(&p->lock);
     if (dropped) {
-        cn_metric_add(p->m_dropped, dropped);
         cn_log_limited(&p->drop_log, CN_LOG_WARN, "profiles",
                        "%lld snapshots of task %s left out of its call tree: max_tasks (%lld) live tasks held",
                        (long long)dropped, task_str ? task_str : "?", (long long)p->limits.max_tasks);
