@@ -368,7 +368,7 @@ class ThreadMode(AgentTestCase):
     mode = "thread"
 
     def test_samples_profiled_thread(self):
-        stop_at = time.time() + 0.5
+        stop_at = time.time() + 0.8
         results = {}
 
         def profiled():
@@ -382,7 +382,7 @@ class ThreadMode(AgentTestCase):
         for t in ts:
             t.join()
         self.assertIsNotNone(results["key"])
-        self.assertGreater(results["n"], 3)
+        self.assertGreaterEqual(results["n"], 3)  # ~80 on an idle machine
         for c in self.captured:
             self.assertIn(".thread_busy", "\n".join(c[4]))
             self.assertNotIn(".thread_other", "\n".join(c[4]))

@@ -52,8 +52,10 @@ class CollectorDown(Base):
         plain = self.fleet(workers=2, agent=False, name="plain")
         fleet.load(plain.base + "/checkout", 50, 10)  # warm-up
         base = fleet.load(plain.base + "/checkout", requests, conc)
+        base2 = fleet.load(plain.base + "/checkout", requests, conc)
         plain.stop()
-        self.assertEqual(base["failed"], 0)
+        self.assertEqual(base["failed"] + base2["failed"], 0)
+        base_rate = max(base["rate"], base2["rate"])
 
         buffered = 32 * 1024
         f = self.fleet(workers=2, name="agent", env={
@@ -69,12 +71,14 @@ class CollectorDown(Base):
         got2 = fleet.load(f.base + "/checkout", requests, conc)
         self.assertEqual(got["failed"] + got2["failed"], 0, got["stderr"] + got2["stderr"])
 
-        # Full speed: the same order of throughput as without the agent (the
-        # machine is shared with other builds, so only a gross slowdown fails).
+        # Full speed: the same order of throughput as without the agent. The
+        # machine is shared with other builds (requests/s of one config swings
+        # by tens of percent between runs), so only a gross slowdown -- an
+        # agent blocking on its dead collector -- fails here.
         rate = max(got["rate"], got2["rate"])
         print("collector down: %.0f req/s with agent vs %.0f without (%.0f%%)"
-              % (rate, base["rate"], 100.0 * rate / base["rate"]), file=sys.stderr)
-        self.assertGreater(rate, 0.6 * base["rate"])
+              % (rate, base_rate, 100.0 * rate / base_rate), file=sys.stderr)
+        self.assertGreater(rate, 0.5 * base_rate)
 
         stats = f.worker_stats()
         self.assertTrue(stats)
