@@ -470,6 +470,18 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
         if (ft)
             end_locked(p, ft);
     }
+    /* The cache is as big as the chunk's batches' string tables: after an unusually big chunk,
+     * give the memory back rather than keep the peak for the life of the process. */
+    if (p->pool_cap > (1u << 20)) {
+        free(p->sig_pool);
+        p->sig_pool = NULL;
+        p->pool_cap = p->pool_len = 0;
+    }
+    if (p->cap_slots > 4096) {
+        free(p->slots);
+        p->slots = NULL;
+        p->cap_slots = p->used_slots = 0;
+    }
     /* Counted before the lock is released, so whoever reads the task's figures sees these too. */
     cn_metric_add(p->m_snapshots, added);
     cn_metric_add(p->m_truncated, truncated);

@@ -100,7 +100,8 @@ static const cn_option merge_options[] = {
     {CN_OPT_MAP, "aggregate", NULL, offsetof(merge_ctx, aggregate),
      "A merged call tree per task across agents and segments (sample counts and SkyWalking durations), kept "
      "live for the admin API (/api/v1/tasks/{id}/flamegraph.svg, /folded, /profile.pb.gz) and the web UI. "
-     "Shared by every merge_by_task in the process; the last one started sets the limits.",
+     "Shared by every merge_by_task in the process (the last one started sets the limits): when the same "
+     "snapshots flow through two pipelines, enable it in one only, or they are counted twice.",
      .sub = (const cn_option[]){
          {CN_OPT_BOOL, "enabled", "true", offsetof(merge_aggregate, enabled),
           "Keep the per-task call trees (costs a hash probe per frame at each flush)."},
