@@ -189,6 +189,70 @@ static bool content_is_json(nng_http_req *req)
     return ct && strncasecmp(ct, "application/json", 16) == 0;
 }
 
+/* The task a POST body describes, into *t (service and endpoint point into body) and id. */
+static int parse_task(json_t *body, cn_task *t, char *id, size_t id_len, char *err, size_t err_len)
+{
+    static const char *const known[] = {"id", "service", "endpoint", "duration", "min_duration_threshold",
+                                        "dump_period", "max_sampling_count", NULL};
+    const char *key;
+    json_t *value;
+    json_object_foreach(body, key, value)
+    {
+        bool ok = false;
+        for (size_t i = 0; known[i] && !ok; i++)
+            ok = strcmp(key, known[i]) == 0;
+        if (!ok) {
+            snprintf(err, err_len, "unknown field \"%.64s\"", key);
+            return -1;
+        }
+    }
+    const char *service = json_string_value(json_object_get(body, "service"));
+    const char *endpoint = json_string_value(json_object_get(body, "endpoint"));
+    json_t *jid = json_object_get(body, "id"), *jmax = json_object_get(body, "max_sampling_count");
+    if (!service || !service[0] || strlen(service) > 256) {
+        snprintf(err, err_len, "service: a non-empty string (the agents' CANOPY_SERVICE) is required");
+        return -1;
+    }
+    if (!endpoint || !endpoint[0] || strlen(endpoint) > 1024) {
+        snprintf(err, err_len, "endpoint: a non-empty string (for WSGI apps the PATH_INFO) is required");
+        return -1;
+    }
+    if (jid && !json_is_null(jid) && (!json_is_string(jid) || !valid_id(json_string_value(jid)))) {
+        snprintf(err, err_len, "id: 1 to %d characters of [A-Za-z0-9._:-]", MAX_ID_LEN);
+        return -1;
+    }
+    t->max_sampling_count = 5;
+    if (jmax && !json_is_null(jmax)) {
+        if (!json_is_integer(jmax) || json_integer_value(jmax) < 1 || json_integer_value(jmax) > 100000) {
+            snprintf(err, err_len, "max_sampling_count: an integer from 1 to 100000 is expected");
+            return -1;
+        }
+        t->max_sampling_count = json_integer_value(jmax);
+    }
+    /* The same ranges as a task in tasks.static. */
+    if (json_duration(body, "duration", "10m", 1000, 7 * 24 * 3600 * 1000LL, &t->duration_ms, err, err_len) != 0 ||
+        json_duration(body, "min_duration_threshold", "0ms", 0, 3600 * 1000, &t->min_duration_ms, err, err_len) != 0 ||
+        json_duration(body, "dump_period", "10ms", 10, 60000, &t->dump_period_ms, err, err_len) != 0)
+        return -1;
+    if (jid && json_is_string(jid)) {
+        snprintf(id, id_len, "%s", json_string_value(jid));
+    } else {
+        uint8_t r[6];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+            /* No entropy source: a clock-based id is still unique enough on one host. */
+            uint64_t x = (uint64_t)cn_mono_ns() ^ ((uint64_t)cn_now_ms() << 20);
+            memcpy(r, &x, sizeof r);
+        }
+        snprintf(id, id_len, "task-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+    }
+    t->id = t->serial = id;
+    t->service = (char *)service;
+    t->endpoint = (char *)endpoint;
+    t->source = CN_TASK_ADMIN;
+    t->create_ms = t->start_ms = cn_now_ms();
+    return 0;
+}
+
 static void create_task(cn_admin *a, nng_aio *aio, nng_http_req *req)
 {
     if (!content_is_json(req)) {
@@ -205,70 +269,15 @@ static void create_task(cn_admin *a, nng_aio *aio, nng_http_req *req)
         cn_admin_reply_error(a, aio, 400, "the body must be a JSON object (%s)", body ? "not an object" : jerr.text);
         return;
     }
-    char err[300] = "";
-    const char *service = json_string_value(json_object_get(body, "service"));
-    const char *endpoint = json_string_value(json_object_get(body, "endpoint"));
-    json_t *jid = json_object_get(body, "id");
-    json_t *jmax = json_object_get(body, "max_sampling_count");
-    cn_task t = {.source = CN_TASK_ADMIN, .max_sampling_count = 5};
-    char id[MAX_ID_LEN + 1];
-    static const char *const known[] = {"id", "service", "endpoint", "duration", "min_duration_threshold",
-                                        "dump_period", "max_sampling_count", NULL};
-    const char *key;
-    json_t *value;
-    json_object_foreach(body, key, value)
-    {
-        bool ok = false;
-        for (size_t i = 0; known[i] && !ok; i++)
-            ok = strcmp(key, known[i]) == 0;
-        if (!ok && !err[0])
-            snprintf(err, sizeof err, "unknown field \"%.64s\"", key);
-    }
-    if (err[0]) {
-    } else if (!service || !service[0] || strlen(service) > 256) {
-        snprintf(err, sizeof err, "service: a non-empty string (the agents' CANOPY_SERVICE) is required");
-    } else if (!endpoint || !endpoint[0] || strlen(endpoint) > 1024) {
-        snprintf(err, sizeof err, "endpoint: a non-empty string (for WSGI apps the PATH_INFO) is required");
-    } else if (jid && !json_is_null(jid) && (!json_is_string(jid) || !valid_id(json_string_value(jid)))) {
-        snprintf(err, sizeof err, "id: 1 to %d characters of [A-Za-z0-9._:-]", MAX_ID_LEN);
-    } else if (jmax && !json_is_null(jmax) &&
-               (!json_is_integer(jmax) || json_integer_value(jmax) < 1 || json_integer_value(jmax) > 100000)) {
-        snprintf(err, sizeof err, "max_sampling_count: an integer from 1 to 100000 is expected");
-    } else if (json_duration(body, "duration", "10m", 1000, 7 * 24 * 3600 * 1000LL, &t.duration_ms, err,
-                             sizeof err) == 0 &&
-               json_duration(body, "min_duration_threshold", "0ms", 0, 3600 * 1000, &t.min_duration_ms, err,
-                             sizeof err) == 0 &&
-               json_duration(body, "dump_period", "10ms", 10, 60000, &t.dump_period_ms, err, sizeof err) == 0) {
-        err[0] = '\0';
-    }
-    if (err[0]) {
-        json_decref(body);
-        cn_admin_reply_error(a, aio, 400, "%s", err);
-        return;
-    }
-    if (jmax && json_is_integer(jmax))
-        t.max_sampling_count = json_integer_value(jmax);
-    if (jid && json_is_string(jid)) {
-        snprintf(id, sizeof id, "%s", json_string_value(jid));
-    } else {
-        uint8_t r[8];
-        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
-            /* No entropy source: a clock-based id is still unique enough on one host. */
-            uint64_t x = (uint64_t)cn_mono_ns() ^ ((uint64_t)cn_now_ms() << 20);
-            memcpy(r, &x, sizeof r);
-        }
-        snprintf(id, sizeof id, "task-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
-    }
-    t.id = id;
-    t.serial = id;
-    t.service = (char *)service;
-    t.endpoint = (char *)endpoint;
-    t.create_ms = t.start_ms = cn_now_ms();
-    int rc = cn_tasks_add(a->svc->tasks, &t, err, sizeof err);
-    json_decref(body); /* service and endpoint pointed into it */
+    char err[300], id[MAX_ID_LEN + 1];
+    cn_task t = {0};
+    int rc = parse_task(body, &t, id, sizeof id, err, sizeof err);
+    if (rc == 0)
+        rc = cn_tasks_add(a->svc->tasks, &t, err, sizeof err);
+    json_decref(body); /* t's service and endpoint pointed into it */
     if (rc != 0) {
-        cn_admin_reply_error(a, aio, strstr(err, "already exists") ? 409 : strstr(err, "limit") ? 507 : 400, "%s",
-                             err);
+        uint16_t status = strstr(err, "already exists") ? 409 : strstr(err, "limit") ? 429 : 400;
+        cn_admin_reply_error(a, aio, status, "%s", err);
         return;
     }
     cn_info("admin", "task %s created through the admin API (%lld ms)", id, (long long)t.duration_ms);
