@@ -281,6 +281,35 @@ class AdminApi(unittest.TestCase):
                            + au.metric(samples, "canopy_profile_file_errors_total", component="folded/broken"), 0)
 
 
+class AdminListen(unittest.TestCase):
+    def test_non_loopback_is_refused(self):
+        cfg = CONFIG.replace("listen: @ADMIN@", "listen: 0.0.0.0:@PORT@")
+        c = au.Collector(BIN, cfg.replace("@PORT@", str(au.free_port())))
+        try:
+            with self.assertRaises(RuntimeError):
+                c.start()
+            self.assertNotEqual(c.proc.wait(10), 0)
+            self.assertIn("is not a loopback address", c.read_log())
+        finally:
+            c.stop()
+            c.cleanup()
+
+    def test_port_in_use_keeps_collecting(self):
+        import socket
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            cfg = CONFIG.replace("listen: @ADMIN@", "listen: 127.0.0.1:%d" % busy.getsockname()[1])
+            c = au.Collector(BIN, cfg).start()
+            try:
+                self.assertIn("the admin API, /metrics and the web UI are NOT served", c.read_log())
+                lg = au.loadgen(BIN, "ipc://%s/c.sock" % c.dir, agents=1, batches=2, batch_size=10, depth=3, tasks=1)
+                self.assertEqual(lg["acked"], 2)
+            finally:
+                self.assertEqual(c.stop(), 0, c.read_log())
+                c.cleanup()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
