@@ -69,6 +69,13 @@ async function refreshTasks() {
     const data = await api("GET", "/api/v1/tasks");
     state.tasks = data.tasks || [];
     $("list-error").hidden = true;
+    if (!state.selected && state.tasks.length) {
+      // First visit: show the newest running task (or the newest one).
+      const running = state.tasks.filter((t) => t.status === "running");
+      const pick = (running.length ? running : state.tasks)[(running.length ? running : state.tasks).length - 1];
+      select(pick.id);
+      return;
+    }
     renderTasks();
     maybeReloadFlame();
   } catch (e) {
