@@ -50,10 +50,12 @@ def main(args):
             kept = [l for l in lines if json.loads(l)["sequence"] >= 8]
             with open(path, "w") as f:
                 f.writelines(kept)
-            os.unlink(os.path.join(spool, "cursor"))
-            # The delivery log would hold the 8..15 delivery only; drop it so the
-            # sink's read-back (cb_recover) is the one authority here.
-            os.unlink(os.path.join(spool, "hwm.log"))
+            # The cursor lags after a crash; the delivery log would hold the 8..15
+            # delivery only: drop both, so the sink's read-back (cb_recover) is the
+            # one authority here.
+            for name in os.listdir(spool):
+                if not (name.startswith("seg-") and name.endswith(".log")):
+                    os.unlink(os.path.join(spool, name))
             log("crash state: the sink holds sequences 8..15; the spool still holds the record with 0..15")
 
             col.start(admin)
