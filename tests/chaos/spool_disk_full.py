@@ -77,7 +77,10 @@ def block(args, wd):
 
             lg = load(args, url, 40, seed=2, timeout=80)
             t0 = time.time()
-            time.sleep(6)
+            # The spool rate-limits its log lines together (one per 10 s): when the
+            # cursor save hits ENOSPC first, the refusal line comes up to 10 s later.
+            sl.wait_for("the collector to log the failed spool write", lambda: sl.grep(col.log(), ENOSPC_LOG), 15)
+            time.sleep(max(0.0, 6 - (time.time() - t0)))
             logs = col.log()
             acked_full = lg.acked
             check(lg.running(), "the loadgen finished while the disk was full")
