@@ -100,7 +100,17 @@ void cn_metrics_write_prometheus(FILE *out)
     for (metric_entry *e = metrics_head; e; e = e->next) {
         if (!family || strcmp(family, e->name) != 0) {
             family = e->name;
-            fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", e->name, e->help, e->name, e->type);
+            fprintf(out, "# HELP %s ", e->name);
+            /* The exposition format escapes backslash and newline in HELP text. */
+            for (const char *p = e->help; *p; p++) {
+                if (*p == '\\')
+                    fputs("\\\\", out);
+                else if (*p == '\n')
+                    fputs("\\n", out);
+                else
+                    fputc(*p, out);
+            }
+            fprintf(out, "\n# TYPE %s %s\n", e->name, e->type);
         }
         if (e->labels[0])
             fprintf(out, "%s{%s} %lld\n", e->name, e->labels, (long long)cn_metric_get(&e->metric));

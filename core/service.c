@@ -78,8 +78,15 @@ static const cn_option service_options[] = {
          {CN_OPT_MAP, "http", NULL, offsetof(cn_service_settings, telemetry.http) -
                                         offsetof(cn_service_settings, telemetry),
           "Admin HTTP API (/healthz, /metrics, /api/v1/tasks).",
-          .sub = (const cn_option[]){{CN_OPT_STR, "listen", "127.0.0.1:8888", 0, "host:port to listen on."},
-                                     CN_OPT_END}},
+          .sub = (const cn_option[]){
+              {CN_OPT_STR, "listen", "127.0.0.1:8888", 0,
+               "host:port to serve on; loopback only unless allow_insecure is true."},
+              {CN_OPT_BOOL, "allow_insecure", "false",
+               offsetof(cn_service_settings, telemetry.http.allow_insecure) -
+                   offsetof(cn_service_settings, telemetry.http),
+               "Serve the admin API on a non-loopback address (anyone who reaches it can create tasks and read "
+               "profiles)."},
+              CN_OPT_END}},
          CN_OPT_END}},
     CN_OPT_END};
 
@@ -173,11 +180,19 @@ void cn_component_free(cn_component *c)
     free(c);
 }
 
+/* "type" or "type/name" of [A-Za-z0-9_.-]: ids appear in metric labels, paths and logs. */
 static int valid_id(const char *id)
 {
     const char *slash = strchr(id, '/');
     if (!id[0] || id[0] == '/' || (slash && (!slash[1] || strchr(slash + 1, '/'))))
         return 0;
+    for (const char *p = id; *p; p++) {
+        char ch = *p;
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+                  ch == '-' || ch == '.' || ch == '/';
+        if (!ok)
+            return 0;
+    }
     return 1;
 }
 
@@ -200,7 +215,8 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
                                      cn_diag *d)
 {
     if (!valid_id(key->scalar)) {
-        cn_diag_error(d, key, "%s id \"%s\" must be \"type\" or \"type/name\"", kind_name(kind), key->scalar);
+        cn_diag_error(d, key, "%s id \"%s\" must be \"type\" or \"type/name\" (letters, digits, _ . -)",
+                      kind_name(kind), key->scalar);
         return NULL;
     }
     if (value->kind != CN_NODE_MAP && !(value->kind == CN_NODE_SCALAR && value->plain_null)) {

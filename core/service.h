@@ -106,6 +106,7 @@ typedef struct cn_service_settings {
         } logs;
         struct {
             char *listen;
+            bool allow_insecure;
         } http;
     } telemetry;
 } cn_service_settings;
