@@ -190,19 +190,6 @@ static void housekeeping(void)
         return;
     int64_t now = cx_now_ms();
 
-    /* WORKAROUND (client library): cn_agent_add does not wake the library's
-     * thread when it opens a new batch, so an idle agent seals it only at the
-     * next command poll (5 s by default) instead of after max_batch_age_ms.
-     * Seal ourselves when snapshots were added since the last pass; a busy
-     * agent fills and seals batches by size anyway. Racy read of a counter
-     * the GIL holder bumps: a missed increment only delays to the next pass. */
-    static uint64_t last_added;
-    uint64_t added = __atomic_load_n(&cx.c.snapshots, __ATOMIC_RELAXED);
-    if (added != last_added) {
-        last_added = added;
-        cn_agent_flush(a);
-    }
-
     uint64_t version = 0;
     cn_agent_commands(a, NULL, 0, &version);
     if (version != cx.commands_version) {
