@@ -16,15 +16,33 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/supplemental/tls/tls.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "canopy/plugin.h"
 #include "dedup.h"
 
 typedef struct nng_receiver nng_receiver;
+
+/*
+ * What nng's pipe callbacks touch, apart from the receiver: nng calls them on
+ * its own threads, possibly (see close_socket) after the receiver is gone, so
+ * this lives in its own allocation and is left allocated if nng never lets go.
+ */
+typedef struct conn_state {
+    pthread_mutex_t lock;
+    cn_dict *pipes; /* ids of the pipes counted against max_connections */
+    int64_t max_connections;
+    char id[64];    /* component id, for logs */
+    cn_metric *open, *refused, *accepted;
+    cn_ratelimit log;
+    atomic_bool abandoned; /* set when close_socket gave up: callbacks do nothing */
+} conn_state;
 
 typedef enum worker_state { WORKER_RECV, WORKER_SEND } worker_state;
 
@@ -34,6 +52,9 @@ typedef struct rep_worker {
     nng_aio *aio;
     worker_state state;
     bool ctx_open;
+    nng_pipe pipe; /* the connection of the request being answered */
+    /* Monotonic ms the reply was handed to nng, 0 when not sending; read by the timer. */
+    _Atomic int64_t send_since_ms;
 } rep_worker;
 
 /* Index = Canopy__V1__Reason; metric label values. */
@@ -80,7 +101,8 @@ static const char *const transport_error_why[] = {
     NULL, /* mostly agents that went away */
 };
 #define N_TRANSPORT_ERRORS (sizeof transport_errors / sizeof transport_errors[0])
-#define STATS_INTERVAL_MS 1000
+/* Listener statistics and stuck replies are looked at this often. */
+#define STATS_INTERVAL_MS 500
 
 typedef struct listener_stats {
     nng_listener l;
@@ -110,6 +132,7 @@ struct nng_receiver {
     int64_t max_frames;
     int64_t max_agent_sessions;
     int64_t max_connections;
+    int64_t reply_timeout;
     nng_receiver_tls tls;
     /* runtime */
     cn_component *self;
@@ -123,19 +146,17 @@ struct nng_receiver {
     cn_metric *accepted_batches, *accepted_snapshots, *received_bytes, *duplicates, *agent_sessions;
     cn_metric *refused[N_REASONS];
     cn_metric *limit_exceeded[N_LIMITS];
-    cn_metric *connections, *connections_refused, *connections_accepted;
+    cn_metric *reply_timeouts;
     /* One per reason and per limit: a flood of one kind must not hide the others. */
     cn_ratelimit refuse_log[N_REASONS];
     cn_ratelimit limit_log[N_LIMITS];
-    cn_ratelimit conn_log;
+    cn_ratelimit reply_log;
     nng_tls_config *tls_config;
     listener_stats *listeners; /* one per listen URL */
     nng_aio *stats_aio;
     cn_ratelimit transport_log[N_TRANSPORT_ERRORS];
-    /* Pipes counted against max_connections, by id (nng_pipe_notify callbacks). */
-    pthread_mutex_t conn_lock;
-    bool conn_lock_ok;
-    cn_dict *pipes;
+    conn_state *conns;
+    bool close_abandoned; /* nng_close never returned: leave nng's memory alone */
 };
 
 static const cn_option tls_options[] = {
@@ -174,6 +195,12 @@ static const cn_option nng_options[] = {
      "Agent connections open at once, over all listeners; further ones are closed at once and counted. Each "
      "connection may hold one request of up to twice max_message_size in memory.",
      .min = 1, .max = 1000000},
+    {CN_OPT_DURATION, "reply_timeout", "2s", offsetof(nng_receiver, reply_timeout),
+     "A reply the connection has not taken within this long (checked every 0.5 s) closes that connection: a "
+     "peer that sends "
+     "requests but never reads the replies would otherwise hold every REP context. Agents read replies at "
+     "once; one whose connection is closed reconnects and resends (acked as a duplicate).",
+     .min = 100, .max = 3600 * 1000},
     {CN_OPT_INT, "max_snapshots_per_batch", "16384", offsetof(nng_receiver, max_snapshots_per_batch),
      "Snapshots one batch may carry.", .min = 1, .max = 10000000},
     {CN_OPT_INT, "max_strings_per_batch", "65536", offsetof(nng_receiver, max_strings_per_batch),
@@ -577,6 +604,24 @@ static nng_msg *handle_request(nng_receiver *rx, nng_msg *in)
 
 /* ---- the REP context state machine ------------------------------------------------------ */
 
+/*
+ * A reply nobody took: the peer sends requests but does not read (REP sends
+ * one reply at a time per connection, so its unread replies would tie up
+ * every context in turn). Close that connection: nng then completes the
+ * queued replies and the contexts go back to work.
+ */
+static void close_slow_reader(nng_receiver *rx, nng_pipe p)
+{
+    char who[64];
+    describe_peer(p, who, sizeof who);
+    cn_metric_inc(rx->reply_timeouts);
+    cn_log_limited(&rx->reply_log, CN_LOG_WARN, cn_component_id(rx->self),
+                   "closed the connection from %s: it did not take a reply within reply_timeout (%lld ms)", who,
+                   (long long)rx->reply_timeout);
+    if (nng_pipe_id(p) > 0)
+        nng_pipe_close(p);
+}
+
 static void worker_cb(void *arg)
 {
     rep_worker *w = arg;
@@ -585,14 +630,20 @@ static void worker_cb(void *arg)
         if (rv != 0) {
             /* The agent went away before the reply; it will resend and be deduplicated. */
             nng_msg_free(nng_aio_get_msg(w->aio));
+            nng_aio_set_msg(w->aio, NULL);
         }
+        atomic_store(&w->send_since_ms, 0);
     } else if (rv == 0) {
         nng_msg *in = nng_aio_get_msg(w->aio);
+        w->pipe = nng_msg_get_pipe(in);
         nng_msg *out = handle_request(w->rx, in);
         nng_msg_free(in);
         if (out) {
             w->state = WORKER_SEND;
             nng_aio_set_msg(w->aio, out);
+            /* No aio timeout here: a ctx send timing out in nng 1.5.2's REP leaves
+             * nng_close hanging; the timer closes the pipe instead (reap_slow_readers). */
+            atomic_store(&w->send_since_ms, cn_mono_ms());
             nng_ctx_send(w->ctx, w->aio);
             return;
         }
@@ -614,36 +665,69 @@ static void worker_cb(void *arg)
  */
 static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    nng_receiver *rx = arg;
+    conn_state *cs = arg;
+    if (atomic_load(&cs->abandoned))
+        return;
     char key[16];
     snprintf(key, sizeof key, "%u", (unsigned)nng_pipe_id(p));
     if (ev == NNG_PIPE_EV_ADD_PRE) {
-        pthread_mutex_lock(&rx->conn_lock);
-        size_t open = cn_dict_size(rx->pipes);
-        bool admit = (int64_t)open < rx->max_connections && cn_dict_put(rx->pipes, key, rx) == 0;
+        pthread_mutex_lock(&cs->lock);
+        size_t open = cn_dict_size(cs->pipes);
+        bool admit = (int64_t)open < cs->max_connections && cn_dict_put(cs->pipes, key, cs) == 0;
         if (admit)
             open++;
-        pthread_mutex_unlock(&rx->conn_lock);
+        pthread_mutex_unlock(&cs->lock);
         if (admit) {
-            cn_metric_inc(rx->connections_accepted);
-            cn_metric_set(rx->connections, (int64_t)open);
+            cn_metric_inc(cs->accepted);
+            cn_metric_set(cs->open, (int64_t)open);
             return;
         }
         char who[80];
         describe_peer(p, who, sizeof who);
-        cn_metric_inc(rx->connections_refused);
-        cn_log_limited(&rx->conn_log, CN_LOG_WARN, cn_component_id(rx->self),
+        cn_metric_inc(cs->refused);
+        cn_log_limited(&cs->log, CN_LOG_WARN, cs->id,
                        "refused a connection from %s: max_connections (%lld) reached (or out of memory)", who,
-                       (long long)rx->max_connections);
+                       (long long)cs->max_connections);
         nng_pipe_close(p);
     } else if (ev == NNG_PIPE_EV_REM_POST) {
-        pthread_mutex_lock(&rx->conn_lock);
-        bool counted = cn_dict_remove(rx->pipes, key) != NULL;
-        size_t open = cn_dict_size(rx->pipes);
-        pthread_mutex_unlock(&rx->conn_lock);
+        pthread_mutex_lock(&cs->lock);
+        bool counted = cn_dict_remove(cs->pipes, key) != NULL;
+        size_t open = cn_dict_size(cs->pipes);
+        pthread_mutex_unlock(&cs->lock);
         if (counted)
-            cn_metric_set(rx->connections, (int64_t)open);
+            cn_metric_set(cs->open, (int64_t)open);
     }
+}
+
+static conn_state *conn_state_new(nng_receiver *rx)
+{
+    conn_state *cs = calloc(1, sizeof *cs);
+    if (!cs)
+        return NULL;
+    if (!(cs->pipes = cn_dict_new(64)) || pthread_mutex_init(&cs->lock, NULL) != 0) {
+        cn_dict_free(cs->pipes, NULL);
+        free(cs);
+        return NULL;
+    }
+    const char *labels = cn_component_labels(rx->self);
+    cs->max_connections = rx->max_connections;
+    snprintf(cs->id, sizeof cs->id, "%s", cn_component_id(rx->self));
+    cs->open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
+    cs->accepted = cn_counter("canopy_receiver_connections_accepted_total",
+                              "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
+    cs->refused = cn_counter("canopy_receiver_connections_refused_total",
+                             "Connections closed at once because max_connections was reached.", labels);
+    cs->log.interval_ms = 5000;
+    return cs;
+}
+
+static void conn_state_free(conn_state *cs)
+{
+    if (!cs)
+        return;
+    cn_dict_free(cs->pipes, NULL);
+    pthread_mutex_destroy(&cs->lock);
+    free(cs);
 }
 
 /* ---- listeners ------------------------------------------------------------------------------ */
@@ -842,11 +926,26 @@ static void collect_listener_stats(nng_receiver *rx)
     nng_stats_free(root);
 }
 
+/* Closes the connections of replies pending longer than reply_timeout. */
+static void reap_slow_readers(nng_receiver *rx)
+{
+    int64_t now = cn_mono_ms();
+    for (size_t i = 0; i < rx->n_workers; i++) {
+        rep_worker *w = &rx->workers[i];
+        int64_t since = atomic_load(&w->send_since_ms);
+        /* The exchange makes sure one stuck reply closes its pipe once. */
+        if (since && now - since >= rx->reply_timeout &&
+            atomic_compare_exchange_strong(&w->send_since_ms, &since, 0))
+            close_slow_reader(rx, w->pipe);
+    }
+}
+
 static void stats_cb(void *arg)
 {
     nng_receiver *rx = arg;
     if (nng_aio_result(rx->stats_aio) != 0)
         return; /* stopped */
+    reap_slow_readers(rx);
     collect_listener_stats(rx);
     nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
 }
@@ -874,7 +973,10 @@ static void make_metrics(nng_receiver *rx)
     }
     for (size_t i = 0; i < N_REASONS; i++)
         rx->refuse_log[i].interval_ms = 5000;
-    rx->conn_log.interval_ms = 5000;
+    rx->reply_log.interval_ms = 5000;
+    rx->reply_timeouts = cn_counter("canopy_receiver_reply_timeouts_total",
+                                    "Connections closed because they did not take a reply within reply_timeout.",
+                                    labels);
     rx->accepted_batches = cn_counter("canopy_receiver_accepted_batches_total", "Batches acked into the pipelines.", labels);
     rx->accepted_snapshots = cn_counter("canopy_receiver_accepted_snapshots_total",
                                         "Snapshots acked into the pipelines.", labels);
@@ -882,11 +984,6 @@ static void make_metrics(nng_receiver *rx)
     rx->duplicates = cn_counter("canopy_receiver_duplicate_batches_total",
                                 "Batches received again after they were accepted (acked, not resubmitted).", labels);
     rx->agent_sessions = cn_gauge("canopy_receiver_agent_sessions", "Agent sessions tracked for deduplication.", labels);
-    rx->connections = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
-    rx->connections_accepted = cn_counter("canopy_receiver_connections_accepted_total",
-                                          "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
-    rx->connections_refused = cn_counter("canopy_receiver_connections_refused_total",
-                                         "Connections closed at once because max_connections was reached.", labels);
 }
 
 static int nng_start(void *ctx, cn_component *self)
@@ -899,10 +996,7 @@ static int nng_start(void *ctx, cn_component *self)
 
     if (dedup_init(&rx->dedup, (size_t)rx->max_agent_sessions) != 0)
         return -1;
-    if (pthread_mutex_init(&rx->conn_lock, NULL) != 0)
-        return -1;
-    rx->conn_lock_ok = true;
-    if (!(rx->pipes = cn_dict_new(64)))
+    if (!(rx->conns = conn_state_new(rx)))
         return -1;
     bool has_tls_url = false;
     for (size_t i = 0; i < rx->listen.n; i++)
@@ -917,8 +1011,8 @@ static int nng_start(void *ctx, cn_component *self)
     rx->sock_open = true;
     /* Accept up to twice the limit so an oversized request still gets a TOO_LARGE reply. */
     nng_socket_set_size(rx->sock, NNG_OPT_RECVMAXSZ, (size_t)rx->max_message_size * 2);
-    if ((rv = nng_pipe_notify(rx->sock, NNG_PIPE_EV_ADD_PRE, pipe_event, rx)) != 0 ||
-        (rv = nng_pipe_notify(rx->sock, NNG_PIPE_EV_REM_POST, pipe_event, rx)) != 0) {
+    if ((rv = nng_pipe_notify(rx->sock, NNG_PIPE_EV_ADD_PRE, pipe_event, rx->conns)) != 0 ||
+        (rv = nng_pipe_notify(rx->sock, NNG_PIPE_EV_REM_POST, pipe_event, rx->conns)) != 0) {
         cn_error(cn_component_id(self), "cannot watch connections: %s", nng_strerror(rv));
         return -1;
     }
@@ -953,18 +1047,130 @@ static int nng_start(void *ctx, cn_component *self)
     return 0;
 }
 
+/* ---- stopping ------------------------------------------------------------------------------ */
+
+/* Longest wait for nng_close; see close_socket. */
+#define CLOSE_TIMEOUT_MS 3000
+
+typedef struct closer {
+    nng_socket sock;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    bool done;
+    bool abandoned; /* the waiter left: the closer thread frees this */
+} closer;
+
+static void *closer_main(void *arg)
+{
+    closer *c = arg;
+    nng_close(c->sock);
+    pthread_mutex_lock(&c->lock);
+    c->done = true;
+    bool abandoned = c->abandoned;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->lock);
+    if (abandoned) {
+        pthread_mutex_destroy(&c->lock);
+        pthread_cond_destroy(&c->cv);
+        free(c);
+    }
+    return NULL;
+}
+
+/*
+ * nng_close with a deadline. nng 1.5.2 can deadlock in nng_close after a
+ * flood of pipelined requests whose peers went away (nng issues #1543,
+ * #1813, fixed in later releases): the tests/chaos hostile_agent test hit it.
+ * The collector must still drain what it acked, so after CLOSE_TIMEOUT_MS we
+ * log it and go on; the listeners are already closed, so nothing new comes
+ * in. Returns false when the close was abandoned.
+ */
+static bool close_socket(nng_receiver *rx)
+{
+    closer *c = calloc(1, sizeof *c);
+    pthread_t t;
+    if (!c || pthread_mutex_init(&c->lock, NULL) != 0) {
+        free(c);
+        nng_close(rx->sock); /* no memory for the watchdog: plain close */
+        return true;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int cv_rv = pthread_cond_init(&c->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    c->sock = rx->sock;
+    if (cv_rv != 0 || pthread_create(&t, NULL, closer_main, c) != 0) {
+        if (cv_rv == 0)
+            pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+        nng_close(rx->sock);
+        return true;
+    }
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += CLOSE_TIMEOUT_MS / 1000;
+    deadline.tv_nsec += (long)(CLOSE_TIMEOUT_MS % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&c->lock);
+    while (!c->done && pthread_cond_timedwait(&c->cv, &c->lock, &deadline) == 0)
+        ;
+    bool done = c->done;
+    if (!done)
+        c->abandoned = true;
+    pthread_mutex_unlock(&c->lock);
+    if (done) {
+        pthread_join(t, NULL);
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+        return true;
+    }
+    pthread_detach(t);
+    cn_metric_inc(cn_counter("canopy_receiver_close_abandoned_total",
+                             "Receiver shutdowns that went on without nng_close returning (an nng 1.5 deadlock).",
+                             cn_component_labels(rx->self)));
+    cn_error(cn_component_id(rx->self),
+             "nng did not close the socket within %d ms (a known nng 1.5 deadlock after a flood); going on "
+             "with the shutdown without it: nothing more is received, what was acked is still drained",
+             CLOSE_TIMEOUT_MS);
+    return false;
+}
+
 static void nng_stop(void *ctx)
 {
     nng_receiver *rx = ctx;
     if (rx->stats_aio)
         nng_aio_stop(rx->stats_aio);
+    /* No new connections and requests from here on, even if nng_close below never returns. */
+    for (size_t i = 0; rx->listeners && i < rx->listen.n; i++) {
+        if (rx->listeners[i].started) {
+            nng_listener_close(rx->listeners[i].l);
+            rx->listeners[i].started = false;
+        }
+    }
     /* The service already refuses new batches (SHUTTING_DOWN replies); stop the workers. */
     for (size_t i = 0; i < rx->n_workers; i++)
         if (rx->workers[i].aio)
             nng_aio_stop(rx->workers[i].aio);
+    /* Contexts before the socket, as the agent's sender does with its aios. */
+    for (size_t i = 0; i < rx->n_workers; i++) {
+        if (rx->workers[i].ctx_open) {
+            nng_ctx_close(rx->workers[i].ctx);
+            rx->workers[i].ctx_open = false;
+        }
+    }
     if (rx->sock_open) {
-        nng_close(rx->sock);
         rx->sock_open = false;
+        if (!close_socket(rx)) {
+            rx->close_abandoned = true;
+            if (rx->conns)
+                atomic_store(&rx->conns->abandoned, true);
+        }
     }
 }
 
@@ -972,25 +1178,19 @@ static void nng_destroy(void *ctx)
 {
     nng_receiver *rx = ctx;
     nng_stop(rx);
-    for (size_t i = 0; i < rx->n_workers; i++) {
-        if (rx->workers[i].ctx_open)
-            nng_ctx_close(rx->workers[i].ctx);
+    /* After an abandoned close nng may still hold the workers' aios and call the
+     * pipe callback: leave those allocated (the process is exiting). */
+    for (size_t i = 0; !rx->close_abandoned && i < rx->n_workers; i++)
         if (rx->workers[i].aio)
             nng_aio_free(rx->workers[i].aio);
+    if (!rx->close_abandoned) {
+        free(rx->workers);
+        conn_state_free(rx->conns);
     }
-    free(rx->workers);
     rx->workers = NULL;
     rx->n_workers = 0;
+    rx->conns = NULL;
     dedup_destroy(&rx->dedup);
-    /* The socket is closed: no pipe callback runs any more. */
-    if (rx->pipes) {
-        cn_dict_free(rx->pipes, NULL);
-        rx->pipes = NULL;
-    }
-    if (rx->conn_lock_ok) {
-        pthread_mutex_destroy(&rx->conn_lock);
-        rx->conn_lock_ok = false;
-    }
     if (rx->tls_config) {
         nng_tls_config_free(rx->tls_config); /* listeners held their own references */
         rx->tls_config = NULL;
