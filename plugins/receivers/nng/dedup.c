@@ -178,3 +178,11 @@ size_t dedup_sessions(dedup_table *t)
     pthread_mutex_unlock(&t->lock);
     return n;
 }
+
+uint64_t dedup_evicted(dedup_table *t)
+{
+    pthread_mutex_lock(&t->lock);
+    uint64_t n = t->evicted;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}

@@ -36,5 +36,7 @@ dedup_result dedup_claim(dedup_table *t, const char *instance, uint64_t session,
 /* The claimed batch could not be accepted (pipeline full): let a resend through. */
 void dedup_release(dedup_table *t, const char *instance, uint64_t session, uint64_t seq);
 size_t dedup_sessions(dedup_table *t);
+/* Sessions forgotten so far because max_sessions was reached. */
+uint64_t dedup_evicted(dedup_table *t);
 
 #endif

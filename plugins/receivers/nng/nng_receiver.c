@@ -73,11 +73,14 @@ typedef enum limit_kind {
     LIMIT_STRING_LENGTH,
     LIMIT_FRAMES,
     LIMIT_OTHER,
+    /* Retryable (OVERLOADED): the service's limits, met when handing a batch on. */
+    LIMIT_MEMORY,
+    LIMIT_QUEUE,
     N_LIMITS
 } limit_kind;
 static const char *const limit_labels[] = {
     "max_message_size", "max_snapshots_per_batch", "max_strings_per_batch", "max_string_length", "max_frames",
-    "other",
+    "other", "memory_limit", "queue_or_spool_full",
 };
 
 static const char *const client_auth_choices[] = {"none", "optional", "required", NULL};
@@ -143,14 +146,17 @@ struct nng_receiver {
     size_t n_workers;
     dedup_table dedup;
     cn_metric *requests[4]; /* by body case: batch, command_query, task_finish, other */
-    cn_metric *accepted_batches, *accepted_snapshots, *received_bytes, *duplicates, *agent_sessions;
+    cn_metric *accepted_batches, *accepted_snapshots, *received_bytes, *duplicates, *agent_sessions,
+        *evicted_sessions;
+    uint64_t evicted_logged;
+    unsigned stats_ticks;
     cn_metric *refused[N_REASONS];
     cn_metric *limit_exceeded[N_LIMITS];
     cn_metric *reply_timeouts;
     /* One per reason and per limit: a flood of one kind must not hide the others. */
     cn_ratelimit refuse_log[N_REASONS];
     cn_ratelimit limit_log[N_LIMITS];
-    cn_ratelimit reply_log;
+    cn_ratelimit reply_log, session_log;
     nng_tls_config *tls_config;
     listener_stats *listeners; /* one per listen URL */
     nng_aio *stats_aio;
@@ -425,6 +431,22 @@ static nng_msg *refuse(nng_receiver *rx, Canopy__V1__Reason reason, uint64_t bat
     return reply_msg(&reply);
 }
 
+/* A retryable refusal because a service limit was met; counted under that limit too. */
+static nng_msg *refuse_overloaded(nng_receiver *rx, limit_kind k, uint64_t batch_seq, const char *detail,
+                                  const char *who)
+{
+    cn_metric_inc(rx->refused[CANOPY__V1__REASON__REASON_OVERLOADED]);
+    cn_metric_inc(rx->limit_exceeded[k]);
+    cn_log_limited(&rx->limit_log[k], CN_LOG_INFO, cn_component_id(rx->self), "refused a batch from %s: %s: %s", who,
+                   limit_labels[k], detail);
+    Canopy__V1__Reply reply = CANOPY__V1__REPLY__INIT;
+    reply.reason = CANOPY__V1__REASON__REASON_OVERLOADED;
+    reply.retryable = true;
+    reply.detail = (char *)detail;
+    reply.batch_seq = batch_seq;
+    return reply_msg(&reply);
+}
+
 static nng_msg *ack(uint64_t batch_seq, Canopy__V1__Reason reason)
 {
     Canopy__V1__Reply reply = CANOPY__V1__REPLY__INIT;
@@ -451,10 +473,11 @@ static nng_msg *handle_batch(nng_receiver *rx, cn_batch *b, const char *who)
         if (sr == CN_SUBMIT_SHUTTING_DOWN)
             return refuse(rx, CANOPY__V1__REASON__REASON_SHUTTING_DOWN, b->batch_seq,
                           "the collector is shutting down; resend later", who);
-        return refuse(rx, CANOPY__V1__REASON__REASON_OVERLOADED, b->batch_seq,
-                      sr == CN_SUBMIT_FULL ? "pipeline queue is full; resend later"
-                                           : "memory limit reached; resend later",
-                      who);
+        if (sr == CN_SUBMIT_MEMORY_LIMIT)
+            return refuse_overloaded(rx, LIMIT_MEMORY, b->batch_seq, "memory limit reached; resend later", who);
+        return refuse_overloaded(rx, LIMIT_QUEUE, b->batch_seq,
+                                 "a pipeline queue (pipeline_queue_size) or an exporter's spool is full; resend later",
+                                 who);
     }
     cn_metric_inc(rx->accepted_batches);
     cn_metric_add(rx->accepted_snapshots, (int64_t)b->n_snapshots);
@@ -926,6 +949,22 @@ static void collect_listener_stats(nng_receiver *rx)
     nng_stats_free(root);
 }
 
+/* max_agent_sessions: evictions are counted and logged from the timer (dedup runs under its lock). */
+static void report_evictions(nng_receiver *rx)
+{
+    uint64_t n = dedup_evicted(&rx->dedup);
+    cn_metric_set(rx->agent_sessions, (int64_t)dedup_sessions(&rx->dedup));
+    if (n <= rx->evicted_logged)
+        return;
+    cn_metric_set(rx->evicted_sessions, (int64_t)n);
+    cn_log_limited(&rx->session_log, CN_LOG_WARN, cn_component_id(rx->self),
+                   "max_agent_sessions (%lld) reached: forgot %llu agent session(s) seen longest ago (%llu in all); "
+                   "their resends would no longer be recognised as duplicates",
+                   (long long)rx->max_agent_sessions, (unsigned long long)(n - rx->evicted_logged),
+                   (unsigned long long)n);
+    rx->evicted_logged = n;
+}
+
 /* Closes the connections of replies pending longer than reply_timeout. */
 static void reap_slow_readers(nng_receiver *rx)
 {
@@ -946,7 +985,11 @@ static void stats_cb(void *arg)
     if (nng_aio_result(rx->stats_aio) != 0)
         return; /* stopped */
     reap_slow_readers(rx);
-    collect_listener_stats(rx);
+    /* nng_stats_get copies every statistic (each connection has some): once a second is plenty. */
+    if (++rx->stats_ticks % 2 == 0) {
+        collect_listener_stats(rx);
+        report_evictions(rx);
+    }
     nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
 }
 
@@ -968,7 +1011,10 @@ static void make_metrics(nng_receiver *rx)
     for (size_t i = 0; i < N_LIMITS; i++) {
         snprintf(l, sizeof l, "%s,limit=\"%s\"", labels, limit_labels[i]);
         rx->limit_exceeded[i] = cn_counter("canopy_receiver_limit_exceeded_total",
-                                           "Requests refused (limit_exceeded or too_large) by the limit they broke.", l);
+                                           "Requests refused by the limit they met: the receiver's (limit_exceeded, "
+                                           "too_large) and the service's (memory_limit, queue_or_spool_full: "
+                                           "overloaded, retryable).",
+                                           l);
         rx->limit_log[i].interval_ms = 5000;
     }
     for (size_t i = 0; i < N_REASONS; i++)
@@ -984,6 +1030,11 @@ static void make_metrics(nng_receiver *rx)
     rx->duplicates = cn_counter("canopy_receiver_duplicate_batches_total",
                                 "Batches received again after they were accepted (acked, not resubmitted).", labels);
     rx->agent_sessions = cn_gauge("canopy_receiver_agent_sessions", "Agent sessions tracked for deduplication.", labels);
+    rx->evicted_sessions = cn_counter("canopy_receiver_evicted_sessions_total",
+                                      "Agent sessions forgotten by deduplication because max_agent_sessions was "
+                                      "reached (a resend from one of them would be accepted again).",
+                                      labels);
+    rx->session_log.interval_ms = 10000;
 }
 
 static int nng_start(void *ctx, cn_component *self)
