@@ -15,9 +15,14 @@
 /* Marks untouched this long are dropped when the log is compacted. */
 #define HWM_KEEP_MS (3600 * 1000)
 #define HWM_COMPACT_BYTES (8u << 20)
+/* Sequences remembered above a segment's watermark; a gap that never fills
+ * would otherwise grow the set for ever. */
+#define HWM_MAX_ABOVE 65536
 
 typedef struct mark {
-    int32_t seq;
+    int32_t watermark; /* every sequence below it was delivered */
+    int32_t *above;    /* sorted, delivered sequences > watermark */
+    uint32_t n_above, cap_above;
     int64_t updated_ms;
 } mark;
 
@@ -30,9 +35,96 @@ struct cn_hwm {
     uint64_t log_bytes;
     char *buf;
     size_t buf_len, buf_cap;
+    cn_ratelimit log;
 };
 
-/* Log record: u32 payload length, u32 crc, payload = key bytes + int32 seq. */
+/* ---- delivered sets ---------------------------------------------------------- */
+
+static void mark_free(void *p)
+{
+    mark *m = p;
+    free(m->above);
+    free(m);
+}
+
+static bool mark_has(const mark *m, int32_t seq)
+{
+    if (seq < m->watermark)
+        return true;
+    uint32_t lo = 0, hi = m->n_above;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (m->above[mid] < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < m->n_above && m->above[lo] == seq;
+}
+
+static int mark_add(mark *m, int32_t seq)
+{
+    if (mark_has(m, seq))
+        return 0;
+    if (seq == m->watermark) {
+        m->watermark++;
+        uint32_t absorbed = 0;
+        while (absorbed < m->n_above && m->above[absorbed] == m->watermark) {
+            m->watermark++;
+            absorbed++;
+        }
+        memmove(m->above, m->above + absorbed, (m->n_above - absorbed) * sizeof *m->above);
+        m->n_above -= absorbed;
+        return 0;
+    }
+    if (m->n_above >= HWM_MAX_ABOVE)
+        return -1;
+    if (m->n_above == m->cap_above) {
+        uint32_t cap = m->cap_above ? m->cap_above * 2 : 8;
+        int32_t *grown = realloc(m->above, cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        m->above = grown;
+        m->cap_above = cap;
+    }
+    uint32_t pos = m->n_above;
+    while (pos > 0 && m->above[pos - 1] > seq)
+        pos--;
+    memmove(m->above + pos + 1, m->above + pos, (m->n_above - pos) * sizeof *m->above);
+    m->above[pos] = seq;
+    m->n_above++;
+    return 0;
+}
+
+static mark *mark_get(cn_hwm *h, const char *key, bool create)
+{
+    mark *m = cn_dict_get(h->marks, key);
+    if (m || !create)
+        return m;
+    if (!(m = calloc(1, sizeof *m)) || cn_dict_put(h->marks, key, m) != 0) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void add_range(cn_hwm *h, const char *key, int32_t first, int32_t last, int64_t now)
+{
+    mark *m = mark_get(h, key, true);
+    if (!m)
+        return;
+    m->updated_ms = now;
+    for (int32_t q = first; q <= last && q >= first; q++)
+        if (mark_add(m, q) != 0) {
+            cn_log_limited(&h->log, CN_LOG_WARN, h->name,
+                           "delivery log: segment %s has too many sequences out of order; a replay after a crash "
+                           "may repeat some of them",
+                           key);
+            return;
+        }
+}
+
+/* ---- the log: records (u32 length, u32 crc, key bytes, int32 first, int32 last) ---- */
 
 static int buf_add(cn_hwm *h, const void *p, size_t n)
 {
@@ -51,33 +143,17 @@ static int buf_add(cn_hwm *h, const void *p, size_t n)
     return 0;
 }
 
-static int add_record(cn_hwm *h, const char *key, int32_t seq)
+static int log_range(cn_hwm *h, const char *key, int32_t first, int32_t last)
 {
     size_t klen = strlen(key);
-    uint32_t len = (uint32_t)(klen + 4);
     char payload[1024];
-    if (klen + 4 > sizeof payload)
-        return 0; /* absurd ids were refused by the receiver's limits */
+    if (klen + 8 > sizeof payload)
+        return 0; /* ids that long were refused by the receiver's limits */
     memcpy(payload, key, klen);
-    memcpy(payload + klen, &seq, 4);
-    uint32_t crc = cn_crc32(payload, len);
+    memcpy(payload + klen, &first, 4);
+    memcpy(payload + klen + 4, &last, 4);
+    uint32_t len = (uint32_t)(klen + 8), crc = cn_crc32(payload, len);
     return buf_add(h, &len, 4) | buf_add(h, &crc, 4) | buf_add(h, payload, len);
-}
-
-static int set_mark(cn_hwm *h, const char *key, int32_t seq, int64_t now)
-{
-    mark *m = cn_dict_get(h->marks, key);
-    if (!m) {
-        if (!(m = malloc(sizeof *m)) || cn_dict_put(h->marks, key, m) != 0) {
-            free(m);
-            return -1;
-        }
-        m->seq = -1;
-    }
-    if (seq > m->seq)
-        m->seq = seq;
-    m->updated_ms = now;
-    return 0;
 }
 
 static void load(cn_hwm *h)
@@ -90,14 +166,15 @@ static void load(cn_hwm *h)
     int64_t now = cn_now_ms();
     while (off + 8 <= size) {
         uint32_t hdr[2];
-        if (pread(h->fd, hdr, 8, (off_t)off) != 8 || hdr[0] < 5 || hdr[0] > sizeof payload || off + 8 + hdr[0] > size)
+        if (pread(h->fd, hdr, 8, (off_t)off) != 8 || hdr[0] < 9 || hdr[0] > sizeof payload || off + 8 + hdr[0] > size)
             break;
         if (pread(h->fd, payload, hdr[0], (off_t)(off + 8)) != (ssize_t)hdr[0] || cn_crc32(payload, hdr[0]) != hdr[1])
             break;
-        int32_t seq;
-        memcpy(&seq, payload + hdr[0] - 4, 4);
-        payload[hdr[0] - 4] = '\0';
-        set_mark(h, payload, seq, now);
+        int32_t first, last;
+        memcpy(&first, payload + hdr[0] - 8, 4);
+        memcpy(&last, payload + hdr[0] - 4, 4);
+        payload[hdr[0] - 8] = '\0';
+        add_range(h, payload, first, last, now);
         off += 8 + hdr[0];
     }
     if (off < size) {
@@ -118,6 +195,7 @@ cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name)
     h->name = strdup(name);
     h->fsync_each = fsync_each;
     h->marks = cn_dict_new(1024);
+    h->log.interval_ms = 10000;
     h->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (!h->path || !h->name || !h->marks || h->fd < 0) {
         cn_error(name, "cannot open %s: %s", path, strerror(errno));
@@ -134,7 +212,7 @@ void cn_hwm_close(cn_hwm *h)
         return;
     if (h->fd >= 0)
         close(h->fd);
-    cn_dict_free(h->marks, free);
+    cn_dict_free(h->marks, mark_free);
     free(h->buf);
     free(h->path);
     free(h->name);
@@ -154,8 +232,8 @@ size_t cn_hwm_filter(cn_hwm *h, cn_chunk *chunk)
         const cn_snap_ref *r = &chunk->refs[i];
         if (r->batch->replayed) {
             make_key(r, key, sizeof key);
-            const mark *m = cn_dict_get(h->marks, key);
-            if (m && r->snap->sequence <= m->seq) {
+            const mark *m = mark_get(h, key, false);
+            if (m && mark_has(m, r->snap->sequence)) {
                 dropped++;
                 continue;
             }
@@ -177,7 +255,12 @@ static void compact(cn_hwm *h, int64_t now)
     void *value;
     while (cn_dict_next(h->marks, &pos, &key, &value)) {
         const mark *m = value;
-        if (now - m->updated_ms < HWM_KEEP_MS && add_record(h, key, m->seq) != 0)
+        if (now - m->updated_ms >= HWM_KEEP_MS)
+            continue;
+        int rc = m->watermark > 0 ? log_range(h, key, 0, m->watermark - 1) : 0;
+        for (uint32_t i = 0; i < m->n_above && rc == 0; i++)
+            rc = log_range(h, key, m->above[i], m->above[i]);
+        if (rc != 0)
             return;
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -200,17 +283,22 @@ void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk)
     int64_t now = cn_now_ms();
     char key[1024];
     h->buf_len = 0;
-    /* One record per segment run: merge_by_task hands refs on grouped by segment, ascending. */
-    for (size_t i = 0; i < chunk->n; i++) {
+    /* merge_by_task hands refs on grouped by segment and ascending: log runs as ranges. */
+    size_t i = 0;
+    while (i < chunk->n) {
         const cn_snap_ref *r = &chunk->refs[i];
-        if (i + 1 < chunk->n) {
-            const cn_snap_ref *next = &chunk->refs[i + 1];
-            if (strcmp(cn_ref_segment(next), cn_ref_segment(r)) == 0 && strcmp(cn_ref_task(next), cn_ref_task(r)) == 0)
-                continue;
+        int32_t first = r->snap->sequence, last = first;
+        size_t j = i + 1;
+        while (j < chunk->n && chunk->refs[j].snap->sequence == last + 1 &&
+               strcmp(cn_ref_segment(&chunk->refs[j]), cn_ref_segment(r)) == 0 &&
+               strcmp(cn_ref_task(&chunk->refs[j]), cn_ref_task(r)) == 0) {
+            last++;
+            j++;
         }
         make_key(r, key, sizeof key);
-        if (set_mark(h, key, r->snap->sequence, now) == 0)
-            add_record(h, key, ((mark *)cn_dict_get(h->marks, key))->seq);
+        add_range(h, key, first, last, now);
+        log_range(h, key, first, last);
+        i = j;
     }
     if (h->buf_len && write(h->fd, h->buf, h->buf_len) == (ssize_t)h->buf_len) {
         h->log_bytes += h->buf_len;
@@ -226,11 +314,5 @@ void cn_hwm_seed(cn_hwm *h, const char *task, const char *segment, int32_t seq)
 {
     char key[1024];
     snprintf(key, sizeof key, "%s\x1f%s", task, segment);
-    const mark *m = cn_dict_get(h->marks, key);
-    if (m && m->seq >= seq)
-        return;
-    if (set_mark(h, key, seq, cn_now_ms()) == 0 && add_record(h, key, seq) == 0 &&
-        write(h->fd, h->buf, h->buf_len) == (ssize_t)h->buf_len)
-        h->log_bytes += h->buf_len;
-    h->buf_len = 0;
+    add_range(h, key, seq, seq, cn_now_ms());
 }

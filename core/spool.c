@@ -426,15 +426,25 @@ static bool drop_oldest_segment(cn_spool *s)
     return true;
 }
 
+/* Starts a new segment file. The new file is created first: when that fails (no
+ * inode, disk full) the spool keeps its current segment and stays usable. */
 static int rotate(cn_spool *s)
 {
+    char path[4200];
+    seg_path(s, s->next_seq, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    if (seg_push(s, s->next_seq) != 0) {
+        close(fd);
+        unlink(path);
+        return -1;
+    }
     if (s->o.fsync != CN_SPOOL_FSYNC_NEVER)
         fdatasync(s->write_fd);
     close(s->write_fd);
-    s->write_fd = -1;
-    if (seg_push(s, s->next_seq) != 0)
-        return -1;
-    return open_segment_for_append(s);
+    s->write_fd = fd;
+    return 0;
 }
 
 cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots)

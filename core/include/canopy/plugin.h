@@ -126,8 +126,8 @@ typedef struct cn_exporter_plugin {
     /*
      * Optional, for exactly-once delivery with a spool. After a crash the spool
      * replays records the sink may already hold. Before replaying, the core asks
-     * the plugin what its sink already has: call `seen` for each (task, segment)
-     * with the highest sequence present. Called on the exporter's thread after
+     * the plugin what its sink already has: call `seen` for every (task,
+     * segment, sequence) it holds. Called on the exporter's thread after
      * cb_start. A sink that cannot be read back (a remote backend) leaves it NULL
      * and relies on the core's delivery log.
      */

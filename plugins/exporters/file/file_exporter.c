@@ -415,18 +415,17 @@ static char *json_token(const char *p, const char **end)
     return s;
 }
 
-/* Reports the highest sequence of every (task, segment) in one file. Lines are ours,
- * so the keys come in a known order. */
+/* Reports every (task, segment, sequence) in one file. Lines are ours, so the
+ * keys come in a known order. */
 static void recover_one(file_ctx *f, const char *path, void *arg)
 {
     recover_arg *ra = arg;
     FILE *fp = fopen(path, "r");
     if (!fp)
         return;
-    cn_dict *marks = cn_dict_new(256);
     char *line = NULL;
     size_t cap = 0;
-    while (marks && getline(&line, &cap, fp) > 0) {
+    while (getline(&line, &cap, fp) > 0) {
         const char *end;
         if (strncmp(line, "{\"taskId\":\"", 11) != 0)
             continue;
@@ -434,12 +433,7 @@ static void recover_one(file_ctx *f, const char *path, void *arg)
         char *segment = task && strncmp(end, ",\"traceSegmentId\":\"", 19) == 0 ? json_token(end + 18, &end) : NULL;
         const char *seqp = segment ? strstr(end, ",\"sequence\":") : NULL;
         if (seqp) {
-            int32_t seq = (int32_t)strtol(seqp + 12, NULL, 10);
-            char key[2048];
-            snprintf(key, sizeof key, "%s\x1f%s", task, segment);
-            intptr_t prev = (intptr_t)cn_dict_get(marks, key); /* seq + 1, 0 = none */
-            if (seq + 1 > prev)
-                cn_dict_put(marks, key, (void *)(intptr_t)(seq + 1));
+            ra->seen(ra->seen_arg, task, segment, (int32_t)strtol(seqp + 12, NULL, 10));
             ra->lines++;
         }
         free(task);
@@ -447,16 +441,6 @@ static void recover_one(file_ctx *f, const char *path, void *arg)
     }
     free(line);
     fclose(fp);
-    size_t pos = 0;
-    const char *key;
-    void *value;
-    while (marks && cn_dict_next(marks, &pos, &key, &value)) {
-        const char *sep = strchr(key, '\x1f');
-        char task[1024];
-        snprintf(task, sizeof task, "%.*s", (int)(sep - key), key);
-        ra->seen(ra->seen_arg, task, sep + 1, (int32_t)((intptr_t)value - 1));
-    }
-    cn_dict_free(marks, NULL);
     CN_UNUSED(f);
 }
 
