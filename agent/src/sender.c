@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -380,6 +381,10 @@ static void *sender_main(void *arg)
 /* A whole PEM file (a certificate chain is a few KiB); NULL on failure. */
 static char *read_pem(const char *path)
 {
+    /* A regular file only: a FIFO or a device would block or never end. */
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return NULL;
     FILE *f = fopen(path, "r");
     if (!f)
         return NULL;

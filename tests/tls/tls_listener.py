@@ -79,6 +79,10 @@ def check_validate(bin_dir, d, pki):
          "receivers:\n  nng:\n    listen: [tls+tcp://127.0.0.1:%d]\n    tls:\n      cert_file: %s\n"
          "      key_file: %s/nope.key\n" % (port, pki["server"], d),
          ":6:17: tls.key_file: cannot read %s/nope.key" % d),
+        ("cert-is-a-device",
+         "receivers:\n  nng:\n    listen: [tls+tcp://127.0.0.1:%d]\n    tls:\n      cert_file: /dev/zero\n"
+         "      key_file: %s\n" % (port, pki["server.key"]),
+         ":5:18: tls.cert_file: cannot read /dev/zero: not a regular file"),
         ("key-is-a-cert",
          "receivers:\n  nng:\n    listen: [tls+tcp://127.0.0.1:%d]\n    tls:\n      cert_file: %s\n"
          "      key_file: %s\n" % (port, pki["server"], pki["server"]),

@@ -12,6 +12,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -294,12 +296,41 @@ static const cn_node *opt_at(const cn_node *node, const char *name, const cn_nod
     return n ? n : fallback;
 }
 
+/*
+ * Opens a PEM file for reading: a regular file only, so that a path such as
+ * /dev/zero or a FIFO cannot make validate (or start) read forever or block.
+ */
+static FILE *open_pem(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    int err = 0;
+    if (fstat(fd, &st) != 0)
+        err = errno;
+    else if (!S_ISREG(st.st_mode))
+        err = EINVAL;
+    else if (st.st_size > (1 << 20)) /* a certificate chain is a few KiB */
+        err = EFBIG;
+    if (err) {
+        close(fd);
+        errno = err;
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (!f)
+        close(fd);
+    return f;
+}
+
 /* Whether a PEM file is readable and holds a block whose label contains `what`. */
 static int check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = open_pem(path);
     if (!f) {
-        cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path, strerror(errno));
+        cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path,
+                      errno == EINVAL ? "not a regular file" : strerror(errno));
         return -1;
     }
     char line[256];
@@ -758,7 +789,7 @@ static void conn_state_free(conn_state *cs)
 /* Reads a whole (small) PEM file; NULL with errno set on failure. */
 static char *read_pem(const char *path)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = open_pem(path);
     if (!f)
         return NULL;
     char *buf = NULL;
