@@ -15,6 +15,7 @@
 #include "canopy/log.h"
 #include "canopy/metrics.h"
 #include "canopy/profiles.h"
+#include "queue.h"
 
 #define SIG_UNSET UINT32_MAX
 #define SIG_FAILED (UINT32_MAX - 1)
@@ -59,6 +60,14 @@ struct cn_profiles {
     cn_metric *m_tasks, *m_nodes, *m_snapshots, *m_truncated, *m_dropped, *m_evicted_tasks, *m_evicted_segments,
         *m_agents_over;
     cn_ratelimit drop_log;
+    /* The feeder: chunks submitted by a pipeline are added on this store's own thread,
+     * so keeping call trees never slows the pipeline (cn_profiles_submit). */
+    pthread_mutex_t feed_lock;
+    cn_queue feed;
+    pthread_t feeder;
+    bool feeder_started;
+    cn_metric *m_backlog_dropped;
+    cn_ratelimit backlog_log;
 };
 
 static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -298,7 +307,13 @@ cn_profiles *cn_profiles_new(const cn_profiles_limits *limits, const char *label
                                        "duration run.", l);
     p->m_agents_over = cn_counter("canopy_profile_agents_over_limit_total",
                                   "New agent instances not counted because a task reached max_agents.", l);
+    p->m_backlog_dropped = cn_counter("canopy_profile_backlog_dropped_snapshots_total",
+                                      "Snapshots left out of the call trees because the tree builder fell behind "
+                                      "the pipeline.",
+                                      l);
     p->drop_log.interval_ms = 10000;
+    p->backlog_log.interval_ms = 10000;
+    pthread_mutex_init(&p->feed_lock, NULL);
     return p;
 }
 
@@ -306,6 +321,13 @@ void cn_profiles_free(cn_profiles *p)
 {
     if (!p)
         return;
+    if (p->feeder_started) {
+        /* The feeder applies what is still queued, then exits. */
+        cn_queue_close(&p->feed);
+        pthread_join(p->feeder, NULL);
+        cn_queue_destroy(&p->feed);
+    }
+    pthread_mutex_destroy(&p->feed_lock);
     size_t pos = 0;
     void *v;
     while (cn_dict_next(p->tasks, &pos, NULL, &v)) {
@@ -492,6 +514,49 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
                        "%lld snapshots of task %s left out of its call tree: max_tasks (%lld) live tasks held",
                        (long long)dropped, task_str ? task_str : "?", (long long)p->limits.max_tasks);
     }
+}
+
+/* Room for this many chunks waiting for the feeder; each holds its batches. */
+#define FEED_QUEUE 16
+
+static void *feeder_main(void *arg)
+{
+    cn_profiles *p = arg;
+    for (;;) {
+        cn_chunk *c = cn_queue_pop(&p->feed, 1000);
+        if (c) {
+            cn_profiles_add_chunk(p, c);
+            cn_chunk_unref(c);
+        } else if (cn_queue_drained(&p->feed)) {
+            return NULL;
+        }
+    }
+}
+
+void cn_profiles_submit(cn_profiles *p, cn_chunk *chunk)
+{
+    pthread_mutex_lock(&p->feed_lock);
+    if (!p->feeder_started) {
+        if (cn_queue_init(&p->feed, FEED_QUEUE) == 0) {
+            if (pthread_create(&p->feeder, NULL, feeder_main, p) == 0)
+                p->feeder_started = true;
+            else
+                cn_queue_destroy(&p->feed);
+        }
+    }
+    bool started = p->feeder_started;
+    pthread_mutex_unlock(&p->feed_lock);
+    if (started && cn_queue_try_push(&p->feed, chunk) == 0)
+        return;
+    /* A final chunk must still end its task, even when its snapshots are dropped. */
+    if (chunk->task_final && chunk->task_id)
+        cn_profiles_end_task(p, chunk->task_id);
+    cn_metric_add(p->m_backlog_dropped, (int64_t)chunk->n);
+    cn_log_limited(&p->backlog_log, CN_LOG_WARN, "profiles",
+                   "call trees fell behind the pipeline: %zu snapshots of task %s left out of the live flame graph "
+                   "(the exporters still get them)",
+                   chunk->n, chunk->task_id ? chunk->task_id : "?");
+    cn_chunk_unref(chunk);
 }
 
 void cn_profiles_end_task(cn_profiles *p, const char *task_id)

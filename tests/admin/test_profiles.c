@@ -172,6 +172,16 @@ static void test_merge_feeds_shared_store(void **state)
     assert_int_equal(cn_profiles_info(shared, "t1", &info), -1);
     merge->plugin.processor->cb_drain(merge->ctx, &out.base);
     assert_int_equal(out.chunks, 2);
+    /* The store's own thread adds what merge_by_task submits: wait for it. */
+    for (int i = 0; i < 400; i++) {
+        if (cn_profiles_info(shared, "t1", &info) == 0) {
+            bool done = info.snapshots == 5;
+            cn_profile_info_clear(&info);
+            if (done)
+                break;
+        }
+        usleep(5000);
+    }
     assert_int_equal(cn_profiles_info(shared, "t1", &info), 0);
     assert_int_equal(info.snapshots, 5);
     assert_int_equal(info.agents, 2);

@@ -59,6 +59,10 @@ cn_profiles *cn_profiles_shared_peek(void);
  * counted and dropped. A task_final chunk marks its task ended.
  */
 void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk);
+/* Queues a chunk (taking the caller's reference) to be added on the store's own
+ * thread, so a pipeline never waits for its call trees. When the builder falls
+ * behind, the chunk is left out of the trees and counted. */
+void cn_profiles_submit(cn_profiles *p, cn_chunk *chunk);
 /* Marks a task ended (as a task_final chunk does). */
 void cn_profiles_end_task(cn_profiles *p, const char *task_id);
 /* Forgets a task. Returns -1 when unknown. */

@@ -350,7 +350,7 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
     c->task_final = final;
     cn_metric_inc(m->flushes);
     if (m->profiles)
-        cn_profiles_add_chunk(m->profiles, c);
+        cn_profiles_submit(m->profiles, cn_chunk_ref(c));
     cn_emit(out, c);
 }
 
