@@ -324,6 +324,18 @@ def grep(text, pattern):
     return re.findall(pattern, text)
 
 
+def log_times(text, needle):
+    """Epoch seconds of the collector's log lines that contain needle."""
+    import calendar
+    out = []
+    for line in text.splitlines():
+        if needle in line:
+            m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z", line)
+            if m:
+                out.append(calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + int(m.group(2)) / 1000)
+    return out
+
+
 def report_line(**kw):
     """One `key=value ...` line, for logs and docs/reliability.md."""
     return " ".join("%s=%s" % (k, ("%.1f" % v) if isinstance(v, float) else v) for k, v in kw.items())

@@ -130,11 +130,13 @@ def main(args):
             check(rc == 0, "canopy exited with %s" % rc)
             a = sl.audit_jsonl(out)
             logs = col.all_logs()
+            back = sl.log_times(logs, "answers again")
+            reconnect = (back[-1] - t_up) if back else -1.0
             print(sl.report_line(sent=total, loadgen_runs=runs[0], oap_stored=s["snapshots_stored"],
                                  oap_received=s["snapshots_received"], oap_duplicates=s["duplicates"],
                                  lost=total - s["snapshots_stored"], jsonl_unique=a["unique"], jsonl_dup=a["dup"],
                                  jsonl_lost=total - a["unique"], replayed_records=replay[-1][0],
-                                 recovery_s=t_all - t_up, outage_s=t_up - t_down), flush=True)
+                                 recovery_s=t_all - t_up, reconnect_s=reconnect, outage_s=t_up - t_down), flush=True)
             print("lost=%d dup=%d (sent %d, stored at the OAP %d, received %d raw; replayed %.1f s after the "
                   "OAP came back)" % (total - s["snapshots_stored"], s["duplicates"], total, s["snapshots_stored"],
                                       s["snapshots_received"], t_all - t_up), flush=True)
