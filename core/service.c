@@ -99,6 +99,7 @@ const char *cn_component_id(const cn_component *c) { return c->id; }
 const cn_node *cn_component_node(const cn_component *c) { return c->node; }
 const char *cn_component_labels(const cn_component *c) { return c->labels; }
 cn_task_registry *cn_component_tasks(const cn_component *c) { return c->svc->tasks; }
+bool cn_component_is_replica(const cn_component *c) { return c->replica; }
 
 static const char *kind_name(cn_kind k)
 {
@@ -634,6 +635,8 @@ cn_component *cn_processor_clone(const cn_component *proc)
     cn_diag d = {0};
     cn_component *c = component_build(proc->svc, CN_PROCESSOR, proc->id_node, proc->node, &d);
     cn_diag_free(&d); /* the same declaration was checked when the graph was built */
+    if (c)
+        c->replica = true;
     return c;
 }
 

@@ -65,6 +65,7 @@ struct cn_component {
     void *ctx;
     cn_service *svc;
     bool started;
+    bool replica; /* a spooled exporter's private copy of a processor */
     union {
         const cn_receiver_plugin *receiver;
         const cn_processor_plugin *processor;

@@ -35,6 +35,12 @@ const cn_node *cn_component_node(const cn_component *c);
 /* Prometheus label set `component="<id>"`, for the component's own metrics. */
 const char *cn_component_labels(const cn_component *c);
 cn_task_registry *cn_component_tasks(const cn_component *c);
+/*
+ * True for the private copy of a processor that a spooled exporter runs on
+ * its replayed data. The same snapshots also pass the pipeline's own copy, so
+ * a replica must not feed anything shared (such as the live call trees).
+ */
+bool cn_component_is_replica(const cn_component *c);
 
 /* Hands a decoded batch from a receiver to every pipeline it feeds. */
 typedef enum cn_submit_result {

@@ -620,7 +620,8 @@ static int merge_start(void *ctx, cn_component *self)
     m->flushes = cn_counter("canopy_merge_flushes_total", "Chunks handed on.", l);
     m->limit_log.interval_ms = 10000;
     m->next_sweep_ms = cn_mono_ms() + 10000;
-    if (m->aggregate.enabled) {
+    /* A spooled exporter's replica sees the same snapshots again: only the pipeline's copy feeds the trees. */
+    if (m->aggregate.enabled && !cn_component_is_replica(self)) {
         cn_profiles_limits limits = CN_PROFILES_DEFAULT_LIMITS;
         limits.max_tasks = m->aggregate.max_tasks;
         limits.max_nodes = m->aggregate.max_nodes;
