@@ -28,6 +28,9 @@ BATCH_SIZE = 32
 TASKS = 4
 DEPTH = 20
 
+# The spool's fsync policy; interval by default (the case), always or never to compare.
+FSYNC = os.environ.get("CANOPY_CHAOS_SPOOL_FSYNC", "interval")
+
 TORN_LINE = b'{"taskId":"task-0","traceSegmentId":"torn-by-the-test","time":17'
 # Half a spool record: the magic ("CNSP") and a length, then nothing.
 TORN_RECORD = struct.pack("<II", 0x50534E43, 4096) + b"\x01\x02\x03"
@@ -41,7 +44,7 @@ def main(args):
         url = "ipc://%s/canopy.sock" % wd
         admin = sl.free_port()
         cfg = sl.config(url, admin, {
-            "file": sl.file_yaml(out) + "\n" + sl.spool_yaml(spool, fsync="interval", segment_size="1MiB"),
+            "file": sl.file_yaml(out) + "\n" + sl.spool_yaml(spool, fsync=FSYNC, segment_size="1MiB"),
         }, flush_interval="200ms", shutdown_timeout="60s")
         col = sl.Collector(args.build_dir, wd, cfg)
         col.validate()
@@ -105,8 +108,8 @@ def main(args):
                                  torn_lines=a["bad"], segments=a["segments"], not_dense=len(a["not_dense"]),
                                  resent_batches=res["resent_seen"], replayed_records=replay[0][0] if replay else 0,
                                  recovery_s=recovery, loadgen_s=t_loadgen_done - lg.t0), flush=True)
-            print("lost=%d dup=%d (sent %d, received %d, recovery %.1f s from restart to all data written)"
-                  % (lost, a["dup"], expected, a["unique"], recovery), flush=True)
+            print("lost=%d dup=%d (sent %d, received %d, recovery %.1f s from restart to all data written; "
+                  "spool fsync: %s)" % (lost, a["dup"], expected, a["unique"], recovery, FSYNC), flush=True)
             check(lost == 0 and a["dup"] == 0, "lost=%d dup=%d" % (lost, a["dup"]))
             check(a["bad"] == 0, "%d lines do not parse (torn line not cut?)" % a["bad"])
             check(not a["not_dense"], "segments not dense from 0: %r" % a["not_dense"][:3])

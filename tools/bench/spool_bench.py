@@ -254,7 +254,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="build/bin")
     ap.add_argument("--agents", type=int, default=32)
-    ap.add_argument("--batches", type=int, default=100)
+    ap.add_argument("--batches", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=4)
