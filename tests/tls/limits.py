@@ -7,7 +7,9 @@
   max_message_size: a TOO_LARGE reply up to twice the limit; beyond that nng
       closes the connection, counted in canopy_receiver_transport_errors_total
       {error="other"};
-  max_connections: connections past it are closed at once and counted.
+  max_connections: connections past it are closed at once and counted;
+  reply_timeout: a connection that sends requests but does not read the
+      replies is closed, and the contexts go back to serving others.
 Each also leaves a log line naming the peer, the limit and the detail, at most
 once per 5 s per limit. Requests within the limits still get through.
 """
@@ -15,6 +17,7 @@ import argparse
 import os
 import re
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -36,6 +39,7 @@ receivers:
     max_strings_per_batch: 16
     max_snapshots_per_batch: 4
     max_connections: 4
+    reply_timeout: 500ms
 exporters:
   discard:
 service:
@@ -46,7 +50,15 @@ service:
     p:
       receivers: [nng]
       exporters: [discard]
+tasks:
+  static:
+%(tasks)s
 """
+
+# Static tasks for the hostile service, so a command query gets a reply of a few KiB.
+TASKS = "".join("    - {id: task-%02d-%s, service: hostile, endpoint: /e%d, duration: 10m, "
+                "min_duration_threshold: 0ms, dump_period: 10ms, max_sampling_count: 5}\n" % (i, "x" * 40, i)
+                for i in range(24))
 
 
 def main():
@@ -55,7 +67,7 @@ def main():
     args = ap.parse_args()
     port, admin = tlsutil.free_port(), tlsutil.free_port()
     d = tempfile.mkdtemp(prefix="canopy-limits-")
-    col = Collector(args.bin, CONFIG % {"port": port, "admin": admin}, workdir=d).start()
+    col = Collector(args.bin, CONFIG % {"port": port, "admin": admin, "tasks": TASKS.rstrip()}, workdir=d).start()
     url = "tcp://127.0.0.1:%d" % port
     try:
         c = spwire.SPClient(url)
@@ -103,6 +115,50 @@ def main():
             h.close()
         print("ok: max_connections 4: 2 more connections refused; the 4 held ones still served")
 
+        # reply_timeout: pipelined command queries (each answered with the 24
+        # tasks, a few KiB) whose replies are never read, a tiny receive window;
+        # the connection stays open so only the collector can end it.
+        slow = spwire.SPClient(url, timeout=10, rcvbuf=4096)
+        slow.sock.setblocking(False)
+        query = spwire.f_varint(1, 1) + spwire.f_bytes(2, spwire.agent()) + spwire.f_bytes(4, spwire.f_varint(1, 0))
+        junk = b"".join(slow.frame(struct.pack(">I", 0x80000000 | i) + query) for i in range(1, 5001))
+        sent, t0 = 0, time.time()
+        while sent < len(junk) and time.time() - t0 < 5:
+            try:
+                sent += slow.sock.send(junk[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+        # Meanwhile a well-behaved client is served: the stuck replies hold
+        # contexts only until reply_timeout closes their connection.
+        t1 = time.time()
+        good = spwire.SPClient(url, timeout=10)
+        r = good.request(spwire.simple_batch(7))
+        assert r["reason"] == "ok", r
+        good.close()
+        good_secs = time.time() - t1
+        # Not reading the slow socket (that would take the replies): the collector's
+        # counters say when it closed the connection; then the socket must be dead.
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            ms = tlsutil.metrics("127.0.0.1:%d" % admin)
+            if tlsutil.metric(ms, "canopy_receiver_reply_timeouts_total") >= 1:
+                break
+            time.sleep(0.2)
+        closed = False
+        slow.sock.setblocking(True)
+        slow.sock.settimeout(2)
+        try:
+            while slow.sock.recv(65536):
+                pass
+            closed = True  # EOF
+        except socket.timeout:
+            pass
+        except OSError:  # reset: closed with our requests unread
+            closed = True
+        assert closed, "a connection that does not read its replies was not closed"
+        print("ok: reply_timeout: %d bytes of pipelined queries, replies never read; connection closed by the collector "
+              "%.1fs after; a good client was served in %.2fs meanwhile" % (sent, time.time() - t0, good_secs))
+
         time.sleep(1.5)  # transport error counters are copied every second
         ms = tlsutil.metrics("127.0.0.1:%d" % admin)
         for limit, _, _ in cases + [("max_message_size", None, None)]:
@@ -111,6 +167,7 @@ def main():
         assert tlsutil.metric(ms, "canopy_receiver_refused_total", reason="limit_exceeded") == 4
         assert tlsutil.metric(ms, "canopy_receiver_refused_total", reason="too_large") == 1
         assert tlsutil.metric(ms, "canopy_receiver_connections_refused_total") == 2
+        assert tlsutil.metric(ms, "canopy_receiver_reply_timeouts_total") >= 1
         # nng closes a connection that announces a message over twice the limit;
         # it counts it with every other close ("other"): at least that one.
         other = tlsutil.metric(ms, "canopy_receiver_transport_errors_total", error="other")
@@ -127,6 +184,7 @@ def main():
                          % (limit, re.escape(detail)), log), (limit, log[-3000:])
     assert re.search(r"refused a request from 127\.0\.0\.1:\d+: max_message_size: message of \d+ bytes exceeds", log)
     assert re.search(r"refused a connection from 127\.0\.0\.1:\d+: max_connections \(4\) reached", log)
+    assert re.search(r"closed the connection from 127\.0\.0\.1:\d+: it did not take a reply within reply_timeout", log)
     print("ok: one log line per limit, naming the peer")
     print("passed")
 

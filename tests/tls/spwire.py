@@ -106,10 +106,15 @@ def parse_reply(buf):
 class SPClient:
     """One REQ connection over tcp://host:port or ipc:///path, spoken by hand."""
 
-    def __init__(self, url, timeout=5.0, handshake=True):
+    def __init__(self, url, timeout=5.0, handshake=True, rcvbuf=None):
         if url.startswith("tcp://"):
             host, port = url[6:].rsplit(":", 1)
-            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf:
+                # A small receive window: a peer that does not read stalls the sender sooner.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, int(port)))
             self.ipc = False
         elif url.startswith("ipc://"):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -54,7 +54,8 @@ typedef struct rep_worker {
     nng_aio *aio;
     worker_state state;
     bool ctx_open;
-    nng_pipe pipe; /* the connection of the request being answered */
+    /* The connection of the request being answered (nng_pipe id); read by the timer too. */
+    _Atomic uint32_t pipe_id;
     /* Monotonic ms the reply was handed to nng, 0 when not sending; read by the timer. */
     _Atomic int64_t send_since_ms;
 } rep_worker;
@@ -689,7 +690,7 @@ static void worker_cb(void *arg)
         atomic_store(&w->send_since_ms, 0);
     } else if (rv == 0) {
         nng_msg *in = nng_aio_get_msg(w->aio);
-        w->pipe = nng_msg_get_pipe(in);
+        atomic_store(&w->pipe_id, (uint32_t)nng_pipe_id(nng_msg_get_pipe(in)));
         nng_msg *out = handle_request(w->rx, in);
         nng_msg_free(in);
         if (out) {
@@ -1005,8 +1006,11 @@ static void reap_slow_readers(nng_receiver *rx)
         int64_t since = atomic_load(&w->send_since_ms);
         /* The exchange makes sure one stuck reply closes its pipe once. */
         if (since && now - since >= rx->reply_timeout &&
-            atomic_compare_exchange_strong(&w->send_since_ms, &since, 0))
-            close_slow_reader(rx, w->pipe);
+            atomic_compare_exchange_strong(&w->send_since_ms, &since, 0)) {
+            nng_pipe p = NNG_PIPE_INITIALIZER;
+            p.id = atomic_load(&w->pipe_id);
+            close_slow_reader(rx, p);
+        }
     }
 }
 
