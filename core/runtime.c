@@ -95,12 +95,14 @@ void cn_service_stop(cn_service *svc)
     }
     for (size_t i = 0; i < svc->n_pipelines; i++)
         cn_pipeline_close_and_join(svc->pipelines[i]);
-    cn_admin_stop(svc);
     for (size_t i = 0; i < svc->n_components; i++)
         if (svc->components[i]->kind == CN_EXPORTER)
             cn_exporter_runtime_close(svc->components[i]);
     for (size_t i = 0; i < svc->n_components; i++)
         if (svc->components[i]->kind == CN_EXPORTER)
             cn_exporter_runtime_join(svc->components[i], deadline);
+    /* Last: health and metrics stay up while data drains, and a stuck HTTP stop
+     * (nng 1.5) cannot keep the exporters from flushing. */
+    cn_admin_stop(svc);
     stop_task_sources(svc);
 }

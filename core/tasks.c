@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "canopy/common.h"
+#include "canopy/metrics.h"
 #include "canopy/tasks.h"
 
 typedef struct listener_node {
@@ -104,6 +105,8 @@ int cn_tasks_add(cn_task_registry *r, const cn_task *t, char *err, size_t err_le
     if (find_locked(r, t->id)) {
         snprintf(err, err_len, "task %s already exists", t->id);
     } else if (r->n >= r->max) {
+        cn_metric_inc(cn_counter("canopy_tasks_refused_total",
+                                 "Tasks not added because tasks.max_tasks tasks were held.", ""));
         snprintf(err, err_len, "task limit of %zu reached (tasks.max_tasks)", r->max);
     } else {
         if (r->n == r->cap) {

@@ -21,14 +21,20 @@ static void diag_addv(cn_diag *d, const char *file, int line, int col, const cha
     size_t need = strlen(file ? file : "<config>") + strlen(msg) + 48;
     char *text = malloc(need);
     char **grown = realloc(d->errors, (d->n_errors + 1) * sizeof *d->errors);
-    if (grown)
-        d->errors = grown;
-    if (!text || !grown) {
-        /* Still fail validation even when the message cannot be kept. */
+    if (!grown) {
+        /* Out of memory even for the list: the message is lost, and so would be the
+         * failure; keep the error in the last slot there is, or count one. */
         free(text);
-        d->n_errors++;
-        if (grown)
-            d->errors[d->n_errors - 1] = NULL;
+        if (d->n_errors == 0 && (d->errors = malloc(sizeof *d->errors))) {
+            d->errors[0] = NULL;
+            d->n_errors = 1;
+        }
+        return;
+    }
+    d->errors = grown;
+    if (!text) {
+        /* Still fail validation even when the message cannot be kept. */
+        d->errors[d->n_errors++] = NULL;
         return;
     }
     snprintf(text, need, "%s:%d:%d: %s", file ? file : "<config>", line, col, msg);

@@ -3,8 +3,10 @@
 
 In one run, with the same loadgen and the same encoded batches:
   raw      loadgen -> canopy-rawsink (nng REQ/REP, reply without decoding)
-  discard  loadgen -> canopy: nng -> merge_by_task -> discard
-  jsonl    loadgen -> canopy: nng -> merge_by_task -> file (jsonl)
+  discard  loadgen -> canopy: nng -> merge_by_task -> discard (live call trees off)
+  agg      the same with merge_by_task's live call trees on (issue 6's aggregate)
+  jsonl    loadgen -> canopy: nng -> merge_by_task -> file (jsonl), written to the
+           work directory (a tmpfs by default: --work-dir to change)
 Prints snapshots/s, the ratio to the raw transport and the collector's peak
 RSS (VmHWM), as a Markdown table.
 """
@@ -25,6 +27,7 @@ receivers:
 processors:
   merge_by_task:
     flush_interval: 1s
+    aggregate: {{enabled: {aggregate}}}
 exporters:
 {exporter}
 service:
@@ -78,11 +81,12 @@ def bench_raw(args, work):
     return res, 0
 
 
-def bench_collector(args, work, name, exporter, exporter_id):
+def bench_collector(args, work, name, exporter, exporter_id, aggregate=False):
     url = "ipc://%s/%s.sock" % (work, name)
     cfg = os.path.join(work, name + ".yaml")
     with open(cfg, "w") as f:
-        f.write(CONFIG.format(url=url, exporter=exporter, exporter_id=exporter_id))
+        f.write(CONFIG.format(url=url, exporter=exporter, exporter_id=exporter_id,
+                              aggregate="true" if aggregate else "false"))
     log = open(os.path.join(work, name + ".log"), "w")
     col = subprocess.Popen([os.path.join(args.bin, "canopy"), "run", "-c", cfg, "--log-level", "warn"],
                            stdout=log, stderr=log)
@@ -105,12 +109,16 @@ def main():
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="runs per case; the median is reported")
+    ap.add_argument("--work-dir", default="/dev/shm",
+                    help="where sockets and jsonl output go; a tmpfs measures canopy, not the disk")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="canopy-bench-")
+    work = tempfile.mkdtemp(prefix="canopy-bench-", dir=args.work_dir if os.path.isdir(args.work_dir) else None)
     cases = [
         ("raw nng REQ/REP (rawsink, no decode)", lambda: bench_raw(args, work)),
         ("canopy: nng -> merge_by_task -> discard",
          lambda: bench_collector(args, work, "discard", "  discard:\n", "discard")),
+        ("canopy: same, with the live call trees (aggregate) on",
+         lambda: bench_collector(args, work, "discard_agg", "  discard:\n", "discard", aggregate=True)),
         ("canopy: nng -> merge_by_task -> file (jsonl)",
          lambda: bench_collector(args, work, "jsonl",
                                  "  file:\n    directory: %s/out\n    fsync: never\n" % work, "file")),

@@ -305,8 +305,8 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
             qsort(s->pending, s->n_pending, sizeof *s->pending, cmp_pending);
         for (size_t i = 0; i < s->n_pending; i++) {
             int32_t seq = s->pending[i].seq;
-            if (already_emitted(s, seq) || (i > 0 && s->pending[i - 1].seq == seq)) {
-                dups++;
+            if (c && (already_emitted(s, seq) || (i > 0 && s->pending[i - 1].seq == seq))) {
+                dups++; /* without a chunk every snapshot is counted once, as an out-of-memory drop */
                 continue;
             }
             if (c) {
