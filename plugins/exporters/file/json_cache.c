@@ -11,11 +11,17 @@ typedef struct batch_slot {
 } batch_slot;
 
 struct json_cache {
-    cn_arena *arena;  /* encoded strings of the current chunk */
+    cn_arena *arena;  /* per-chunk lookup arrays */
     batch_slot *slots; /* open addressing by batch pointer */
     size_t cap;
-    json_str *last_misc;
+    /* Encoded strings by content, across chunks: code signatures repeat in every
+     * batch, so each is encoded once, not once per batch per chunk. */
+    cn_dict *encoded;
+    size_t encoded_bytes;
 };
+
+/* Bound on the memory of encoded strings kept between chunks. */
+#define ENCODED_MAX_BYTES (8u << 20)
 
 json_cache *json_cache_new(void) { return calloc(1, sizeof(json_cache)); }
 
@@ -23,6 +29,7 @@ void json_cache_free(json_cache *c)
 {
     if (!c)
         return;
+    cn_dict_free(c->encoded, free);
     cn_arena_free(c->arena);
     free(c->slots);
     free(c);
@@ -30,6 +37,14 @@ void json_cache_free(json_cache *c)
 
 int json_cache_begin(json_cache *c, const cn_chunk *chunk)
 {
+    /* Between chunks nothing points into the encoded strings: a full cache starts over. */
+    if (c->encoded && c->encoded_bytes > ENCODED_MAX_BYTES) {
+        cn_dict_free(c->encoded, free);
+        c->encoded = NULL;
+        c->encoded_bytes = 0;
+    }
+    if (!c->encoded && !(c->encoded = cn_dict_new(4096)))
+        return -1;
     cn_arena_free(c->arena);
     c->arena = cn_arena_new(64 * 1024);
     size_t want = 16;
@@ -48,18 +63,27 @@ int json_cache_begin(json_cache *c, const cn_chunk *chunk)
 
 static json_str *encode(json_cache *c, const char *s)
 {
+    json_str *out = cn_dict_get(c->encoded, s);
+    if (out)
+        return out;
     /* nocheck: agents' strings are not guaranteed UTF-8; jansson escapes what it must. */
     json_t *j = json_stringn_nocheck(s, strlen(s));
     if (!j)
         return NULL;
     size_t need = json_dumpb(j, NULL, 0, JSON_ENCODE_ANY);
-    json_str *out = cn_arena_alloc(c->arena, sizeof *out + need + 1);
+    out = malloc(sizeof *out + need + 1);
     if (out) {
         char *text = (char *)(out + 1);
         json_dumpb(j, text, need, JSON_ENCODE_ANY);
         text[need] = '\0';
         out->text = text;
         out->len = need;
+        if (cn_dict_put(c->encoded, s, out) != 0) {
+            free(out);
+            out = NULL;
+        } else {
+            c->encoded_bytes += sizeof *out + need + strlen(s) + 48;
+        }
     }
     json_decref(j);
     return out;
