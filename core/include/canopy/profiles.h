@@ -25,6 +25,7 @@
 
 #include "canopy/batch.h"
 #include "canopy/calltree.h"
+#include "canopy/plugin.h"
 #include "canopy/common.h"
 #include "canopy/tasks.h"
 
@@ -124,6 +125,50 @@ void cn_profile_files_tick(cn_profile_files *f, int64_t now_mono_ms);
 /* For cb_flush: writes every task still held (shutdown). */
 void cn_profile_files_flush(cn_profile_files *f);
 void cn_profile_files_free(cn_profile_files *f);
+
+/*
+ * What the folded, pprof and flamegraph exporters share: their context, their
+ * common options (CN_PROFILE_EXPORTER_OPTIONS) and every callback but the
+ * start, which names the file suffix and the renderer.
+ */
+typedef struct cn_profile_exporter {
+    char *directory;
+    int64_t interval;
+    int dir_mode;
+    int64_t max_tasks, max_nodes, max_segments;
+    int64_t width; /* flamegraph only */
+    cn_profile_files *files;
+} cn_profile_exporter;
+
+#define CN_PROFILE_EXPORTER_OPTIONS(suffix)                                                                        \
+    {CN_OPT_STR, "directory", NULL, offsetof(cn_profile_exporter, directory),                                     \
+     "Where <taskId>" suffix " files are written; created if missing.", .required = true},                         \
+        {CN_OPT_DURATION, "interval", "0s", offsetof(cn_profile_exporter, interval),                              \
+         "Also rewrite each running task's file this often (0: only when the task ends).", .min = 0,              \
+         .max = 24 * 3600 * 1000LL},                                                                               \
+        {CN_OPT_MODE, "directory_mode", "0755", offsetof(cn_profile_exporter, dir_mode),                          \
+         "Mode of directories created."},                                                                          \
+        {CN_OPT_INT, "max_tasks", "16", offsetof(cn_profile_exporter, max_tasks),                                 \
+         "Tasks held at once; ended ones are forgotten first (after their file is written). Snapshots of "       \
+         "tasks past this, while every held task is still running, are dropped and counted.",                    \
+         .min = 1, .max = 100000},                                                                                 \
+        {CN_OPT_INT, "max_nodes", "20000", offsetof(cn_profile_exporter, max_nodes),                              \
+         "Call tree nodes per task (about 200 bytes each with its signature); a stack needing more is cut "       \
+         "under a \"[truncated]\" frame and counted.",                                                             \
+         .min = 16, .max = 100000000},                                                                             \
+        {CN_OPT_INT, "max_segments", "10000", offsetof(cn_profile_exporter, max_segments),                        \
+         "Segments per task followed for durations; the least recently seen are forgotten first.", .min = 16,    \
+         .max = 100000000}
+
+/* Opens the exporter's files: for the plugin's cb_start. */
+int cn_profile_exporter_start(cn_profile_exporter *x, cn_component *self, const char *suffix,
+                              cn_profile_render_fn render);
+/* The other callbacks, usable as they are in a cn_exporter_plugin. */
+int cn_profile_exporter_check(void *ctx, cn_component *self, cn_diag *d);
+cn_status cn_profile_exporter_export(void *ctx, const cn_chunk *chunk);
+void cn_profile_exporter_tick(void *ctx, int64_t now_mono_ms);
+void cn_profile_exporter_flush(void *ctx);
+void cn_profile_exporter_destroy(void *ctx);
 
 /* A task id made safe as a file name: [A-Za-z0-9._-] kept, the rest '_', never starting with '.'. */
 void cn_profile_file_name(const char *task_id, const char *suffix, char *out, size_t len);

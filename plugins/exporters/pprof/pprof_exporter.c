@@ -10,32 +10,8 @@
 #include "canopy/plugin.h"
 #include "canopy/profiles.h"
 
-typedef struct pprof_ctx {
-    /* options */
-    char *directory;
-    int64_t interval;
-    int dir_mode;
-    int64_t max_tasks, max_nodes, max_segments;
-    /* runtime */
-    cn_profile_files *files;
-} pprof_ctx;
-
 static const cn_option pprof_options[] = {
-    {CN_OPT_STR, "directory", NULL, offsetof(pprof_ctx, directory),
-     "Where <taskId>.pb.gz files are written; created if missing.", .required = true},
-    {CN_OPT_DURATION, "interval", "0s", offsetof(pprof_ctx, interval),
-     "Also rewrite each running task's file this often (0: only when the task ends).", .min = 0,
-     .max = 24 * 3600 * 1000LL},
-    {CN_OPT_MODE, "directory_mode", "0755", offsetof(pprof_ctx, dir_mode), "Mode of directories created."},
-    {CN_OPT_INT, "max_tasks", "16", offsetof(pprof_ctx, max_tasks),
-     "Tasks held at once; ended ones are forgotten first (after their file is written). Snapshots of "
-     "tasks past this, while every held task is still running, are dropped and counted.", .min = 1, .max = 100000},
-    {CN_OPT_INT, "max_nodes", "20000", offsetof(pprof_ctx, max_nodes),
-     "Call tree nodes per task (about 200 bytes each with its signature); a stack needing more is cut under "
-     "a \"[truncated]\" frame and counted.", .min = 16, .max = 100000000},
-    {CN_OPT_INT, "max_segments", "10000", offsetof(pprof_ctx, max_segments),
-     "Segments per task followed for durations; the least recently seen are forgotten first.", .min = 16,
-     .max = 100000000},
+    CN_PROFILE_EXPORTER_OPTIONS(".pb.gz"),
     CN_OPT_END};
 
 static int render(const cn_calltree *t, const cn_profile_meta *meta, void *arg, FILE *out)
@@ -44,63 +20,20 @@ static int render(const cn_calltree *t, const cn_profile_meta *meta, void *arg, 
     return cn_calltree_write_pprof(t, meta, out);
 }
 
-static int pprof_check(void *ctx, cn_component *self, cn_diag *d)
-{
-    pprof_ctx *x = ctx;
-    if (x->directory && !x->directory[0]) {
-        cn_diag_error(d, cn_options_node(cn_component_node(self), "directory"), "directory must not be empty");
-        return -1;
-    }
-    return 0;
-}
-
 static int pprof_start(void *ctx, cn_component *self)
 {
-    pprof_ctx *x = ctx;
-    cn_profile_files_config cfg = {
-        .component = cn_component_id(self),
-        .labels = cn_component_labels(self),
-        .directory = x->directory,
-        .dir_mode = x->dir_mode,
-        .suffix = ".pb.gz",
-        .interval_ms = x->interval,
-        .limits = {.max_tasks = x->max_tasks, .max_nodes = x->max_nodes, .max_segments = x->max_segments,
-                   .max_agents = 10000},
-        .render = render,
-        .render_arg = x,
-        .registry = cn_component_tasks(self),
-    };
-    if (!(x->files = cn_profile_files_new(&cfg)))
-        return -1;
-    cn_info(cn_component_id(self), "writing <taskId>.pb.gz files to %s", x->directory);
-    return 0;
+    return cn_profile_exporter_start(ctx, self, ".pb.gz", render);
 }
-
-static cn_status pprof_export(void *ctx, const cn_chunk *chunk)
-{
-    return cn_profile_files_export(((pprof_ctx *)ctx)->files, chunk);
-}
-
-static void pprof_tick(void *ctx, int64_t now) { cn_profile_files_tick(((pprof_ctx *)ctx)->files, now); }
-
-static void pprof_flush(void *ctx)
-{
-    pprof_ctx *x = ctx;
-    if (x->files)
-        cn_profile_files_flush(x->files);
-}
-
-static void pprof_destroy(void *ctx) { cn_profile_files_free(((pprof_ctx *)ctx)->files); }
 
 const cn_exporter_plugin cn_exporter_pprof = {
     .type = "pprof",
     .description = "Writes <directory>/<taskId>.pb.gz: a gzipped pprof profile per task (go tool pprof).",
-    .ctx_size = sizeof(pprof_ctx),
+    .ctx_size = sizeof(cn_profile_exporter),
     .options = pprof_options,
-    .cb_check = pprof_check,
+    .cb_check = cn_profile_exporter_check,
     .cb_start = pprof_start,
-    .cb_export = pprof_export,
-    .cb_tick = pprof_tick,
-    .cb_flush = pprof_flush,
-    .cb_destroy = pprof_destroy,
+    .cb_export = cn_profile_exporter_export,
+    .cb_tick = cn_profile_exporter_tick,
+    .cb_flush = cn_profile_exporter_flush,
+    .cb_destroy = cn_profile_exporter_destroy,
 };
