@@ -492,6 +492,12 @@ cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint3
         goto io_error;
     }
     if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && fdatasync(s->write_fd) != 0) {
+        /* The batch is refused, so its record must go too: left in the file, it would
+         * shift every later record away from where the spool expects it. */
+        int err = errno;
+        if (ftruncate(s->write_fd, (off_t)g->bytes) != 0)
+            err = errno;
+        errno = err;
         result = CN_SPOOL_IO;
         goto io_error;
     }
