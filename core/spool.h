@@ -67,6 +67,7 @@ void cn_spool_sync(cn_spool *s);
 /* Wakes readers blocked in cn_spool_read (shutdown). */
 void cn_spool_wake(cn_spool *s);
 
+/* CRC-32C of data (hardware-accelerated where the CPU has it). */
 uint32_t cn_crc32(const void *data, size_t len);
 
 #endif

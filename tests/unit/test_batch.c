@@ -218,6 +218,19 @@ static void test_direct_decoder_matches_protobuf_c(void **state)
     free(buf);
 }
 
+/* The spool's record checksum is CRC-32C: its published check value. */
+static void test_crc32c(void **state)
+{
+    (void)state;
+    assert_int_equal(cn_crc32("123456789", 9), 0xE3069283u);
+    assert_int_equal(cn_crc32("", 0), 0);
+    char big[1000];
+    for (int i = 0; i < 1000; i++)
+        big[i] = (char)(i * 7);
+    /* Lengths not a multiple of 8 take the byte-wise tail. */
+    assert_int_not_equal(cn_crc32(big, 999), cn_crc32(big, 1000));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -227,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_identity_and_version),
         cmocka_unit_test(test_direct_decoder_matches_protobuf_c),
+        cmocka_unit_test(test_crc32c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
