@@ -124,7 +124,7 @@ class Collector(oaplib.Collector):
 
 
 def config(listen_url, admin_port, exporters, flush_interval="200ms", shutdown_timeout="60s", memory_limit=None,
-           log_level="info", extra_service=""):
+           log_level="info", extra_service="", merge_extra=""):
     """A collector config: nng receiver -> merge_by_task -> the exporters
     ({id: yaml body indented by 4}); admin API on admin_port."""
     ex = "\n".join("  %s:\n%s" % (k, v) for k, v in exporters.items())
@@ -137,7 +137,7 @@ def config(listen_url, admin_port, exporters, flush_interval="200ms", shutdown_t
 processors:
   merge_by_task:
     flush_interval: %s
-exporters:
+%sexporters:
 %s
 service:
 %s%s  pipelines:
@@ -150,7 +150,7 @@ service:
       level: %s
     http:
       listen: "127.0.0.1:%d"
-""" % (listen_url, flush_interval, ex, svc, extra_service, ", ".join(exporters), log_level, admin_port)
+""" % (listen_url, flush_interval, merge_extra, ex, svc, extra_service, ", ".join(exporters), log_level, admin_port)
 
 
 def spool_yaml(directory, fsync="interval", when_full="block", max_size=None, segment_size=None,
