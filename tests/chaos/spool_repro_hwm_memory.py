@@ -14,7 +14,8 @@ Runs the same load (25,600 new segments per round) through a spooled and an
 unspooled discard exporter and compares the RSS growth over the last rounds:
 without a spool it levels off (merge_by_task's segment tables are bounded);
 with a spool it keeps growing. Exit 0 when the spooled collector also levels
-off (less than 12 MiB more over the last 4 of 10 rounds than without a spool)."""
+off (less than 20 MiB more over the last 4 of 10 rounds than without a spool;
+with the bug it is about 30 MiB, ~310 bytes per segment)."""
 import os
 import sys
 import time
@@ -69,7 +70,7 @@ def main(args):
         g_spool = spooled[-1] - spooled[-5]
         log("growth over the last 4 rounds: %.1f MiB without a spool, %.1f MiB with one (%.0f bytes per segment)"
             % (g_plain, g_spool, (g_spool - g_plain) * 2**20 / (4 * segs)))
-        check(g_spool - g_plain < 12, "the spooled collector keeps growing: %.1f MiB more than without a spool over "
+        check(g_spool - g_plain < 20, "the spooled collector keeps growing: %.1f MiB more than without a spool over "
               "4 rounds" % (g_spool - g_plain))
 
 
