@@ -38,7 +38,7 @@ static void spool_export(cn_component *c, cn_chunk *chunk)
     if (chunk->n > 0 || chunk->task_final) {
         cn_status st = cn_export_with_retry(c, chunk, true);
         if (st == CN_OK && rt->hwm)
-            cn_hwm_commit(rt->hwm, chunk);
+            cn_hwm_commit(rt->hwm, chunk, cn_spool_read_position(rt->spool));
         else if (st == CN_RETRY)
             atomic_store(&rt->abandon, true); /* shutdown: the records stay for the next start */
     }
@@ -124,7 +124,7 @@ void *cn_exporter_spool_main(void *arg)
     for (size_t i = 0; i <= rt->n_chain; i++)
         w.emitters[i] = (spool_emitter){{spool_emit}, c, i};
     const cn_exporter_plugin *plugin = c->plugin.exporter;
-    int64_t next_tick = cn_mono_ms() + 100;
+    int64_t next_tick = cn_mono_ms() + 100, next_prune = cn_mono_ms() + 5000;
     while (!atomic_load(&rt->abandon)) {
         uint64_t seq;
         void *data;
@@ -144,6 +144,11 @@ void *cn_exporter_spool_main(void *arg)
             if (plugin->cb_tick)
                 plugin->cb_tick(c->ctx, now);
             next_tick = now + 100;
+        }
+        if (now >= next_prune) {
+            /* Marks only protect records the cursor has not passed. */
+            cn_hwm_prune(rt->hwm, cn_spool_cursor(rt->spool));
+            next_prune = now + 5000;
         }
     }
     for (size_t i = 0; i < rt->n_chain && !atomic_load(&rt->abandon); i++)
@@ -169,7 +174,7 @@ int cn_exporter_spool_start(cn_component *c)
         return -1;
     char path[4200];
     snprintf(path, sizeof path, "%s/hwm.log", o->directory);
-    if (!(rt->hwm = cn_hwm_open(path, o->fsync == CN_SPOOL_FSYNC_ALWAYS, c->id)))
+    if (!(rt->hwm = cn_hwm_open(path, o->fsync == CN_SPOOL_FSYNC_ALWAYS, c->id, cn_spool_replay_end(rt->spool))))
         return -1;
     cn_pipeline *p = rt->pipeline;
     size_t n = p ? p->n_processors : 0;

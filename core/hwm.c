@@ -12,14 +12,19 @@
 #include "hwm.h"
 #include "spool.h"
 
-/* Marks untouched this long are dropped when the log is compacted. */
+/* Marks untouched this long are forgotten (log and memory) when the log is
+ * compacted: a replay only ever covers the last few minutes of data. */
 #define HWM_KEEP_MS (3600 * 1000)
+/* Compaction runs when the log doubles past its size after the last one (at
+ * least 8 MiB), and every 10 minutes so old marks leave memory. */
 #define HWM_COMPACT_BYTES (8u << 20)
+#define HWM_COMPACT_EVERY_MS (600 * 1000)
 /* Sequences remembered above a segment's watermark; a gap that never fills
  * would otherwise grow the set for ever. */
 #define HWM_MAX_ABOVE 65536
 
 typedef struct mark {
+    uint64_t until;    /* spool position past which the mark protects nothing */
     int32_t watermark; /* every sequence below it was delivered */
     int32_t *above;    /* sorted, delivered sequences > watermark */
     uint32_t n_above, cap_above;
@@ -36,6 +41,9 @@ struct cn_hwm {
     char *buf;
     size_t buf_len, buf_cap;
     cn_ratelimit log;
+    uint64_t compact_at;      /* log size that triggers the next compaction */
+    int64_t last_compact_ms;
+    uint64_t until;           /* `until` given to marks added now */
 };
 
 /* ---- delivered sets ---------------------------------------------------------- */
@@ -114,6 +122,8 @@ static void add_range(cn_hwm *h, const char *key, int32_t first, int32_t last, i
     if (!m)
         return;
     m->updated_ms = now;
+    if (h->until > m->until)
+        m->until = h->until;
     for (int32_t q = first; q <= last && q >= first; q++)
         if (mark_add(m, q) != 0) {
             cn_log_limited(&h->log, CN_LOG_WARN, h->name,
@@ -186,7 +196,7 @@ static void load(cn_hwm *h)
     h->log_bytes = off;
 }
 
-cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name)
+cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name, uint64_t replay_end)
 {
     cn_hwm *h = calloc(1, sizeof *h);
     if (!h)
@@ -196,6 +206,9 @@ cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name)
     h->fsync_each = fsync_each;
     h->marks = cn_dict_new(1024);
     h->log.interval_ms = 10000;
+    h->compact_at = HWM_COMPACT_BYTES;
+    h->last_compact_ms = cn_now_ms();
+    h->until = replay_end;
     h->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (!h->path || !h->name || !h->marks || h->fd < 0) {
         cn_error(name, "cannot open %s: %s", path, strerror(errno));
@@ -249,14 +262,35 @@ static void compact(cn_hwm *h, int64_t now)
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", h->path);
+    h->last_compact_ms = now;
     h->buf_len = 0;
-    size_t pos = 0;
+    /* Forget stale marks first, in memory too. */
+    size_t pos = 0, n_stale = 0, cap = 0;
     const char *key;
     void *value;
+    char **stale = NULL;
+    while (cn_dict_next(h->marks, &pos, &key, &value)) {
+        if (now - ((const mark *)value)->updated_ms < HWM_KEEP_MS)
+            continue;
+        if (n_stale == cap) {
+            cap = cap ? cap * 2 : 256;
+            char **grown = realloc(stale, cap * sizeof *grown);
+            if (!grown)
+                break;
+            stale = grown;
+        }
+        if (!(stale[n_stale] = strdup(key)))
+            break;
+        n_stale++;
+    }
+    for (size_t i = 0; i < n_stale; i++) {
+        mark_free(cn_dict_remove(h->marks, stale[i]));
+        free(stale[i]);
+    }
+    free(stale);
+    pos = 0;
     while (cn_dict_next(h->marks, &pos, &key, &value)) {
         const mark *m = value;
-        if (now - m->updated_ms >= HWM_KEEP_MS)
-            continue;
         int rc = m->watermark > 0 ? log_range(h, key, 0, m->watermark - 1) : 0;
         for (uint32_t i = 0; i < m->n_above && rc == 0; i++)
             rc = log_range(h, key, m->above[i], m->above[i]);
@@ -276,11 +310,14 @@ static void compact(cn_hwm *h, int64_t now)
         unlink(tmp);
     }
     h->buf_len = 0;
+    /* Live marks alone may exceed the base threshold: wait for the log to double. */
+    h->compact_at = h->log_bytes * 2 > HWM_COMPACT_BYTES ? h->log_bytes * 2 : HWM_COMPACT_BYTES;
 }
 
-void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk)
+void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk, uint64_t read_pos)
 {
     int64_t now = cn_now_ms();
+    h->until = read_pos;
     char key[1024];
     h->buf_len = 0;
     /* merge_by_task hands refs on grouped by segment and ascending: log runs as ranges. */
@@ -306,7 +343,7 @@ void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk)
             fdatasync(h->fd);
     }
     h->buf_len = 0;
-    if (h->log_bytes > HWM_COMPACT_BYTES)
+    if (h->log_bytes > h->compact_at || now - h->last_compact_ms > HWM_COMPACT_EVERY_MS)
         compact(h, now);
 }
 
@@ -315,4 +352,31 @@ void cn_hwm_seed(cn_hwm *h, const char *task, const char *segment, int32_t seq)
     char key[1024];
     snprintf(key, sizeof key, "%s\x1f%s", task, segment);
     add_range(h, key, seq, seq, cn_now_ms());
+}
+
+void cn_hwm_prune(cn_hwm *h, uint64_t cursor)
+{
+    size_t pos = 0, n = 0, cap = 0;
+    const char *key;
+    void *value;
+    char **done = NULL;
+    while (cn_dict_next(h->marks, &pos, &key, &value)) {
+        if (((const mark *)value)->until > cursor)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            char **grown = realloc(done, cap * sizeof *grown);
+            if (!grown)
+                break;
+            done = grown;
+        }
+        if (!(done[n] = strdup(key)))
+            break;
+        n++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        mark_free(cn_dict_remove(h->marks, done[i]));
+        free(done[i]);
+    }
+    free(done);
 }

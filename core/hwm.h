@@ -18,14 +18,22 @@
 
 typedef struct cn_hwm cn_hwm;
 
-/* Loads (or creates) the log at path; a torn tail is cut. NULL on failure. */
-cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name);
+/*
+ * Loads (or creates) the log at path; a torn tail is cut. NULL on failure.
+ * Marks loaded from the log are kept until the spool's cursor reaches
+ * `replay_end` (the records they could protect are then committed).
+ */
+cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name, uint64_t replay_end);
 void cn_hwm_close(cn_hwm *h);
 /* Drops, in place, the refs of replayed batches that were delivered already.
  * Returns how many were dropped. */
 size_t cn_hwm_filter(cn_hwm *h, cn_chunk *chunk);
-/* Records (and logs) what a successfully exported chunk delivered. */
-void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk);
+/* Records (and logs) what a successfully exported chunk delivered. `read_pos` is
+ * the spool's read position: every record holding these snapshots is below it. */
+void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk, uint64_t read_pos);
+/* Forgets marks whose records are all below the committed cursor: those
+ * records are never replayed, so the marks protect nothing any more. */
+void cn_hwm_prune(cn_hwm *h, uint64_t cursor);
 /* Records a sequence the sink reports it holds (memory only: the sink is read
  * again at every restart). */
 void cn_hwm_seed(cn_hwm *h, const char *task, const char *segment, int32_t seq);

@@ -604,6 +604,22 @@ void cn_spool_done(cn_spool *s, uint64_t seq)
 
 uint64_t cn_spool_replay_end(const cn_spool *s) { return s->replay_end; }
 
+uint64_t cn_spool_cursor(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    uint64_t c = s->cursor;
+    pthread_mutex_unlock(&s->lock);
+    return c;
+}
+
+uint64_t cn_spool_read_position(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    uint64_t r = s->read_seq;
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
 bool cn_spool_has_replay(cn_spool *s)
 {
     pthread_mutex_lock(&s->lock);

@@ -60,6 +60,9 @@ int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t 
 void cn_spool_done(cn_spool *s, uint64_t seq);
 /* Records written before this spool was opened (replayed after a restart). */
 uint64_t cn_spool_replay_end(const cn_spool *s);
+/* The committed cursor, and the next record the reader will return. */
+uint64_t cn_spool_cursor(cn_spool *s);
+uint64_t cn_spool_read_position(cn_spool *s);
 /* True when records from before the restart wait to be replayed. */
 bool cn_spool_has_replay(cn_spool *s);
 /* Persists the cursor and fsyncs per policy; called periodically and at close. */
