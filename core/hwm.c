@@ -81,8 +81,10 @@ static int mark_add(mark *m, int32_t seq)
             m->watermark++;
             absorbed++;
         }
-        memmove(m->above, m->above + absorbed, (m->n_above - absorbed) * sizeof *m->above);
-        m->n_above -= absorbed;
+        if (absorbed) {
+            memmove(m->above, m->above + absorbed, (m->n_above - absorbed) * sizeof *m->above);
+            m->n_above -= absorbed;
+        }
         return 0;
     }
     if (m->n_above >= HWM_MAX_ABOVE)

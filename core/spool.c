@@ -172,7 +172,8 @@ static int list_segments(cn_spool *s)
             }
     }
     closedir(d);
-    qsort(s->segs, s->n_segs, sizeof *s->segs, cmp_seg);
+    if (s->n_segs > 1)
+        qsort(s->segs, s->n_segs, sizeof *s->segs, cmp_seg);
     return 0;
 }
 
