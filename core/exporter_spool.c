@@ -5,9 +5,9 @@
  * exports what they emit, retrying for as long as it takes. A record is
  * marked done only when the batch decoded from it is released after a
  * delivered (or permanently refused) export, so the committed cursor never
- * passes data the sink has not taken. After a restart, replayed snapshots at
- * or below their segment's high-water mark are skipped: nothing reaches the
- * sink twice.
+ * passes data the sink has not taken. After a restart, replayed snapshots
+ * already in their segment's delivered set (core/hwm.c) are skipped: nothing
+ * reaches the sink twice.
  */
 #include <stdio.h>
 #include <stdlib.h>
