@@ -22,35 +22,36 @@ static void arena_pb_free(void *data, void *ptr)
     CN_UNUSED(ptr); /* freed with the arena */
 }
 
-static Canopy__V1__Reason fail(Canopy__V1__Reason reason, char *detail, size_t detail_len, const char *fmt,
+static Canopy__V1__Reason fail(Canopy__V1__Reason reason, cn_refusal *why, cn_batch_limit limit, const char *fmt,
                                ...) CN_PRINTF(4, 5);
-static Canopy__V1__Reason fail(Canopy__V1__Reason reason, char *detail, size_t detail_len, const char *fmt, ...)
+static Canopy__V1__Reason fail(Canopy__V1__Reason reason, cn_refusal *why, cn_batch_limit limit, const char *fmt, ...)
 {
-    if (detail && detail_len) {
+    if (why) {
+        why->limit = limit;
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(detail, detail_len, fmt, ap);
+        vsnprintf(why->detail, sizeof why->detail, fmt, ap);
         va_end(ap);
     }
     return reason;
 }
 
 Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *lim,
-                                     char *detail, size_t detail_len)
+                                     cn_refusal *why)
 {
     const int64_t n_strings = (int64_t)b->n_strings;
     if (lim->max_strings && n_strings > lim->max_strings)
-        return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+        return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, why, CN_LIMIT_STRINGS,
                     "string table has %lld strings, limit is %lld", (long long)n_strings,
                     (long long)lim->max_strings);
     if (lim->max_snapshots && (int64_t)b->n_snapshots > lim->max_snapshots)
-        return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+        return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, why, CN_LIMIT_SNAPSHOTS,
                     "batch has %zu snapshots, limit is %lld", b->n_snapshots, (long long)lim->max_snapshots);
     if (lim->max_string_length) {
         for (size_t i = 0; i < b->n_strings; i++) {
             size_t len = strlen(b->strings[i]);
             if ((int64_t)len > lim->max_string_length)
-                return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+                return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, why, CN_LIMIT_STRING_LENGTH,
                             "string %zu is %zu bytes long, limit is %lld", i, len,
                             (long long)lim->max_string_length);
         }
@@ -58,22 +59,22 @@ Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const c
     for (size_t i = 0; i < b->n_snapshots; i++) {
         const Canopy__V1__Snapshot *s = b->snapshots[i];
         if ((int64_t)s->task >= n_strings || (int64_t)s->segment >= n_strings)
-            return fail(CANOPY__V1__REASON__REASON_INDEX_OUT_OF_RANGE, detail, detail_len,
+            return fail(CANOPY__V1__REASON__REASON_INDEX_OUT_OF_RANGE, why, CN_LIMIT_NONE,
                         "snapshot %zu: task/segment index %u/%u outside %lld strings", i, s->task, s->segment,
                         (long long)n_strings);
         if (b->strings[s->task][0] == '\0' || b->strings[s->segment][0] == '\0')
-            return fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len,
+            return fail(CANOPY__V1__REASON__REASON_INVALID, why, CN_LIMIT_NONE,
                         "snapshot %zu: empty task or segment id", i);
         if (s->sequence < 0)
-            return fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len,
+            return fail(CANOPY__V1__REASON__REASON_INVALID, why, CN_LIMIT_NONE,
                         "snapshot %zu: negative sequence %d", i, s->sequence);
         if (lim->max_frames && (int64_t)s->n_frames > lim->max_frames)
-            return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, detail, detail_len,
+            return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, why, CN_LIMIT_FRAMES,
                         "snapshot %zu has %zu frames, limit is %lld", i, s->n_frames,
                         (long long)lim->max_frames);
         for (size_t f = 0; f < s->n_frames; f++)
             if ((int64_t)s->frames[f] >= n_strings)
-                return fail(CANOPY__V1__REASON__REASON_INDEX_OUT_OF_RANGE, detail, detail_len,
+                return fail(CANOPY__V1__REASON__REASON_INDEX_OUT_OF_RANGE, why, CN_LIMIT_NONE,
                             "snapshot %zu: frame index %u outside %lld strings", i, s->frames[f],
                             (long long)n_strings);
     }
@@ -82,7 +83,7 @@ Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const c
 
 Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_batch_limits *limits,
                                      Canopy__V1__Request **out_req, cn_arena **out_arena,
-                                     cn_batch **out_batch, char *detail, size_t detail_len)
+                                     cn_batch **out_batch, cn_refusal *why)
 {
     *out_req = NULL;
     *out_arena = NULL;
@@ -91,12 +92,12 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
      * (a 24 KB batch of 256 snapshots decodes to ~90 KB); one block fits it. */
     cn_arena *arena = cn_arena_new(len * 4 + 4096);
     if (!arena)
-        return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
+        return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");
     Canopy__V1__Request *req = NULL;
     decode_result dr = cn_decode_batch_request(data, len, arena, &req);
     if (dr == DECODE_NO_MEMORY) {
         cn_arena_free(arena);
-        return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
+        return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");
     }
     if (dr == DECODE_FALLBACK) {
         ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, arena};
@@ -104,21 +105,21 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     }
     if (!req) {
         cn_arena_free(arena);
-        return fail(CANOPY__V1__REASON__REASON_MALFORMED, detail, detail_len,
+        return fail(CANOPY__V1__REASON__REASON_MALFORMED, why, CN_LIMIT_NONE,
                     "not a canopy.v1.Request (%zu bytes)", len);
     }
     Canopy__V1__Reason reason = CANOPY__V1__REASON__REASON_OK;
     if (req->protocol_version != 1)
-        reason = fail(CANOPY__V1__REASON__REASON_UNSUPPORTED_VERSION, detail, detail_len,
+        reason = fail(CANOPY__V1__REASON__REASON_UNSUPPORTED_VERSION, why, CN_LIMIT_NONE,
                       "protocol_version %u is not supported (this collector speaks 1)", req->protocol_version);
     else if (!req->agent || !req->agent->service || !req->agent->service[0] || !req->agent->instance ||
              !req->agent->instance[0])
-        reason = fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len,
+        reason = fail(CANOPY__V1__REASON__REASON_INVALID, why, CN_LIMIT_NONE,
                       "request has no agent identity (service and instance are required)");
     else if (req->body_case == CANOPY__V1__REQUEST__BODY__NOT_SET)
-        reason = fail(CANOPY__V1__REASON__REASON_INVALID, detail, detail_len, "request has no body");
+        reason = fail(CANOPY__V1__REASON__REASON_INVALID, why, CN_LIMIT_NONE, "request has no body");
     else if (req->body_case == CANOPY__V1__REQUEST__BODY_BATCH)
-        reason = cn_batch_validate(req->batch, limits, detail, detail_len);
+        reason = cn_batch_validate(req->batch, limits, why);
     if (reason != CANOPY__V1__REASON__REASON_OK) {
         cn_arena_free(arena);
         return reason;
@@ -127,7 +128,7 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
         cn_batch *b = cn_arena_alloc(arena, sizeof *b);
         if (!b) {
             cn_arena_free(arena);
-            return fail(CANOPY__V1__REASON__REASON_OVERLOADED, detail, detail_len, "out of memory");
+            return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");
         }
         memset(b, 0, sizeof *b);
         atomic_init(&b->refcount, 1);

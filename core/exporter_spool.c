@@ -70,14 +70,14 @@ static void process_record(spool_worker *w, uint64_t seq, void *data, size_t len
     Canopy__V1__Request *req;
     cn_arena *arena;
     cn_batch *b;
-    char detail[256];
+    cn_refusal why = {0};
     cn_batch_limits no_limits = {0}; /* checked when the batch was received */
-    Canopy__V1__Reason r = cn_request_decode(data, len, &no_limits, &req, &arena, &b, detail, sizeof detail);
+    Canopy__V1__Reason r = cn_request_decode(data, len, &no_limits, &req, &arena, &b, &why);
     free(data);
     if (r != CANOPY__V1__REASON__REASON_OK || !b) {
         if (r == CANOPY__V1__REASON__REASON_OK)
             cn_arena_free(arena);
-        cn_warn(w->c->id, "spool record %llu does not decode (%s); skipped", (unsigned long long)seq, detail);
+        cn_warn(w->c->id, "spool record %llu does not decode (%s); skipped", (unsigned long long)seq, why.detail);
         cn_spool_done(rt->spool, seq);
         return;
     }

@@ -190,8 +190,8 @@ static void check_differential(const uint8_t *data, size_t size)
     Canopy__V1__Request *req;
     cn_arena *arena;
     cn_batch *b;
-    char detail[256];
-    Canopy__V1__Reason r = cn_request_decode(data, size, &none, &req, &arena, &b, detail, sizeof detail);
+    cn_refusal why;
+    Canopy__V1__Reason r = cn_request_decode(data, size, &none, &req, &arena, &b, &why);
     Canopy__V1__Request *ref = canopy__v1__request__unpack(NULL, size, data);
     if (!ref) {
         if (r != CANOPY__V1__REASON__REASON_MALFORMED)
@@ -221,14 +221,15 @@ static Canopy__V1__Reason decode_one(const uint8_t *data, size_t size, const cn_
     Canopy__V1__Request *req = (Canopy__V1__Request *)1;
     cn_arena *arena = (cn_arena *)1;
     cn_batch *b = (cn_batch *)1;
-    char detail[256];
-    memset(detail, 0, sizeof detail);
-    Canopy__V1__Reason r = cn_request_decode(data, size, lim, &req, &arena, &b, detail, sizeof detail);
+    cn_refusal why;
+    memset(&why, 0, sizeof why);
+    Canopy__V1__Reason r = cn_request_decode(data, size, lim, &req, &arena, &b, &why);
+    const char *detail = why.detail;
     FUZZ_CHECK((unsigned)r < N_REASONS);
     if (r != CANOPY__V1__REASON__REASON_OK) {
         FUZZ_CHECK(req == NULL && arena == NULL && b == NULL);
         FUZZ_CHECK(detail[0] != '\0');
-        FUZZ_CHECK(memchr(detail, '\0', sizeof detail) != NULL);
+        FUZZ_CHECK(memchr(detail, '\0', sizeof why.detail) != NULL);
         return r;
     }
     FUZZ_CHECK(req != NULL && arena != NULL);
@@ -253,7 +254,7 @@ static Canopy__V1__Reason decode_one(const uint8_t *data, size_t size, const cn_
             Canopy__V1__Request *req2;
             cn_arena *arena2;
             cn_batch *b2;
-            Canopy__V1__Reason r2 = cn_request_decode(buf, len, lim, &req2, &arena2, &b2, detail, sizeof detail);
+            Canopy__V1__Reason r2 = cn_request_decode(buf, len, lim, &req2, &arena2, &b2, &why);
             if (r2 != CANOPY__V1__REASON__REASON_OK)
                 fprintf(stderr, "re-encoded request refused: %s\n", detail);
             FUZZ_CHECK(r2 == CANOPY__V1__REASON__REASON_OK && b2 != NULL);

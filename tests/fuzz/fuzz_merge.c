@@ -194,8 +194,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         Canopy__V1__Request *req;
         cn_arena *arena;
         cn_batch *b;
-        char detail[128];
-        if (cn_request_decode(body, len, &receiver_limits, &req, &arena, &b, detail, sizeof detail) !=
+        cn_refusal why;
+        if (cn_request_decode(body, len, &receiver_limits, &req, &arena, &b, &why) !=
             CANOPY__V1__REASON__REASON_OK)
             continue;
         if (!b) {

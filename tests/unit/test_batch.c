@@ -10,7 +10,9 @@ static Canopy__V1__Reason decode(const uint8_t *data, size_t len, const cn_batch
     Canopy__V1__Request *req;
     cn_arena *arena;
     cn_batch *b;
-    Canopy__V1__Reason r = cn_request_decode(data, len, lim, &req, &arena, &b, detail, 256);
+    cn_refusal why = {0};
+    Canopy__V1__Reason r = cn_request_decode(data, len, lim, &req, &arena, &b, &why);
+    memcpy(detail, why.detail, sizeof why.detail);
     if (r == CANOPY__V1__REASON__REASON_OK) {
         if (b)
             cn_batch_unref(b);

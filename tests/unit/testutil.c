@@ -87,11 +87,11 @@ cn_batch *test_decode_batch(const uint8_t *data, size_t len)
     Canopy__V1__Request *req;
     cn_arena *arena;
     cn_batch *b;
-    char detail[256];
+    cn_refusal why = {0};
     cn_batch_limits lim = {0};
-    Canopy__V1__Reason r = cn_request_decode(data, len, &lim, &req, &arena, &b, detail, sizeof detail);
+    Canopy__V1__Reason r = cn_request_decode(data, len, &lim, &req, &arena, &b, &why);
     if (r != CANOPY__V1__REASON__REASON_OK)
-        fprintf(stderr, "decode failed: %s\n", detail);
+        fprintf(stderr, "decode failed: %s\n", why.detail);
     assert_int_equal(r, CANOPY__V1__REASON__REASON_OK);
     assert_non_null(b);
     return b;

@@ -39,12 +39,12 @@ static int batches_push(batches *b, const uint8_t *bytes, size_t len)
     Canopy__V1__Request *req;
     cn_arena *arena;
     cn_batch *batch;
-    char detail[256];
+    cn_refusal why = {0};
     cn_batch_limits limits = {0};
-    if (cn_request_decode(bytes, len, &limits, &req, &arena, &batch, detail, sizeof detail) !=
+    if (cn_request_decode(bytes, len, &limits, &req, &arena, &batch, &why) !=
             CANOPY__V1__REASON__REASON_OK ||
         !batch) {
-        fprintf(stderr, "aggregate-bench: decode failed: %s\n", detail);
+        fprintf(stderr, "aggregate-bench: decode failed: %s\n", why.detail);
         return -1;
     }
     cn_batch **grown = realloc(b->v, (b->n + 1) * sizeof *grown);

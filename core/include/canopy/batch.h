@@ -56,18 +56,33 @@ typedef struct cn_batch_limits {
     int64_t max_frames;         /* per snapshot */
 } cn_batch_limits;
 
+/* Which limit a LIMIT_EXCEEDED refusal hit, so callers can count it without reading the text. */
+typedef enum cn_batch_limit {
+    CN_LIMIT_NONE = 0,
+    CN_LIMIT_SNAPSHOTS,
+    CN_LIMIT_STRINGS,
+    CN_LIMIT_STRING_LENGTH,
+    CN_LIMIT_FRAMES,
+} cn_batch_limit;
+
+/* Why a request was refused: the limit hit (if any) and a human-readable detail. */
+typedef struct cn_refusal {
+    cn_batch_limit limit;
+    char detail[256];
+} cn_refusal;
+
 /*
  * Decodes a Request. On success *out_req is the decoded request (owned by
  * *out_arena); when it carries a batch, *out_batch is a new batch holding one
  * reference that owns the arena. On failure returns a Canopy__V1__Reason other
- * than OK and writes a short human-readable detail.
+ * than OK and fills *why.
  */
 Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_batch_limits *limits,
                                      Canopy__V1__Request **out_req, cn_arena **out_arena,
-                                     cn_batch **out_batch, char *detail, size_t detail_len);
+                                     cn_batch **out_batch, cn_refusal *why);
 /* Validates a decoded batch against the limits and its own string table. */
 Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *limits,
-                                     char *detail, size_t detail_len);
+                                     cn_refusal *why);
 
 cn_arena *cn_arena_new(size_t first_block);
 void *cn_arena_alloc(cn_arena *a, size_t size);

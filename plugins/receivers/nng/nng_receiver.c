@@ -420,37 +420,29 @@ static bool reason_retryable(Canopy__V1__Reason r)
            r == CANOPY__V1__REASON__REASON_INTERNAL;
 }
 
-/*
- * Which limit a refusal hit, from cn_batch_validate's detail text (the core
- * reports only the reason). tests/tls/limits.py sends one request over each
- * limit and checks the label, so a changed wording fails there, not silently.
- */
-static limit_kind classify_limit(Canopy__V1__Reason reason, const char *detail)
+/* The label of the core's limit (cn_refusal.limit) that a LIMIT_EXCEEDED refusal hit. */
+static limit_kind limit_of(cn_batch_limit l)
 {
-    if (reason == CANOPY__V1__REASON__REASON_TOO_LARGE)
-        return LIMIT_MESSAGE_SIZE;
-    if (strncmp(detail, "string table has ", 17) == 0)
-        return LIMIT_STRINGS;
-    if (strncmp(detail, "batch has ", 10) == 0)
-        return LIMIT_SNAPSHOTS;
-    if (strncmp(detail, "string ", 7) == 0 && strstr(detail, " bytes long"))
-        return LIMIT_STRING_LENGTH;
-    if (strncmp(detail, "snapshot ", 9) == 0 && strstr(detail, " frames, limit"))
-        return LIMIT_FRAMES;
-    return LIMIT_OTHER;
+    switch (l) {
+    case CN_LIMIT_SNAPSHOTS: return LIMIT_SNAPSHOTS;
+    case CN_LIMIT_STRINGS: return LIMIT_STRINGS;
+    case CN_LIMIT_STRING_LENGTH: return LIMIT_STRING_LENGTH;
+    case CN_LIMIT_FRAMES: return LIMIT_FRAMES;
+    default: return LIMIT_OTHER;
+    }
 }
 
-static nng_msg *refuse(nng_receiver *rx, Canopy__V1__Reason reason, uint64_t batch_seq, const char *detail,
-                       const char *who)
+/* `limit` names the limit a LIMIT_EXCEEDED or TOO_LARGE refusal hit; ignored otherwise. */
+static nng_msg *refuse(nng_receiver *rx, Canopy__V1__Reason reason, limit_kind limit, uint64_t batch_seq,
+                       const char *detail, const char *who)
 {
     size_t r = (size_t)reason < N_REASONS ? (size_t)reason : CANOPY__V1__REASON__REASON_INTERNAL;
     cn_metric_inc(rx->refused[r]);
     cn_log_level level = reason_retryable(reason) ? CN_LOG_INFO : CN_LOG_WARN;
     if (reason == CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED || reason == CANOPY__V1__REASON__REASON_TOO_LARGE) {
-        limit_kind k = classify_limit(reason, detail);
-        cn_metric_inc(rx->limit_exceeded[k]);
-        cn_log_limited(&rx->limit_log[k], level, cn_component_id(rx->self), "refused a request from %s: %s: %s", who,
-                       limit_labels[k], detail);
+        cn_metric_inc(rx->limit_exceeded[limit]);
+        cn_log_limited(&rx->limit_log[limit], level, cn_component_id(rx->self), "refused a request from %s: %s: %s",
+                       who, limit_labels[limit], detail);
     } else {
         cn_log_limited(&rx->refuse_log[r], level, cn_component_id(rx->self), "refused a request from %s: %s: %s",
                        who, reason_labels[r], detail);
@@ -498,12 +490,12 @@ static nng_msg *handle_batch(nng_receiver *rx, cn_batch *b, const char *who)
         return ack(b->batch_seq, CANOPY__V1__REASON__REASON_DUPLICATE);
     }
     if (dr == DEDUP_NO_MEMORY)
-        return refuse(rx, CANOPY__V1__REASON__REASON_OVERLOADED, b->batch_seq, "out of memory", who);
+        return refuse(rx, CANOPY__V1__REASON__REASON_OVERLOADED, LIMIT_OTHER, b->batch_seq, "out of memory", who);
     cn_submit_result sr = cn_receiver_submit(rx->self, b);
     if (sr != CN_SUBMIT_OK) {
         dedup_release(&rx->dedup, agent->instance, agent->session, b->batch_seq);
         if (sr == CN_SUBMIT_SHUTTING_DOWN)
-            return refuse(rx, CANOPY__V1__REASON__REASON_SHUTTING_DOWN, b->batch_seq,
+            return refuse(rx, CANOPY__V1__REASON__REASON_SHUTTING_DOWN, LIMIT_OTHER, b->batch_seq,
                           "the collector is shutting down; resend later", who);
         if (sr == CN_SUBMIT_MEMORY_LIMIT)
             return refuse_overloaded(rx, LIMIT_MEMORY, b->batch_seq, "memory limit reached; resend later", who);
@@ -541,7 +533,7 @@ static nng_msg *handle_command_query(nng_receiver *rx, const Canopy__V1__Request
     char (*nums)[6][24] = n ? calloc(n, sizeof *nums) : NULL;
     nng_msg *msg = NULL;
     if (n && (!cmds || !cmd_ptrs || !kvs || !kv_ptrs || !nums)) {
-        msg = refuse(rx, CANOPY__V1__REASON__REASON_INTERNAL, 0, "out of memory", req->agent->instance);
+        msg = refuse(rx, CANOPY__V1__REASON__REASON_INTERNAL, LIMIT_OTHER, 0, "out of memory", req->agent->instance);
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
@@ -618,17 +610,16 @@ static nng_msg *handle_request(nng_receiver *rx, nng_msg *in)
         char detail[128];
         snprintf(detail, sizeof detail, "message of %zu bytes exceeds max_message_size %lld", len,
                  (long long)rx->max_message_size);
-        return refuse(rx, CANOPY__V1__REASON__REASON_TOO_LARGE, 0, detail, who);
+        return refuse(rx, CANOPY__V1__REASON__REASON_TOO_LARGE, LIMIT_MESSAGE_SIZE, 0, detail, who);
     }
     Canopy__V1__Request *req;
     cn_arena *arena;
     cn_batch *batch;
-    char detail[256] = "";
-    Canopy__V1__Reason reason =
-        cn_request_decode(nng_msg_body(in), len, &rx->limits, &req, &arena, &batch, detail, sizeof detail);
+    cn_refusal why = {0};
+    Canopy__V1__Reason reason = cn_request_decode(nng_msg_body(in), len, &rx->limits, &req, &arena, &batch, &why);
     if (reason != CANOPY__V1__REASON__REASON_OK) {
         cn_metric_inc(rx->requests[3]);
-        return refuse(rx, reason, 0, detail, who);
+        return refuse(rx, reason, limit_of(why.limit), 0, why.detail, who);
     }
     snprintf(who, sizeof who, "%.64s (service %.48s, %.63s)", req->agent->instance, req->agent->service, peer);
     nng_msg *reply;
@@ -650,7 +641,7 @@ static nng_msg *handle_request(nng_receiver *rx, nng_msg *in)
         reply = ack(0, CANOPY__V1__REASON__REASON_OK);
         break;
     default:
-        reply = refuse(rx, CANOPY__V1__REASON__REASON_INVALID, 0, "unknown request body", who);
+        reply = refuse(rx, CANOPY__V1__REASON__REASON_INVALID, LIMIT_OTHER, 0, "unknown request body", who);
         break;
     }
     cn_arena_free(arena);
