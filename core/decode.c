@@ -17,7 +17,7 @@ typedef struct reader {
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-static bool read_varint(reader *r, uint64_t *out)
+static bool read_varint_slow(reader *r, uint64_t *out)
 {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
@@ -33,8 +33,28 @@ static bool read_varint(reader *r, uint64_t *out)
     return false; /* more than 10 bytes */
 }
 
+/* Keys, indices and frame ids are almost always one or two bytes long. */
+static inline bool read_varint(reader *r, uint64_t *out)
+{
+    if (r->end - r->p >= 2) {
+        uint8_t b0 = r->p[0];
+        if (!(b0 & 0x80)) {
+            *out = b0;
+            r->p += 1;
+            return true;
+        }
+        uint8_t b1 = r->p[1];
+        if (!(b1 & 0x80)) {
+            *out = (uint64_t)(b0 & 0x7F) | (uint64_t)b1 << 7;
+            r->p += 2;
+            return true;
+        }
+    }
+    return read_varint_slow(r, out);
+}
+
 /* Reads a field key; *len_field is set for length-delimited fields. */
-static bool read_field(reader *r, uint32_t *field, int *wire, reader *len_field)
+static inline bool read_field(reader *r, uint32_t *field, int *wire, reader *len_field)
 {
     uint64_t key;
     if (!read_varint(r, &key) || key >> 3 == 0 || key >> 3 > 0x1FFFFFFF)
@@ -53,7 +73,7 @@ static bool read_field(reader *r, uint32_t *field, int *wire, reader *len_field)
 }
 
 /* Skips the value of a field we do not read. */
-static bool skip_value(reader *r, int wire)
+static inline bool skip_value(reader *r, int wire)
 {
     uint64_t v;
     switch (wire) {
@@ -93,7 +113,7 @@ static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdenti
     while (r.p < r.end) {
         uint32_t field;
         int wire;
-        reader f;
+        reader f = {NULL, NULL};
         if (!read_field(&r, &field, &wire, &f))
             return DECODE_MALFORMED;
         uint64_t v = 0;
@@ -125,8 +145,9 @@ static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdenti
     return DECODE_OK;
 }
 
-/* Counts frames first so the snapshot's array is allocated once. */
-static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot *out)
+/* Counts frames first so the snapshot's array is allocated once. Used when the
+ * frames are not one packed field (unpacked, or split across several fields). */
+static decode_result decode_snapshot_two_pass(reader r, cn_arena *a, Canopy__V1__Snapshot *out)
 {
     canopy__v1__snapshot__init(out);
     size_t n_frames = 0;
@@ -134,7 +155,7 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
     while (scan.p < scan.end) {
         uint32_t field;
         int wire;
-        reader f;
+        reader f = {NULL, NULL};
         if (!read_field(&scan, &field, &wire, &f))
             return DECODE_MALFORMED;
         if (field == 5 && wire == WT_LEN) {
@@ -155,9 +176,10 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
     while (r.p < r.end) {
         uint32_t field;
         int wire;
-        reader f;
+        reader f = {NULL, NULL};
         uint64_t v = 0;
-        read_field(&r, &field, &wire, &f); /* validated by the scan */
+        if (!read_field(&r, &field, &wire, &f)) /* validated by the scan; checked anyway */
+            return DECODE_MALFORMED;
         if (field == 5 && wire == WT_LEN) {
             while (f.p < f.end) {
                 if (!read_varint(&f, &v))
@@ -180,6 +202,55 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
     return DECODE_OK;
 }
 
+/* One pass for what every agent sends: scalars and a single packed frames
+ * field. Anything else is handed to the two-pass decoder. */
+static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot *out)
+{
+    const reader whole = r;
+    canopy__v1__snapshot__init(out);
+    bool have_frames = false;
+    while (r.p < r.end) {
+        uint32_t field;
+        int wire;
+        reader f = {NULL, NULL};
+        uint64_t v;
+        if (!read_field(&r, &field, &wire, &f))
+            return DECODE_MALFORMED;
+        if (field == 5) {
+            if (wire != WT_LEN || have_frames)
+                return decode_snapshot_two_pass(whole, a, out);
+            have_frames = true;
+            size_t n = 0;
+            for (const uint8_t *q = f.p; q < f.end; q++)
+                n += !(*q & 0x80);
+            uint32_t *frames = n ? cn_arena_alloc(a, n * sizeof *frames) : NULL;
+            if (n && !frames)
+                return DECODE_NO_MEMORY;
+            /* Locals: through out-> the compiler reloads both on every store. */
+            size_t filled = 0;
+            while (f.p < f.end) {
+                if (!read_varint(&f, &v))
+                    return DECODE_MALFORMED;
+                frames[filled++] = (uint32_t)v;
+            }
+            out->frames = frames;
+            out->n_frames = filled;
+        } else if (field < 5) {
+            if (wire != WT_VARINT || !read_varint(&r, &v))
+                return DECODE_MALFORMED;
+            switch (field) {
+            case 1: out->task = (uint32_t)v; break;
+            case 2: out->segment = (uint32_t)v; break;
+            case 3: out->time_ms = (int64_t)v; break;
+            default: out->sequence = (int32_t)v; break;
+            }
+        } else if (!skip_value(&r, wire)) {
+            return DECODE_MALFORMED;
+        }
+    }
+    return DECODE_OK;
+}
+
 static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBatch *out)
 {
     canopy__v1__snapshot_batch__init(out);
@@ -188,7 +259,7 @@ static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBat
     while (scan.p < scan.end) {
         uint32_t field;
         int wire;
-        reader f;
+        reader f = {NULL, NULL};
         if (!read_field(&scan, &field, &wire, &f))
             return DECODE_MALFORMED;
         if (wire == WT_LEN && field == 2)
@@ -209,9 +280,10 @@ static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBat
     while (r.p < r.end) {
         uint32_t field;
         int wire;
-        reader f;
+        reader f = {NULL, NULL};
         uint64_t v = 0;
-        read_field(&r, &field, &wire, &f);
+        if (!read_field(&r, &field, &wire, &f))
+            return DECODE_MALFORMED;
         if (wire == WT_LEN && field == 2) {
             if (!(out->strings[out->n_strings++] = arena_string(a, &f)))
                 return DECODE_NO_MEMORY;
@@ -244,7 +316,7 @@ decode_result cn_decode_batch_request(const uint8_t *data, size_t len, cn_arena 
     while (r.p < r.end) {
         uint32_t field;
         int wire;
-        reader f;
+        reader f = {NULL, NULL};
         uint64_t v = 0;
         if (!read_field(&r, &field, &wire, &f))
             return DECODE_MALFORMED;

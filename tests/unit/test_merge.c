@@ -1,4 +1,5 @@
 /* merge_by_task: grouping by task, ordering within a segment, deduplication. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,11 +39,21 @@ static const char yaml[] = "receivers:\n  nng:\n    listen: [ipc:///tmp/canopy-u
                            "tasks:\n  static:\n    - {id: ended, service: s, endpoint: /e, duration: 1s, "
                            "start_time: 1000}\n";
 
-static int setup(void **state)
+/* Every snapshot flushed at once (segments are never left dirty), room for 10
+ * segments per task, and a task that stays live for a week (168h). */
+static const char yaml_small[] = "receivers:\n  nng:\n    listen: [ipc:///tmp/canopy-unit-merge.sock]\n"
+                                 "processors:\n  merge_by_task:\n    flush_interval: 1h\n    max_snapshots: 1\n"
+                                 "    max_segments_per_task: 10\n"
+                                 "exporters:\n  discard:\n"
+                                 "service:\n  pipelines:\n    p:\n      receivers: [nng]\n"
+                                 "      processors: [merge_by_task]\n      exporters: [discard]\n"
+                                 "tasks:\n  static:\n    - {id: live, service: s, endpoint: /e, duration: 168h}\n";
+
+static int setup_with(void **state, const char *config)
 {
     fixture *f = calloc(1, sizeof *f);
     cn_diag d = {0};
-    f->svc = test_service(yaml, &d);
+    f->svc = test_service(config, &d);
     diag_print(&d);
     assert_non_null(f->svc);
     f->merge = f->svc->pipelines[0]->processors[0];
@@ -51,6 +62,9 @@ static int setup(void **state)
     *state = f;
     return 0;
 }
+
+static int setup(void **state) { return setup_with(state, yaml); }
+static int setup_small(void **state) { return setup_with(state, yaml_small); }
 
 static int teardown(void **state)
 {
@@ -170,6 +184,55 @@ static void test_task_end_flushes_final(void **state)
     assert_int_equal(f->cap.chunks[0]->n, 1);
 }
 
+/* Feeds one snapshot; returns how many snapshots the flush it causes passed on (0: a duplicate). */
+static size_t feed_one(fixture *f, const char *segment, int32_t seq)
+{
+    static uint64_t batch_seq;
+    const test_snap one[] = {{"live", segment, 10, seq, {"a", NULL}}};
+    size_t before = f->cap.n;
+    feed(f, "agent-1", batch_seq++, one, 1);
+    assert_int_equal(f->cap.n, before + 1); /* max_snapshots: 1 */
+    size_t n = f->cap.chunks[f->cap.n - 1]->n;
+    capture_reset(&f->cap);
+    return n;
+}
+
+static void test_evicts_least_recently_seen(void **state)
+{
+    fixture *f = *state;
+    /* Metrics are process-wide; earlier tests' services left segments counted. */
+    int64_t live0 = cn_metric_value("canopy_merge_live_segments", "component=\"merge_by_task\"");
+    int64_t evicted0 = cn_metric_value("canopy_merge_evicted_segments_total", "component=\"merge_by_task\"");
+    char id[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "s%d", i);
+        assert_int_equal(feed_one(f, id, 0), 1);
+    }
+    assert_int_equal(feed_one(f, "s0", 1), 1); /* s0 is now the most recently seen */
+    /* The task is full: an 11th segment forgets the oldest tenth (10/10 + 1 = 2): s1 and s2. */
+    assert_int_equal(feed_one(f, "s10", 0), 1);
+    assert_int_equal(cn_metric_value("canopy_merge_evicted_segments_total", "component=\"merge_by_task\"") - evicted0, 2);
+    /* Remembered segments still drop a resent sequence; forgotten ones cannot tell. */
+    assert_int_equal(feed_one(f, "s0", 0), 0);
+    assert_int_equal(feed_one(f, "s3", 0), 0);
+    assert_int_equal(feed_one(f, "s9", 0), 0);
+    assert_int_equal(feed_one(f, "s1", 0), 1);
+    assert_int_equal(cn_metric_value("canopy_merge_live_segments", "component=\"merge_by_task\"") - live0, 10);
+}
+
+static void test_idle_segments_swept(void **state)
+{
+    fixture *f = *state;
+    int64_t live0 = cn_metric_value("canopy_merge_live_segments", "component=\"merge_by_task\"");
+    assert_int_equal(feed_one(f, "old", 0), 1);
+    assert_int_equal(feed_one(f, "old", 0), 0);
+    /* Past segment_idle_timeout (2m) the segment is forgotten; the live task stays. */
+    f->merge->plugin.processor->cb_tick(f->merge->ctx, cn_mono_ms() + 3 * 60 * 1000, &f->cap.base);
+    capture_reset(&f->cap);
+    assert_int_equal(cn_metric_value("canopy_merge_live_segments", "component=\"merge_by_task\""), live0);
+    assert_int_equal(feed_one(f, "old", 0), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -177,6 +240,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drops_duplicates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_on_max_snapshots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_task_end_flushes_final, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_evicts_least_recently_seen, setup_small, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_segments_swept, setup_small, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

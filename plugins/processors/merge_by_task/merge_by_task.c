@@ -11,6 +11,11 @@
  * which all were emitted, plus the few emitted above it (sequences can arrive
  * out of order when an agent resends an older batch). That is what makes a
  * duplicate detectable across flushes.
+ *
+ * Each task keeps its segments on a list in the order they were last seen,
+ * so that forgetting idle ones (at max_segments_per_task, or after
+ * segment_idle_timeout) costs time in proportion to what is forgotten, not
+ * to how many are remembered.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +39,15 @@ typedef struct merge_segment {
     bool dirty;              /* on the task's dirty list */
     struct merge_segment *next_dirty;
     int64_t last_seen_ms;    /* monotonic */
+    struct merge_segment *older, *newer; /* the task's list by last_seen_ms */
+    char id[];               /* the key in the task's dict */
 } merge_segment;
 
 typedef struct merge_task {
     char *id;
     cn_dict *segments;       /* segment id -> merge_segment */
     merge_segment *dirty;    /* segments with pending snapshots */
+    merge_segment *oldest, *newest; /* every segment, least recently seen first */
     size_t n_pending;
     cn_batch **batches;      /* one reference each, for the pending snapshots */
     size_t n_batches, cap_batches;
@@ -159,55 +167,71 @@ static merge_task *task_get(merge_ctx *m, const char *id, int64_t now)
     return t;
 }
 
-static int cmp_i64(const void *a, const void *b)
+static void lru_unlink(merge_task *t, merge_segment *s)
 {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
+    if (s->older)
+        s->older->newer = s->newer;
+    else
+        t->oldest = s->newer;
+    if (s->newer)
+        s->newer->older = s->older;
+    else
+        t->newest = s->older;
+    s->older = s->newer = NULL;
 }
 
-#define EVICT_SAMPLES 512
+static void lru_append(merge_task *t, merge_segment *s)
+{
+    s->older = t->newest;
+    s->newer = NULL;
+    if (t->newest)
+        t->newest->newer = s;
+    else
+        t->oldest = s;
+    t->newest = s;
+}
+
+/* Marks s as seen now: it moves to the new end of the list. */
+static void segment_touch(merge_task *t, merge_segment *s, int64_t now)
+{
+    s->last_seen_ms = now;
+    if (t->newest != s) {
+        lru_unlink(t, s);
+        lru_append(t, s);
+    }
+}
+
+static void segment_forget(merge_ctx *m, merge_task *t, merge_segment *s)
+{
+    lru_unlink(t, s);
+    cn_dict_remove(t->segments, s->id);
+    segment_free(s);
+    cn_metric_add(m->live_segments, -1);
+}
 
 /*
- * At max_segments_per_task, forget about the least recently seen tenth of
- * the segments that hold no pending snapshots. Forgetting a segment only
- * loses its duplicate detection, which matters for seconds after its request
- * ended; refusing a new segment would lose data. The cut-off age comes from
- * a sample, so an eviction costs one pass over the segments.
+ * At max_segments_per_task, forget the least recently seen tenth of the
+ * segments that hold no pending snapshots. Forgetting a segment only loses
+ * its duplicate detection, which matters for seconds after its request
+ * ended; refusing a new segment would lose data. Evicting a tenth at a time
+ * keeps the (cache-invalidating) evictions rare.
  */
 static void evict_segments(merge_ctx *m, merge_task *t)
 {
-    size_t n = cn_dict_size(t->segments), pos = 0, k = 0, seen = 0;
-    size_t stride = n / EVICT_SAMPLES + 1;
-    int64_t ages[EVICT_SAMPLES];
-    const char *key;
-    void *value;
-    while (k < EVICT_SAMPLES && cn_dict_next(t->segments, &pos, NULL, &value))
-        if (!((merge_segment *)value)->dirty && seen++ % stride == 0)
-            ages[k++] = ((merge_segment *)value)->last_seen_ms;
-    if (k == 0)
-        return;
-    qsort(ages, k, sizeof *ages, cmp_i64);
-    int64_t cutoff = ages[(k - 1) / 10];
-    char **victims = malloc((n / 5 + 1) * sizeof *victims);
-    if (!victims)
-        return;
-    size_t n_victims = 0;
-    pos = 0;
-    while (n_victims < n / 5 + 1 && cn_dict_next(t->segments, &pos, &key, &value)) {
-        merge_segment *s = value;
-        if (!s->dirty && s->last_seen_ms <= cutoff && (victims[n_victims] = strdup(key)))
-            n_victims++;
+    size_t quota = cn_dict_size(t->segments) / 10 + 1, evicted = 0;
+    merge_segment *s = t->oldest;
+    while (s && evicted < quota) {
+        merge_segment *newer = s->newer;
+        if (!s->dirty) {
+            segment_forget(m, t, s);
+            evicted++;
+        }
+        s = newer;
     }
-    for (size_t i = 0; i < n_victims; i++) {
-        segment_free(cn_dict_remove(t->segments, victims[i]));
-        free(victims[i]);
-    }
-    free(victims);
-    cn_metric_add(m->live_segments, -(int64_t)n_victims);
-    cn_metric_add(m->evicted_segments, (int64_t)n_victims);
+    cn_metric_add(m->evicted_segments, (int64_t)evicted);
 }
 
-static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id)
+static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, int64_t now)
 {
     merge_segment *s = cn_dict_get(t->segments, id);
     if (s)
@@ -221,11 +245,17 @@ static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id)
         if ((int64_t)cn_dict_size(t->segments) >= m->max_segments_per_task)
             return NULL;
     }
-    s = calloc(1, sizeof *s);
-    if (!s || cn_dict_put(t->segments, id, s) != 0) {
+    size_t len = strlen(id);
+    s = calloc(1, sizeof *s + len + 1);
+    if (!s)
+        return NULL;
+    memcpy(s->id, id, len + 1);
+    if (cn_dict_put(t->segments, s->id, s) != 0) {
         free(s);
         return NULL;
     }
+    s->last_seen_ms = now;
+    lru_append(t, s);
     cn_metric_inc(m->live_segments);
     return s;
 }
@@ -464,7 +494,7 @@ static void add_refs(merge_ctx *m, const cn_snap_ref *refs, size_t n, int64_t no
         if (m->stamp[si] == gen && m->segment_task[si] == t && m->segment_of[si]) {
             s = m->segment_of[si];
         } else {
-            s = segment_get(m, t, b->strings[si]);
+            s = segment_get(m, t, b->strings[si], now);
             if (m->stamp[si] != gen) {
                 m->stamp[si] = gen;
                 m->task_of[si] = NULL;
@@ -480,7 +510,7 @@ static void add_refs(merge_ctx *m, const cn_snap_ref *refs, size_t n, int64_t no
             count_drop(m, m->oom_drops, "out of memory", t->id);
             continue;
         }
-        s->last_seen_ms = now;
+        segment_touch(t, s, now);
         if (!s->dirty) {
             s->dirty = true;
             s->next_dirty = t->dirty;
@@ -503,35 +533,16 @@ static void merge_process(void *ctx, cn_chunk *in, cn_emitter *out)
 
 /* ---- time ----------------------------------------------------------------------- */
 
+/* Forgets segments idle past segment_idle_timeout: they are at the old end of the list. */
 static void sweep_segments(merge_ctx *m, merge_task *t, int64_t now)
 {
-    size_t pos = 0;
-    const char *key;
-    void *value;
-    /* Collect first: the dict must not change while iterating. */
-    char **stale = NULL;
-    size_t n_stale = 0, cap = 0;
-    while (cn_dict_next(t->segments, &pos, &key, &value)) {
-        merge_segment *s = value;
-        if (s->dirty || now - s->last_seen_ms < m->segment_idle_timeout)
-            continue;
-        if (n_stale == cap) {
-            cap = cap ? cap * 2 : 64;
-            char **grown = realloc(stale, cap * sizeof *grown);
-            if (!grown)
-                break;
-            stale = grown;
-        }
-        if (!(stale[n_stale] = strdup(key)))
-            break;
-        n_stale++;
+    merge_segment *s = t->oldest;
+    while (s && now - s->last_seen_ms >= m->segment_idle_timeout) {
+        merge_segment *newer = s->newer;
+        if (!s->dirty)
+            segment_forget(m, t, s);
+        s = newer;
     }
-    for (size_t i = 0; i < n_stale; i++) {
-        segment_free(cn_dict_remove(t->segments, stale[i]));
-        free(stale[i]);
-        cn_metric_add(m->live_segments, -1);
-    }
-    free(stale);
 }
 
 static void end_task(merge_ctx *m, merge_task *t, int64_t now, cn_emitter *out)
