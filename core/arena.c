@@ -62,6 +62,17 @@ void *cn_arena_alloc(cn_arena *a, size_t size)
     return p;
 }
 
+void cn_arena_shrink_last(cn_arena *a, void *p, size_t old_size, size_t new_size)
+{
+    const size_t align = sizeof(max_align_t);
+    old_size = (old_size + align - 1) & ~(align - 1);
+    new_size = (new_size + align - 1) & ~(align - 1);
+    arena_block *b = a->head;
+    /* Only the newest allocation can give its tail back. */
+    if (b && new_size <= old_size && (char *)p + old_size == (char *)b->data + b->used)
+        b->used -= old_size - new_size;
+}
+
 size_t cn_arena_bytes(const cn_arena *a) { return a->total; }
 
 void cn_arena_free(cn_arena *a)

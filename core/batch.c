@@ -36,8 +36,9 @@ static Canopy__V1__Reason fail(Canopy__V1__Reason reason, cn_refusal *why, cn_ba
     return reason;
 }
 
-Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *lim,
-                                     cn_refusal *why)
+/* longest_string: the longest string's length when the decoder measured it, SIZE_MAX when not. */
+static Canopy__V1__Reason validate_batch(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *lim,
+                                         cn_refusal *why, size_t longest_string)
 {
     const int64_t n_strings = (int64_t)b->n_strings;
     if (lim->max_strings && n_strings > lim->max_strings)
@@ -47,7 +48,7 @@ Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const c
     if (lim->max_snapshots && (int64_t)b->n_snapshots > lim->max_snapshots)
         return fail(CANOPY__V1__REASON__REASON_LIMIT_EXCEEDED, why, CN_LIMIT_SNAPSHOTS,
                     "batch has %zu snapshots, limit is %lld", b->n_snapshots, (long long)lim->max_snapshots);
-    if (lim->max_string_length) {
+    if (lim->max_string_length && (longest_string == SIZE_MAX || (int64_t)longest_string > lim->max_string_length)) {
         for (size_t i = 0; i < b->n_strings; i++) {
             size_t len = strlen(b->strings[i]);
             if ((int64_t)len > lim->max_string_length)
@@ -81,6 +82,12 @@ Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const c
     return CANOPY__V1__REASON__REASON_OK;
 }
 
+Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *lim,
+                                     cn_refusal *why)
+{
+    return validate_batch(b, lim, why, SIZE_MAX);
+}
+
 Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_batch_limits *limits,
                                      Canopy__V1__Request **out_req, cn_arena **out_arena,
                                      cn_batch **out_batch, cn_refusal *why)
@@ -94,7 +101,8 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     if (!arena)
         return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");
     Canopy__V1__Request *req = NULL;
-    decode_result dr = cn_decode_batch_request(data, len, arena, &req);
+    size_t longest_string = SIZE_MAX;
+    decode_result dr = cn_decode_batch_request(data, len, arena, &req, &longest_string);
     if (dr == DECODE_NO_MEMORY) {
         cn_arena_free(arena);
         return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");
@@ -102,6 +110,7 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     if (dr == DECODE_FALLBACK) {
         ProtobufCAllocator alloc = {arena_pb_alloc, arena_pb_free, arena};
         req = canopy__v1__request__unpack(&alloc, len, data);
+        longest_string = SIZE_MAX; /* protobuf-c's strings: measure them */
     }
     if (!req) {
         cn_arena_free(arena);
@@ -119,7 +128,7 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     else if (req->body_case == CANOPY__V1__REQUEST__BODY__NOT_SET)
         reason = fail(CANOPY__V1__REASON__REASON_INVALID, why, CN_LIMIT_NONE, "request has no body");
     else if (req->body_case == CANOPY__V1__REQUEST__BODY_BATCH)
-        reason = cn_batch_validate(req->batch, limits, why);
+        reason = validate_batch(req->batch, limits, why, longest_string);
     if (reason != CANOPY__V1__REASON__REASON_OK) {
         cn_arena_free(arena);
         return reason;

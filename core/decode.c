@@ -19,6 +19,19 @@ enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
 static bool read_varint_slow(reader *r, uint64_t *out)
 {
+    if (r->end - r->p >= 10) { /* no bounds check per byte: times and sequences are long */
+        const uint8_t *p = r->p;
+        uint64_t v = 0;
+        for (int i = 0; i < 10; i++) {
+            v |= (uint64_t)(p[i] & 0x7F) << (7 * i);
+            if (!(p[i] & 0x80)) {
+                *out = v;
+                r->p = p + i + 1;
+                return true;
+            }
+        }
+        return false; /* more than 10 bytes */
+    }
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
         if (r->p >= r->end)
@@ -220,11 +233,11 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
             if (wire != WT_LEN || have_frames)
                 return decode_snapshot_two_pass(whole, a, out);
             have_frames = true;
-            size_t n = 0;
-            for (const uint8_t *q = f.p; q < f.end; q++)
-                n += !(*q & 0x80);
-            uint32_t *frames = n ? cn_arena_alloc(a, n * sizeof *frames) : NULL;
-            if (n && !frames)
+            /* Each id takes at least one byte: allocate for that many, then give
+             * the unused tail back to the arena (it is the newest allocation). */
+            size_t max = (size_t)(f.end - f.p);
+            uint32_t *frames = max ? cn_arena_alloc(a, max * sizeof *frames) : NULL;
+            if (max && !frames)
                 return DECODE_NO_MEMORY;
             /* Locals: through out-> the compiler reloads both on every store. */
             size_t filled = 0;
@@ -233,7 +246,9 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
                     return DECODE_MALFORMED;
                 frames[filled++] = (uint32_t)v;
             }
-            out->frames = frames;
+            if (max)
+                cn_arena_shrink_last(a, frames, max * sizeof *frames, filled * sizeof *frames);
+            out->frames = filled ? frames : NULL;
             out->n_frames = filled;
         } else if (field < 5) {
             if (wire != WT_VARINT || !read_varint(&r, &v))
@@ -251,7 +266,7 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
     return DECODE_OK;
 }
 
-static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBatch *out)
+static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBatch *out, size_t *longest_string)
 {
     canopy__v1__snapshot_batch__init(out);
     size_t n_strings = 0, n_snapshots = 0;
@@ -287,6 +302,8 @@ static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBat
         if (wire == WT_LEN && field == 2) {
             if (!(out->strings[out->n_strings++] = arena_string(a, &f)))
                 return DECODE_NO_MEMORY;
+            if ((size_t)(f.end - f.p) > *longest_string)
+                *longest_string = (size_t)(f.end - f.p);
         } else if (wire == WT_LEN && field == 3) {
             Canopy__V1__Snapshot *s = &snaps[out->n_snapshots];
             decode_result rc = decode_snapshot(f, a, s);
@@ -303,8 +320,10 @@ static decode_result decode_batch(reader r, cn_arena *a, Canopy__V1__SnapshotBat
     return DECODE_OK;
 }
 
-decode_result cn_decode_batch_request(const uint8_t *data, size_t len, cn_arena *a, Canopy__V1__Request **out)
+decode_result cn_decode_batch_request(const uint8_t *data, size_t len, cn_arena *a, Canopy__V1__Request **out,
+                                      size_t *longest_string)
 {
+    *longest_string = 0;
     reader r = {data, data + len};
     Canopy__V1__Request *req = cn_arena_alloc(a, sizeof *req);
     Canopy__V1__AgentIdentity *agent = cn_arena_alloc(a, sizeof *agent);
@@ -334,7 +353,7 @@ decode_result cn_decode_batch_request(const uint8_t *data, size_t len, cn_arena 
             req->agent = agent;
             have_agent = true;
         } else if (wire == WT_LEN && field == 3) {
-            decode_result rc = decode_batch(f, a, batch);
+            decode_result rc = decode_batch(f, a, batch, longest_string);
             if (rc != DECODE_OK)
                 return rc;
             req->body_case = CANOPY__V1__REQUEST__BODY_BATCH;

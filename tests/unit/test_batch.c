@@ -149,7 +149,8 @@ static void compare_decoders(const uint8_t *buf, size_t len)
 {
     cn_arena *a = cn_arena_new(1024);
     Canopy__V1__Request *fast = NULL;
-    decode_result dr = cn_decode_batch_request(buf, len, a, &fast);
+    size_t longest = 0;
+    decode_result dr = cn_decode_batch_request(buf, len, a, &fast, &longest);
     Canopy__V1__Request *ref = canopy__v1__request__unpack(NULL, len, buf);
     if (dr == DECODE_FALLBACK) {
         /* protobuf-c decides; nothing to compare */
@@ -170,8 +171,14 @@ static void compare_decoders(const uint8_t *buf, size_t len)
         const Canopy__V1__SnapshotBatch *x = fast->batch, *y = ref->batch;
         assert_int_equal(x->batch_seq, y->batch_seq);
         assert_int_equal(x->n_strings, y->n_strings);
-        for (size_t i = 0; i < x->n_strings; i++)
+        size_t longest_ref = 0;
+        for (size_t i = 0; i < x->n_strings; i++) {
             assert_string_equal(x->strings[i], y->strings[i]);
+            if (strlen(y->strings[i]) > longest_ref)
+                longest_ref = strlen(y->strings[i]);
+        }
+        /* Wire lengths: equal, or longer when a string holds a NUL. */
+        assert_true(longest >= longest_ref);
         assert_int_equal(x->n_snapshots, y->n_snapshots);
         for (size_t i = 0; i < x->n_snapshots; i++) {
             const Canopy__V1__Snapshot *p = x->snapshots[i], *q = y->snapshots[i];
