@@ -70,7 +70,11 @@ static inline bool read_varint(reader *r, uint64_t *out)
 static inline bool read_field(reader *r, uint32_t *field, int *wire, reader *len_field)
 {
     uint64_t key;
-    if (!read_varint(r, &key) || key >> 3 == 0 || key >> 3 > 0x1FFFFFFF)
+    const uint8_t *start = r->p;
+    /* Field numbers past 2^29 - 1 break the protobuf spec, but protobuf-c takes
+     * any key of up to five bytes (as an unknown field), and both decoders must
+     * give the same verdict: so do we. */
+    if (!read_varint(r, &key) || r->p - start > 5 || key >> 3 == 0)
         return false;
     *field = (uint32_t)(key >> 3);
     *wire = (int)(key & 7);
@@ -241,6 +245,18 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
                 return DECODE_NO_MEMORY;
             /* Locals: through out-> the compiler reloads both on every store. */
             size_t filled = 0;
+            /* Ids of one and two bytes mix at random (below and above 128), so a
+             * branch on the length mispredicts half the time; decode both without
+             * one. A longer id leaves the rest to read_varint. */
+            const uint8_t *p = f.p;
+            while (f.end - p >= 2) {
+                uint32_t b0 = p[0], b1 = p[1], two = b0 >> 7;
+                if (two & (b1 >> 7))
+                    break;
+                frames[filled++] = (b0 & 0x7F) | ((b1 << 7) & (0u - two));
+                p += 1 + two;
+            }
+            f.p = p;
             while (f.p < f.end) {
                 if (!read_varint(&f, &v))
                     return DECODE_MALFORMED;

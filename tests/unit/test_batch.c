@@ -1,4 +1,5 @@
 /* Decoding and validating agent requests. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -227,6 +228,71 @@ static void test_direct_decoder_matches_protobuf_c(void **state)
     free(buf);
 }
 
+/* Frame ids of one, two and three bytes (string tables past 128 and 16,384
+ * entries), mixed within each packed field: the decoder's two-byte fast path
+ * must hand every longer id to the general varint reader. */
+static void test_direct_decoder_wide_ids(void **state)
+{
+    (void)state;
+    /* Built with protobuf-c directly: test_encode_batch interns by linear search. */
+    enum { SNAPS = 2600, FRAMES = 7, STRINGS = 2 + SNAPS * (FRAMES - 1) };
+    static char names[STRINGS][24];
+    static char *strings[STRINGS];
+    static uint32_t frames[SNAPS][FRAMES];
+    static Canopy__V1__Snapshot snap_structs[SNAPS];
+    static Canopy__V1__Snapshot *snap_ptrs[SNAPS];
+    strings[0] = "task";
+    strings[1] = "seg";
+    for (int i = 2; i < STRINGS; i++) {
+        snprintf(names[i], sizeof names[i], "m.f%d: 1", i);
+        strings[i] = names[i];
+    }
+    for (int i = 0; i < SNAPS; i++) {
+        Canopy__V1__Snapshot *sn = &snap_structs[i];
+        canopy__v1__snapshot__init(sn);
+        sn->segment = 1;
+        sn->time_ms = 1700000000000LL + i;
+        sn->sequence = i;
+        /* Frame 0 repeats (a one-byte id); the rest walk up through two and three bytes. */
+        frames[i][0] = 2;
+        for (int k = 1; k < FRAMES; k++)
+            frames[i][k] = (uint32_t)(2 + i * (FRAMES - 1) + k - 1);
+        sn->frames = frames[i];
+        sn->n_frames = FRAMES;
+        snap_ptrs[i] = sn;
+    }
+    Canopy__V1__SnapshotBatch batch = CANOPY__V1__SNAPSHOT_BATCH__INIT;
+    batch.n_strings = STRINGS;
+    batch.strings = strings;
+    batch.n_snapshots = SNAPS;
+    batch.snapshots = snap_ptrs;
+    Canopy__V1__AgentIdentity agent = CANOPY__V1__AGENT_IDENTITY__INIT;
+    agent.service = "shop";
+    agent.instance = "i";
+    Canopy__V1__Request req = CANOPY__V1__REQUEST__INIT;
+    req.protocol_version = 1;
+    req.agent = &agent;
+    req.body_case = CANOPY__V1__REQUEST__BODY_BATCH;
+    req.batch = &batch;
+    size_t len = canopy__v1__request__get_packed_size(&req);
+    uint8_t *buf = malloc(len), *mut = malloc(len);
+    assert_non_null(buf);
+    assert_non_null(mut);
+    canopy__v1__request__pack(&req, buf);
+    compare_decoders(buf, len);
+    /* Truncations and corruptions inside the snapshots (they follow the strings). */
+    for (size_t cut = len - 4000; cut < len; cut += 7)
+        compare_decoders(buf, cut);
+    srand(11);
+    for (int round = 0; round < 1000; round++) {
+        memcpy(mut, buf, len);
+        mut[len - 1 - (size_t)rand() % 60000] = (uint8_t)rand();
+        compare_decoders(mut, len);
+    }
+    free(mut);
+    free(buf);
+}
+
 /* The spool's record checksum is CRC-32C: its published check value. */
 static void test_crc32c(void **state)
 {
@@ -249,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_identity_and_version),
         cmocka_unit_test(test_direct_decoder_matches_protobuf_c),
+        cmocka_unit_test(test_direct_decoder_wide_ids),
         cmocka_unit_test(test_crc32c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -35,7 +35,9 @@ static uint32_t intern(char **table, size_t *n, const char *s)
 
 size_t test_encode_batch(const char *instance, uint64_t batch_seq, const test_snap *snaps, size_t n, uint8_t **out)
 {
-    char *strings[1024];
+    /* At most a task, a segment and 8 frames per snapshot. */
+    char **strings = calloc(n * 10 + 1, sizeof *strings);
+    assert_non_null(strings);
     size_t n_strings = 0;
     Canopy__V1__Snapshot *snap_structs = calloc(n ? n : 1, sizeof *snap_structs);
     Canopy__V1__Snapshot **snap_ptrs = calloc(n ? n : 1, sizeof *snap_ptrs);
@@ -76,6 +78,7 @@ size_t test_encode_batch(const char *instance, uint64_t batch_seq, const test_sn
     *out = malloc(len ? len : 1);
     assert_non_null(*out);
     canopy__v1__request__pack(&req, *out);
+    free(strings);
     free(snap_structs);
     free(snap_ptrs);
     free(frames);
