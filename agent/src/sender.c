@@ -11,6 +11,14 @@
  *  - submitters only append to a queue under the mutex, never call nng.
  * A resend is the very same bytes (same batch_seq), so the collector's
  * (instance, session, batch_seq) deduplication makes resending safe.
+ *
+ * A connection can go silent without closing: nng 1.5 has been seen to leave
+ * a REQ socket sending into a connection that never answers after the
+ * collector was killed and restarted. So when RESET_AFTER_SILENT attempts in a
+ * row got no reply and nothing was heard for as many timeouts, the thread
+ * lets the attempts in flight finish and then closes and reopens the socket,
+ * which dials a fresh connection. Against a collector that is simply down
+ * this costs a redial every few timeouts.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -27,6 +35,7 @@
 
 #define CN_AG_MAX_WINDOW 256u
 #define CN_AG_MAX_CONTROL 256u /* queued control requests (queries, finish reports) */
+#define RESET_AFTER_SILENT 3u  /* attempts in a row without a reply before the socket is reopened */
 
 typedef struct cn_ag_req {
     struct cn_ag_req *next;
@@ -73,6 +82,10 @@ struct cn_sender {
 
     nng_socket sock;
     bool sock_open;
+    nng_tls_config *tls; /* for tls+tcp:// URLs; kept to redial after a reset */
+    unsigned silent;     /* attempts in a row that ended without a reply */
+    int64_t last_heard_ms, last_reset_ms;
+    bool reset_pending;  /* no new attempts until the socket is reopened */
     cn_ag_slot *slots;
     unsigned n_slots;
 
@@ -274,6 +287,13 @@ static void attempt_finish(cn_sender *s, cn_ag_req *req, int rv, nng_msg *msg)
     pthread_mutex_lock(&s->mu);
     if (!acked)
         s->st.errors++;
+    if (rv == 0 && msg) {
+        s->silent = 0;
+        s->last_heard_ms = cn_ag_mono_ms();
+        s->reset_pending = false; /* the connection answers after all */
+    } else {
+        s->silent++;
+    }
     if (retry) {
         req->not_before = cn_ag_mono_ms() + backoff_ms(s, req->attempts);
         q_push_front(req->kind == CN_AG_BATCH ? &s->data : &s->ctl, req);
@@ -294,86 +314,6 @@ static void attempt_finish(cn_sender *s, cn_ag_req *req, int rv, nng_msg *msg)
         pthread_cond_broadcast(&s->idle_cv);
     pthread_mutex_unlock(&s->mu);
     req_free(req);
-}
-
-/* ---- the thread ---- */
-
-/* Next request whose resend delay has passed; *wait_until gets the earliest
- * time a delayed head becomes ready. */
-static cn_ag_req *pick(cn_sender *s, int64_t now, int64_t *wait_until)
-{
-    cn_ag_queue *qs[2] = {&s->ctl, &s->data};
-    for (int i = 0; i < 2; i++) {
-        cn_ag_req *h = qs[i]->head;
-        if (!h)
-            continue;
-        if (h->not_before <= now)
-            return q_pop(qs[i]);
-        if (h->not_before < *wait_until)
-            *wait_until = h->not_before;
-    }
-    return NULL;
-}
-
-static void *sender_main(void *arg)
-{
-    cn_sender *s = arg;
-    pthread_mutex_lock(&s->mu);
-    while (!s->stopping) {
-        s->wake = false;
-        for (unsigned i = 0; i < s->n_slots; i++) {
-            cn_ag_slot *sl = &s->slots[i];
-            if (atomic_load(&sl->phase) != SLOT_DONE)
-                continue;
-            cn_ag_req *req = sl->req;
-            int rv = sl->result;
-            nng_msg *msg = sl->reply;
-            sl->req = NULL;
-            sl->reply = NULL;
-            atomic_store(&sl->phase, SLOT_IDLE);
-            pthread_mutex_unlock(&s->mu);
-            attempt_finish(s, req, rv, msg);
-            pthread_mutex_lock(&s->mu);
-        }
-        if (s->stopping)
-            break;
-
-        int64_t now = cn_ag_mono_ms();
-        int64_t wait_until = INT64_MAX;
-        for (unsigned i = 0; i < s->n_slots; i++) {
-            cn_ag_slot *sl = &s->slots[i];
-            if (atomic_load(&sl->phase) != SLOT_IDLE)
-                continue;
-            cn_ag_req *req = pick(s, now, &wait_until);
-            if (!req)
-                break;
-            req->attempts++;
-            s->st.requests_sent++;
-            s->st.bytes_sent += req->len;
-            if (req->kind == CN_AG_BATCH) {
-                if (req->attempts == 1)
-                    s->st.batches_sent++;
-                else
-                    s->st.batches_resent++;
-            }
-            sl->req = req;
-            atomic_store(&sl->phase, SLOT_SEND);
-            pthread_mutex_unlock(&s->mu);
-            slot_start(sl);
-            pthread_mutex_lock(&s->mu);
-        }
-
-        if (s->wake || s->stopping)
-            continue;
-        if (wait_until == INT64_MAX) {
-            pthread_cond_wait(&s->cv, &s->mu);
-        } else {
-            struct timespec ts = cn_ag_deadline(wait_until);
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-        }
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
 }
 
 /* ---- dialing ---- */
@@ -466,36 +406,154 @@ static int tls_config_new(const cn_sender_options *o, const char *url, nng_tls_c
     return 0;
 }
 
-/* Dials in the background (the collector may start later; nng keeps
- * redialling), with TLS for tls+tcp:// URLs. */
-static int sender_dial(cn_sender *s, const cn_sender_options *o)
+/* Opens the REQ socket and its contexts and dials in the background (the
+ * collector may start later; nng keeps redialling), with s->tls for
+ * tls+tcp:// URLs. Used at start and by a reset. */
+static int socket_open(cn_sender *s)
 {
-    bool tls = strncmp(s->url, "tls+", 4) == 0;
-    /* TLS files with a plain URL would silently send in clear: refuse. */
-    if (!tls && (o->tls_ca_file || o->tls_cert_file || o->tls_key_file || o->tls_server_name))
-        return -CN_EINVAL;
+    if (nng_req0_open(&s->sock) != 0)
+        return -CN_ENNG;
+    s->sock_open = true;
+    /* Find a restarted collector quickly; our own timeout does the resends. */
+    nng_socket_set_ms(s->sock, NNG_OPT_RECONNMINT, 50);
+    nng_socket_set_ms(s->sock, NNG_OPT_RECONNMAXT, 1000);
+    for (unsigned i = 0; i < s->n_slots; i++)
+        if (nng_ctx_open(&s->slots[i].ctx, s->sock) != 0)
+            return -CN_ENNG;
     nng_dialer d;
     if (nng_dialer_create(&d, s->sock, s->url) != 0)
         return -CN_EINVAL;
-    if (tls) {
-        nng_tls_config *cfg = NULL;
-        int rv = tls_config_new(o, s->url, &cfg);
-        if (rv != 0) {
-            nng_dialer_close(d);
-            return rv;
-        }
-        rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cfg);
-        nng_tls_config_free(cfg); /* the dialer holds its own reference */
-        if (rv != 0) {
-            nng_dialer_close(d);
-            return -CN_ENNG;
-        }
+    if (s->tls && nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, s->tls) != 0) {
+        nng_dialer_close(d);
+        return -CN_ENNG;
     }
     if (nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
         nng_dialer_close(d);
         return -CN_EINVAL;
     }
     return 0;
+}
+
+/* Due when enough attempts in a row went unanswered for long enough. */
+static bool reset_due(const cn_sender *s, int64_t now)
+{
+    int64_t quiet = (int64_t)s->o.timeout_ms * RESET_AFTER_SILENT;
+    return s->silent >= RESET_AFTER_SILENT && now - s->last_heard_ms >= quiet && now - s->last_reset_ms >= quiet;
+}
+
+/* Reopens the socket; called by the sender thread, without the lock, while no
+ * attempt is in flight (every slot IDLE, so no aio is pending). */
+static void socket_reset(cn_sender *s)
+{
+    /* A slot turns IDLE just after its callback's last lines: let them end. */
+    for (unsigned i = 0; i < s->n_slots; i++)
+        nng_aio_wait(s->slots[i].aio);
+    if (s->sock_open)
+        nng_close(s->sock); /* closes the contexts too */
+    s->sock_open = false;
+    /* On failure the contexts stay closed: attempts fail at once, count as
+     * silent, and the next reset tries again. */
+    socket_open(s);
+}
+
+/* ---- the thread ---- */
+
+/* Next request whose resend delay has passed; *wait_until gets the earliest
+ * time a delayed head becomes ready. */
+static cn_ag_req *pick(cn_sender *s, int64_t now, int64_t *wait_until)
+{
+    cn_ag_queue *qs[2] = {&s->ctl, &s->data};
+    for (int i = 0; i < 2; i++) {
+        cn_ag_req *h = qs[i]->head;
+        if (!h)
+            continue;
+        if (h->not_before <= now)
+            return q_pop(qs[i]);
+        if (h->not_before < *wait_until)
+            *wait_until = h->not_before;
+    }
+    return NULL;
+}
+
+static void *sender_main(void *arg)
+{
+    cn_sender *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping) {
+        s->wake = false;
+        for (unsigned i = 0; i < s->n_slots; i++) {
+            cn_ag_slot *sl = &s->slots[i];
+            if (atomic_load(&sl->phase) != SLOT_DONE)
+                continue;
+            cn_ag_req *req = sl->req;
+            int rv = sl->result;
+            nng_msg *msg = sl->reply;
+            sl->req = NULL;
+            sl->reply = NULL;
+            atomic_store(&sl->phase, SLOT_IDLE);
+            pthread_mutex_unlock(&s->mu);
+            attempt_finish(s, req, rv, msg);
+            pthread_mutex_lock(&s->mu);
+        }
+        if (s->stopping)
+            break;
+
+        int64_t now = cn_ag_mono_ms();
+        int64_t wait_until = INT64_MAX;
+        if (!s->reset_pending && reset_due(s, now))
+            s->reset_pending = true;
+        if (s->reset_pending) {
+            bool in_flight = false;
+            for (unsigned i = 0; i < s->n_slots; i++)
+                in_flight |= atomic_load(&s->slots[i].phase) != SLOT_IDLE;
+            if (in_flight) {
+                /* Their timeouts end them; each completion wakes us. */
+                if (!s->wake)
+                    pthread_cond_wait(&s->cv, &s->mu);
+                continue;
+            }
+            pthread_mutex_unlock(&s->mu);
+            socket_reset(s);
+            pthread_mutex_lock(&s->mu);
+            s->reset_pending = false;
+            s->silent = 0;
+            s->last_reset_ms = cn_ag_mono_ms();
+            s->st.socket_resets++;
+        }
+        for (unsigned i = 0; i < s->n_slots; i++) {
+            cn_ag_slot *sl = &s->slots[i];
+            if (atomic_load(&sl->phase) != SLOT_IDLE)
+                continue;
+            cn_ag_req *req = pick(s, now, &wait_until);
+            if (!req)
+                break;
+            req->attempts++;
+            s->st.requests_sent++;
+            s->st.bytes_sent += req->len;
+            if (req->kind == CN_AG_BATCH) {
+                if (req->attempts == 1)
+                    s->st.batches_sent++;
+                else
+                    s->st.batches_resent++;
+            }
+            sl->req = req;
+            atomic_store(&sl->phase, SLOT_SEND);
+            pthread_mutex_unlock(&s->mu);
+            slot_start(sl);
+            pthread_mutex_lock(&s->mu);
+        }
+
+        if (s->wake || s->stopping)
+            continue;
+        if (wait_until == INT64_MAX) {
+            pthread_cond_wait(&s->cv, &s->mu);
+        } else {
+            struct timespec ts = cn_ag_deadline(wait_until);
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
 }
 
 /* ---- lifecycle ---- */
@@ -538,6 +596,8 @@ static void sender_destroy(cn_sender *s)
         s->st.batches_dropped++;
         req_free(r);
     }
+    if (s->tls)
+        nng_tls_config_free(s->tls);
     free(s->slots);
     free(s->url);
     if (s->idle_ok)
@@ -573,25 +633,26 @@ int cn_ag_sender_new(const cn_sender_options *o, cn_ag_done_fn done, void *arg, 
         !(s->idle_ok = cn_ag_cond_init(&s->idle_cv) == 0))
         goto fail;
 
-    rv = -CN_ENNG;
-    cn_ag_nng_mark_started();
-    if (nng_req0_open(&s->sock) != 0)
+    bool tls = strncmp(s->url, "tls+", 4) == 0;
+    /* TLS files with a plain URL would silently send in clear: refuse. */
+    rv = -CN_EINVAL;
+    if (!tls && (o->tls_ca_file || o->tls_cert_file || o->tls_key_file || o->tls_server_name))
         goto fail;
-    s->sock_open = true;
-    /* Find a restarted collector quickly; our own timeout does the resends. */
-    nng_socket_set_ms(s->sock, NNG_OPT_RECONNMINT, 50);
-    nng_socket_set_ms(s->sock, NNG_OPT_RECONNMAXT, 1000);
-    for (unsigned i = 0; i < s->n_slots; i++) {
-        cn_ag_slot *sl = &s->slots[i];
-        sl->s = s;
-        if (nng_ctx_open(&sl->ctx, s->sock) != 0 || nng_aio_alloc(&sl->aio, slot_cb, sl) != 0)
-            goto fail;
-    }
-    /* Non-blocking: the collector may start later; nng keeps redialling. */
-    if ((rv = sender_dial(s, o)) != 0)
+    cn_ag_nng_mark_started();
+    if (tls && (rv = tls_config_new(o, s->url, &s->tls)) != 0)
         goto fail;
     /* The TLS files were read; keep no pointers to the caller's strings. */
     s->o.tls_ca_file = s->o.tls_cert_file = s->o.tls_key_file = s->o.tls_server_name = NULL;
+    rv = -CN_ENNG;
+    for (unsigned i = 0; i < s->n_slots; i++) {
+        cn_ag_slot *sl = &s->slots[i];
+        sl->s = s;
+        if (nng_aio_alloc(&sl->aio, slot_cb, sl) != 0)
+            goto fail;
+    }
+    if ((rv = socket_open(s)) != 0)
+        goto fail;
+    s->last_heard_ms = cn_ag_mono_ms();
     /* Set before the thread exists: it shares a word with fields the thread
      * reads, and pthread_create orders this write before them. */
     s->thread_ok = true;

@@ -1,4 +1,9 @@
-/* Sender: acks, resends after a lost reply or OVERLOADED, drops, bounds. */
+/* Sender: acks, resends after a lost reply or OVERLOADED, drops, bounds,
+ * and a fresh connection after a silent one. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -6,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -250,6 +257,135 @@ static void test_memory_bound_and_attempts(void **state)
     free(b);
 }
 
+/*
+ * A collector whose first connection goes silent: it speaks the SP-over-TCP
+ * wire protocol by hand (an 8-byte handshake, then messages with a 64-bit
+ * big-endian length), takes requests on the first connection and never
+ * answers them, and answers every request on later connections with an
+ * empty Reply (reason OK). That is what a wedged transport looks like to the
+ * agent: the connection stays up and nothing comes back.
+ */
+typedef struct silent_first {
+    int listen_fd;
+    int port;
+    pthread_t thread;
+    atomic_bool stop;
+    atomic_int connections, unanswered, answered;
+} silent_first;
+
+static bool read_full(int fd, void *buf, size_t n)
+{
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t got = read(fd, p, n);
+        if (got <= 0)
+            return false;
+        p += got;
+        n -= (size_t)got;
+    }
+    return true;
+}
+
+/* Serves one connection; returns false when it is over. */
+static bool silent_first_serve(silent_first *sf, int fd, bool silent)
+{
+    uint8_t len_be[8];
+    if (!read_full(fd, len_be, 8))
+        return false;
+    uint64_t len = 0;
+    for (int i = 0; i < 8; i++)
+        len = len << 8 | len_be[i];
+    if (len < 4 || len > (1u << 20))
+        return false;
+    uint8_t *msg = malloc(len);
+    if (!msg || !read_full(fd, msg, len)) {
+        free(msg);
+        return false;
+    }
+    if (silent) {
+        atomic_fetch_add(&sf->unanswered, 1);
+    } else {
+        /* The reply: length 4, then the request id (REQ's header) and an empty body. */
+        uint8_t reply[12] = {0, 0, 0, 0, 0, 0, 0, 4, msg[0], msg[1], msg[2], msg[3]};
+        if (write(fd, reply, sizeof reply) == (ssize_t)sizeof reply)
+            atomic_fetch_add(&sf->answered, 1);
+    }
+    free(msg);
+    return true;
+}
+
+static void *silent_first_main(void *arg)
+{
+    silent_first *sf = arg;
+    struct pollfd fds[9] = {{.fd = sf->listen_fd, .events = POLLIN}};
+    bool silent[9] = {false};
+    int n = 1;
+    while (!atomic_load(&sf->stop)) {
+        if (poll(fds, (nfds_t)n, 50) <= 0)
+            continue;
+        for (int i = n - 1; i >= 1; i--) {
+            if (fds[i].revents && !silent_first_serve(sf, fds[i].fd, silent[i])) {
+                close(fds[i].fd);
+                fds[i] = fds[n - 1];
+                silent[i] = silent[n - 1];
+                n--;
+            }
+        }
+        if ((fds[0].revents & POLLIN) && n < 9) {
+            int fd = accept(sf->listen_fd, NULL, NULL);
+            /* SP handshake: "\0SP\0", the protocol (REP0 = 0x31), two reserved bytes. */
+            static const uint8_t hello[8] = {0, 'S', 'P', 0, 0, 0x31, 0, 0};
+            uint8_t peer[8];
+            if (fd >= 0 && write(fd, hello, 8) == 8 && read_full(fd, peer, 8) && peer[5] == 0x30) {
+                silent[n] = atomic_fetch_add(&sf->connections, 1) == 0;
+                fds[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
+            } else if (fd >= 0) {
+                close(fd);
+            }
+        }
+    }
+    for (int i = 1; i < n; i++)
+        close(fds[i].fd);
+    return NULL;
+}
+
+static void test_reset_after_silent_connection(void **state)
+{
+    (void)state;
+    static silent_first sf;
+    memset(&sf, 0, sizeof sf);
+    sf.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(sf.listen_fd >= 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof addr;
+    assert_int_equal(bind(sf.listen_fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    assert_int_equal(listen(sf.listen_fd, 8), 0);
+    assert_int_equal(getsockname(sf.listen_fd, (struct sockaddr *)&addr, &alen), 0);
+    sf.port = ntohs(addr.sin_port);
+    assert_int_equal(pthread_create(&sf.thread, NULL, silent_first_main, &sf), 0);
+
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", sf.port);
+    cn_sender *s = sender_for(url, 200, 0);
+    for (uint64_t i = 0; i < 5; i++)
+        submit_batch(s, i, 2);
+    /* Unanswered on the first connection; after three silent attempts and
+     * 3 x 200 ms the socket is reopened and the new connection acks. */
+    assert_int_equal(cn_sender_wait_idle(s, 10000), 0);
+    cn_send_stats st;
+    cn_sender_stats(s, &st);
+    assert_int_equal(st.batches_acked, 5);
+    assert_int_equal(st.batches_dropped, 0);
+    assert_true(st.socket_resets >= 1);
+    assert_true(atomic_load(&sf.unanswered) >= 3);
+    assert_true(atomic_load(&sf.connections) >= 2);
+    assert_true(atomic_load(&sf.answered) >= 5);
+    cn_sender_free(s);
+    atomic_store(&sf.stop, true);
+    pthread_join(sf.thread, NULL);
+    close(sf.listen_fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,6 +395,7 @@ int main(void)
         cmocka_unit_test(test_non_retryable_dropped),
         cmocka_unit_test(test_collector_starts_late),
         cmocka_unit_test(test_memory_bound_and_attempts),
+        cmocka_unit_test(test_reset_after_silent_connection),
     };
     return cmocka_run_group_tests(tests, server_up, server_down);
 }

@@ -70,7 +70,7 @@ COLLECTOR_CONFIG = """\
 receivers:
   nng:
     listen: ["{url}"]
-processors:
+{receiver_tls}processors:
   merge_by_task:
     flush_interval: 200ms
 exporters:
@@ -102,12 +102,26 @@ TASK = """\
 {extra}"""
 
 
-class Collector:
-    """build/bin/canopy run -c <generated config>."""
+RECEIVER_TLS = """\
+    tls:
+      cert_file: {cert_file}
+      key_file: {key_file}
+      ca_file: {ca_file}
+      client_auth: {client_auth}
+"""
 
-    def __init__(self, work, tasks, service="shop"):
+
+class Collector:
+    """build/bin/canopy run -c <generated config>.
+
+    By default the receiver listens on an ipc socket in the work directory.
+    url= listens there instead (e.g. tls+tcp://127.0.0.1:<port>); tls= is the
+    receiver's tls block, {cert_file, key_file, ca_file, client_auth}."""
+
+    def __init__(self, work, tasks, service="shop", url=None, tls=None):
         self.work = work
-        self.url = "ipc://" + work.join("collector.sock")
+        self.url = url or "ipc://" + work.join("collector.sock")
+        self.admin = "127.0.0.1:%d" % free_port()
         self.out = work.join("out")
         os.makedirs(self.out, exist_ok=True)
         task_text = "".join(
@@ -116,7 +130,9 @@ class Collector:
             for t in tasks)
         self.config = work.join("canopy.yaml")
         with open(self.config, "w") as f:
-            f.write(COLLECTOR_CONFIG.format(url=self.url, out=self.out, admin_port=free_port(), tasks=task_text))
+            f.write(COLLECTOR_CONFIG.format(
+                url=self.url, out=self.out, admin_port=self.admin.rsplit(":", 1)[1], tasks=task_text,
+                receiver_tls=RECEIVER_TLS.format(**dict(dict(client_auth="none"), **tls)) if tls else ""))
         self.proc = None
         self.log = work.join("collector.log")
 
@@ -124,11 +140,17 @@ class Collector:
         binary = canopy_bin()
         if not binary:
             raise RuntimeError("collector binary not found (set CANOPY_BIN)")
-        sock = self.url[len("ipc://"):]
         logf = open(self.log, "ab")
+        offset = logf.tell()  # a restart appends: look for its own line
         self.proc = subprocess.Popen([binary, "run", "-c", self.config], stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
-        wait_until(lambda: os.path.exists(sock) or self.proc.poll() is not None, 10, what="collector socket")
+        if self.url.startswith("ipc://"):
+            sock = self.url[len("ipc://"):]
+            wait_until(lambda: os.path.exists(sock) or self.proc.poll() is not None, 10, what="collector socket")
+        else:
+            # Not by connecting: a probe of a TLS port would be counted as a failed handshake.
+            wait_until(lambda: "listening on " + self.url in self.read_log(offset) or self.proc.poll() is not None,
+                       10, what="collector listener")
         if self.proc.poll() is not None:
             raise RuntimeError("collector exited: " + self.read_log())
         return self
@@ -145,10 +167,14 @@ class Collector:
                 self.proc.wait()
         self.proc = None
 
-    def read_log(self):
+    def read_log(self, offset=None):
+        """The last 4000 characters of the log, or all of it from byte offset."""
         try:
-            with open(self.log, errors="replace") as f:
-                return f.read()[-4000:]
+            with open(self.log, "rb") as f:
+                if offset is not None:
+                    f.seek(offset)
+                text = f.read().decode(errors="replace")
+                return text if offset is not None else text[-4000:]
         except OSError:
             return ""
 
@@ -192,7 +218,9 @@ class Fleet:
     def base(self):
         return "http://127.0.0.1:%d" % self.port
 
-    def start(self, timeout=20):
+    def start(self, timeout=20, wait_agent=True):
+        """Starts gunicorn and waits until it serves and (with wait_agent) every
+        worker logged that its agent started."""
         cmd = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(self.workers), "-b",
                "127.0.0.1:%d" % self.port, "-p", self.pidfile, "--graceful-timeout", "5"]
         if self.agent:
@@ -212,7 +240,7 @@ class Fleet:
                 return False
 
         wait_until(ready, timeout, interval=0.1, what="gunicorn to serve")
-        if self.agent:
+        if self.agent and wait_agent:
             # Every worker logs once its agent is up; wait for all of them.
             wait_until(lambda: self.read_log().count("canopy agent started") >= self.workers, timeout,
                        what="canopy agent in every worker")

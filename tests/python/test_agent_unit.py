@@ -565,5 +565,112 @@ print(os.waitstatus_to_exitcode(status))
         self.assertEqual(self.run_py(code), "0")
 
 
+class TlsSettings(unittest.TestCase):
+    """CANOPY_TLS_* / tls_* settings that cannot work fail start() with the
+    reason; the files are checked (readable PEM of the right kind) before the
+    library's native thread ever reads them. tests/python/test_e2e_tls.py
+    drives real TLS."""
+
+    TLS = "tls+tcp://127.0.0.1:1"
+
+    def setUp(self):
+        canopy_agent.stop()
+        self.dir = tempfile.mkdtemp(prefix="canopy-unit-tls-")
+        self.ca = self.pem("ca.pem", "CERTIFICATE")
+        self.cert = self.pem("agent.pem", "CERTIFICATE")
+        self.key = self.pem("agent.key", "EC PRIVATE KEY")
+        self.env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CANOPY_")}
+
+    def tearDown(self):
+        canopy_agent.stop()
+        for k in [k for k in os.environ if k.startswith("CANOPY_")]:
+            del os.environ[k]
+        os.environ.update(self.env)
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def pem(self, name, kind, extra=""):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write("%s-----BEGIN %s-----\nAAAA\n-----END %s-----\n" % (extra, kind, kind))
+        return path
+
+    def refused(self, reason, **kw):
+        kw.setdefault("collector", self.TLS)
+        with self.assertRaises(ValueError) as cm:
+            canopy_agent.start(service="unit", command_poll_ms=0, shutdown_timeout_ms=100, **kw)
+        self.assertIn(reason, str(cm.exception))
+        self.assertFalse(canopy_agent.running())
+        return str(cm.exception)
+
+    def test_tls_settings_need_a_tls_url(self):
+        self.refused("tls_ca_file is set but the collector URL collector=%s is not tls+tcp://" % NOWHERE,
+                     collector=NOWHERE, tls_ca_file=self.ca)
+        self.refused("tls_server_name is set", collector="tcp://127.0.0.1:1", tls_server_name="x")
+        os.environ["CANOPY_TLS_CA_FILE"] = self.ca
+        self.refused("CANOPY_TLS_CA_FILE is set but the collector URL collector=", collector=NOWHERE)
+        os.environ["CANOPY_TLS_CA_FILE"] = ""  # empty is unset
+        canopy_agent.start(service="unit", collector=NOWHERE, command_poll_ms=0, shutdown_timeout_ms=100)
+        self.assertTrue(canopy_agent.running())
+
+    def test_tls_url_needs_a_ca(self):
+        self.refused("needs tls_ca_file")
+        os.environ["CANOPY_COLLECTOR"] = self.TLS
+        self.refused("the collector URL CANOPY_COLLECTOR=%s needs CANOPY_TLS_CA_FILE" % self.TLS, collector=None)
+
+    def test_cert_and_key_go_together(self):
+        self.refused("tls_cert_file is set without tls_key_file", tls_ca_file=self.ca, tls_cert_file=self.cert)
+        os.environ["CANOPY_TLS_KEY_FILE"] = self.key
+        self.refused("CANOPY_TLS_KEY_FILE is set without CANOPY_TLS_CERT_FILE", tls_ca_file=self.ca)
+
+    def test_files_checked(self):
+        missing = os.path.join(self.dir, "missing.pem")
+        self.refused("tls_ca_file=%s: No such file or directory" % missing, tls_ca_file=missing)
+        self.refused("tls_ca_file=%s: not a regular file" % self.dir, tls_ca_file=self.dir)
+        self.refused("no PEM certificate", tls_ca_file=self.key)
+        self.refused("tls_cert_file=%s: no PEM certificate" % self.key, tls_ca_file=self.ca,
+                     tls_cert_file=self.key, tls_key_file=self.key)
+        self.refused("tls_key_file=%s: no PEM private key" % self.cert, tls_ca_file=self.ca,
+                     tls_cert_file=self.cert, tls_key_file=self.cert)
+        enc = self.pem("enc.key", "ENCRYPTED PRIVATE KEY")
+        self.refused("encrypted", tls_ca_file=self.ca, tls_cert_file=self.cert, tls_key_file=enc)
+        legacy = os.path.join(self.dir, "legacy.key")
+        with open(legacy, "w") as f:
+            f.write("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END RSA PRIVATE KEY-----\n")
+        self.refused("encrypted", tls_ca_file=self.ca, tls_cert_file=self.cert, tls_key_file=legacy)
+        big = os.path.join(self.dir, "big.pem")
+        with open(big, "wb") as f:
+            f.write(b"x" * (1 << 20))
+        self.refused("larger than 1 MiB", tls_ca_file=self.ca, tls_cert_file=big, tls_key_file=self.key)
+
+    def test_extension_refuses_tls_with_a_plain_url(self):
+        # The C extension's own guard, for callers that bypass canopy_agent._config.
+        for kw, reason in [({"url": NOWHERE, "tls_ca_file": self.ca}, "refusing to send in clear"),
+                           ({"url": self.TLS}, "needs tls_ca_file"),
+                           ({"url": self.TLS, "tls_ca_file": self.ca, "tls_key_file": self.key}, "go together")]:
+            with self.assertRaises(ValueError) as cm:
+                _canopy.configure("unit", **kw)
+            self.assertIn(reason, str(cm.exception))
+            self.assertFalse(_canopy.configured())
+
+    def test_unusable_pem_never_hurts(self):
+        # Files that pass the checks but that mbedTLS cannot parse: the native
+        # thread counts the failure and retries; the app is never affected.
+        mode = canopy_agent.start(service="unit", collector=self.TLS, tls_ca_file=self.ca, tls_cert_file=self.cert,
+                                  tls_key_file=self.key, tls_server_name="collector.example", mode="greenlet",
+                                  command_poll_ms=50, shutdown_timeout_ms=100)
+        self.assertEqual(mode, "greenlet")
+        deadline = time.time() + 5
+        while time.time() < deadline and canopy_agent.stats()["send_errors"] == 0:
+            time.sleep(0.05)
+        st = canopy_agent.stats()
+        self.assertGreater(st["send_errors"], 0, st)
+        self.assertEqual(st["command_queries"], 0, st)
+        t0 = time.time()
+        canopy_agent.stop()
+        self.assertLess(time.time() - t0, 2.0)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -176,6 +176,7 @@ typedef struct cn_send_stats {
     uint64_t bytes_sent;       /* every attempt */
     uint64_t bytes_buffered;   /* gauge: queued + in flight */
     uint64_t requests_pending; /* gauge: queued + in flight */
+    uint64_t socket_resets;    /* socket reopened after attempts in a row went unanswered */
 } cn_send_stats;
 
 typedef struct cn_sender_options {

@@ -16,8 +16,9 @@ Any other server::
 
 Settings come from keyword arguments to start() or the environment:
 CANOPY_COLLECTOR (nng URL), CANOPY_SERVICE, CANOPY_INSTANCE (default
-"<pid>@<hostname>"), CANOPY_MODE (auto | greenlet | sampling | thread); see
-docs/agent.md for the rest.
+"<pid>@<hostname>"), CANOPY_MODE (auto | greenlet | sampling | thread),
+CANOPY_TLS_CA_FILE / _CERT_FILE / _KEY_FILE / _SERVER_NAME (for a tls+tcp://
+collector); see docs/agent.md for the rest.
 """
 
 from . import _canopy

@@ -74,6 +74,10 @@ def start(**settings):
             command_poll_ms=config.command_poll_ms,
             timeout_ms=config.timeout_ms,
             shutdown_timeout_ms=config.shutdown_timeout_ms,
+            tls_ca_file=config.tls_ca_file,
+            tls_cert_file=config.tls_cert_file,
+            tls_key_file=config.tls_key_file,
+            tls_server_name=config.tls_server_name,
         )
         try:
             _canopy.set_mode(mode)

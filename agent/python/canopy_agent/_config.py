@@ -33,7 +33,24 @@ _SETTINGS = {
     # profile), as "id=...,endpoint=...,duration=10,min_duration_ms=0,dump_period_ms=10,
     # max_sampling_count=5;..." -- for tests, benchmarks and local debugging.
     "local_tasks": ("CANOPY_LOCAL_TASKS", str, None),
+    # TLS, for a tls+tcp:// collector (docs/security.md): PEM files. The CA is
+    # required (an unverified TLS peer could be anyone); the client certificate
+    # and its key are what a collector with client_auth: required asks for; the
+    # server name defaults to the URL's host.
+    "tls_ca_file": ("CANOPY_TLS_CA_FILE", str, None),
+    "tls_cert_file": ("CANOPY_TLS_CERT_FILE", str, None),
+    "tls_key_file": ("CANOPY_TLS_KEY_FILE", str, None),
+    "tls_server_name": ("CANOPY_TLS_SERVER_NAME", str, None),
 }
+
+TLS_SETTINGS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
+
+# The client library reads the certificate and key files whole, up to 1 MiB
+# (agent/src/sender.c, read_pem); a bigger file would fail only later, on the
+# native thread, where nobody would see why. nng reads the CA file without a
+# cap; a CA bundle past 16 MiB is surely a wrong path.
+_MAX_PEM_BYTES = (1 << 20) - 1
+_MAX_CA_BYTES = 16 << 20
 
 
 class Config:
@@ -43,15 +60,19 @@ class Config:
         unknown = set(overrides) - set(_SETTINGS)
         if unknown:
             raise TypeError("canopy_agent: unknown setting(s): %s" % ", ".join(sorted(unknown)))
+        self._source = {}  # name -> how the user spelled it, for error messages
         for name, (env, typ, default) in _SETTINGS.items():
             value = overrides.get(name)
-            if value is None:
+            if value is not None:
+                self._source[name] = name
+            else:
                 raw = os.environ.get(env)
                 if raw is not None and raw != "":
                     try:
                         value = typ(raw)
                     except ValueError:
                         raise ValueError("canopy_agent: %s=%r is not a valid %s" % (env, raw, typ.__name__))
+                    self._source[name] = env
             if value is None:
                 value = default
             setattr(self, name, value)
@@ -59,9 +80,100 @@ class Config:
             raise ValueError("canopy_agent: mode must be one of %s, not %r" % ("|".join(MODES), self.mode))
         if not self.service:
             self.service = _default_service()
+        for name in TLS_SETTINGS:
+            if not getattr(self, name):  # "" is as good as unset
+                setattr(self, name, None)
+        self._check_tls()
 
     def as_dict(self):
         return {name: getattr(self, name) for name in _SETTINGS}
+
+    def _label(self, name, like=None):
+        """The setting as the user gave it: CANOPY_TLS_CA_FILE, or tls_ca_file to start().
+        A setting not given is named the way `like` was given."""
+        if name in self._source:
+            return self._source[name]
+        keyword = like is not None and self._source.get(like) == like
+        return name if keyword else _SETTINGS[name][0]
+
+    def _check_tls(self):
+        """Refuses TLS settings that cannot work, now, with the reason.
+
+        The client library only reads the files when its native thread first
+        dials the collector; a mistake found there would only show as batches
+        never acked. Checked here, it fails start() (and gunicorn logs it).
+        """
+        given = [n for n in TLS_SETTINGS if getattr(self, n)]
+        url = self.collector or ""
+        if not url.startswith("tls+"):
+            if given:
+                raise ValueError(
+                    "canopy_agent: %s is set but the collector URL %s=%s is not tls+tcp://; refusing to send "
+                    "in clear (use a tls+tcp:// URL, or unset the TLS settings)"
+                    % (", ".join(self._label(n) for n in given), self._label("collector"), url))
+            return
+        if not self.tls_ca_file:
+            raise ValueError(
+                "canopy_agent: the collector URL %s=%s needs %s, the CA certificate (PEM) that signed the "
+                "collector's certificate"
+                % (self._label("collector"), url, self._label("tls_ca_file", "collector")))
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            has, lacks = ("tls_cert_file", "tls_key_file")
+            if not self.tls_cert_file:
+                has, lacks = lacks, has
+            raise ValueError(
+                "canopy_agent: %s is set without %s: a client certificate and its private key go together"
+                % (self._label(has), self._label(lacks, has)))
+        _check_pem(self._label("tls_ca_file"), self.tls_ca_file, "CERTIFICATE", _MAX_CA_BYTES)
+        if self.tls_cert_file:
+            _check_pem(self._label("tls_cert_file"), self.tls_cert_file, "CERTIFICATE", _MAX_PEM_BYTES)
+            _check_pem(self._label("tls_key_file"), self.tls_key_file, "PRIVATE KEY", _MAX_PEM_BYTES)
+
+
+def _check_pem(label, path, kind, max_bytes):
+    """A readable regular file holding a PEM block of that kind ("CERTIFICATE"
+    or "PRIVATE KEY"), not encrypted; ValueError naming the setting otherwise."""
+    import re
+    import stat
+
+    def fail(why):
+        raise ValueError("canopy_agent: %s=%s: %s" % (label, path, why))
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        fail(e.strerror or str(e))
+    # The library refuses anything else (a FIFO or a device could block or never end).
+    if not stat.S_ISREG(st.st_mode):
+        fail("not a regular file")
+    if st.st_size > max_bytes:
+        fail("larger than %d MiB" % ((max_bytes + 1) >> 20))
+    # Unbuffered into a bytearray, so the one copy of a private key made here
+    # can be wiped once looked at.
+    buf = bytearray(st.st_size + 1)  # + 1: the last read sees the end of the file
+    view = memoryview(buf)
+    try:
+        n = 0
+        with open(path, "rb", buffering=0) as f:
+            while n < len(buf):
+                got = f.readinto(view[n:])
+                if not got:
+                    break
+                n += got
+        text = view[:n]
+        if kind == "PRIVATE KEY":
+            m = re.search(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----", text)
+            if not m:
+                fail("no PEM private key in it (-----BEGIN ... PRIVATE KEY-----)")
+            if b"ENCRYPTED" in m.group(1) or re.search(rb"Proc-Type: *4, *ENCRYPTED", text):
+                fail("the private key is encrypted; the agent needs it without a passphrase")
+        elif not re.search(rb"-----BEGIN CERTIFICATE-----", text):
+            fail("no PEM certificate in it (-----BEGIN CERTIFICATE-----)")
+    except OSError as e:
+        fail(e.strerror or str(e))
+    finally:
+        view[:] = bytes(len(buf))  # same size: allowed while the views exist
+    return True
 
 
 def _default_service():

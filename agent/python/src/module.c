@@ -191,21 +191,61 @@ static int reset_registries(void)
 
 /* ---- module functions ---------------------------------------------------- */
 
+/*
+ * The library checks the TLS options only when its native thread first dials,
+ * and then only counts the failure: refuse here, synchronously, what can
+ * never work. canopy_agent._config checks the same with friendlier names (and
+ * the files); this guards direct callers, above all against TLS options with
+ * a plain URL, which must never turn into a clear-text connection.
+ * "" counts as unset (an empty environment variable).
+ */
+static int check_tls(const char *url, const char **ca, const char **cert, const char **key, const char **name)
+{
+    const char **opts[] = {ca, cert, key, name};
+    bool any = false;
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+        if (*opts[i] && !**opts[i])
+            *opts[i] = NULL;
+        any = any || *opts[i];
+    }
+    bool tls_url = url && strncmp(url, "tls+", 4) == 0;
+    if (any && !tls_url) {
+        PyErr_Format(PyExc_ValueError,
+                     "canopy: TLS options need a tls+tcp:// url, not %s (refusing to send in clear)",
+                     url ? url : CN_AGENT_DEFAULT_URL);
+        return -1;
+    }
+    if (tls_url && !*ca) {
+        PyErr_SetString(PyExc_ValueError,
+                        "canopy: a tls+tcp:// url needs tls_ca_file (the collector must be verified)");
+        return -1;
+    }
+    if ((*cert == NULL) != (*key == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "canopy: tls_cert_file and tls_key_file go together");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *m_configure(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"service", "url", "instance", "host", "max_stack_depth", "max_segments",
                              "signature_cache", "max_snapshots_per_segment", "max_segment_ms",
                              "max_batch_snapshots", "max_batch_age_ms", "max_buffered_bytes",
-                             "command_poll_ms", "timeout_ms", "shutdown_timeout_ms", NULL};
+                             "command_poll_ms", "timeout_ms", "shutdown_timeout_ms", "tls_ca_file",
+                             "tls_cert_file", "tls_key_file", "tls_server_name", NULL};
     const char *service = NULL, *url = NULL, *instance = NULL, *host = NULL;
+    const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL, *tls_name = NULL;
     Py_ssize_t max_depth = 500, max_segments = 1024, sig_cache = 16384;
     Py_ssize_t max_snaps = 10000, max_batch = 256, max_buffered = 8 << 20;
     long long max_segment_ms = 600000;
     unsigned int batch_age = 200, poll_ms = 5000, timeout_ms = 5000, shutdown_ms = 2000;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|zzznnnnLnInIII", kwlist, &service, &url, &instance, &host,
-                                     &max_depth, &max_segments, &sig_cache, &max_snaps, &max_segment_ms,
-                                     &max_batch, &batch_age, &max_buffered, &poll_ms, &timeout_ms,
-                                     &shutdown_ms))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|zzznnnnLnInIIIzzzz", kwlist, &service, &url, &instance,
+                                     &host, &max_depth, &max_segments, &sig_cache, &max_snaps,
+                                     &max_segment_ms, &max_batch, &batch_age, &max_buffered, &poll_ms,
+                                     &timeout_ms, &shutdown_ms, &tls_ca, &tls_cert, &tls_key, &tls_name))
+        return NULL;
+    if (check_tls(url, &tls_ca, &tls_cert, &tls_key, &tls_name) != 0)
         return NULL;
     if (cx.agent) {
         PyErr_SetString(PyExc_RuntimeError, "canopy agent already configured; call shutdown() first");
@@ -231,6 +271,11 @@ static PyObject *m_configure(PyObject *self, PyObject *args, PyObject *kw)
     o.timeout_ms = timeout_ms;
     o.shutdown_timeout_ms = shutdown_ms;
     o.max_frames = 0; /* we cut stacks ourselves, keeping the leaf frames */
+    /* cn_agent_new copies them: the Python strings may go once we return. */
+    o.tls_ca_file = tls_ca;
+    o.tls_cert_file = tls_cert;
+    o.tls_key_file = tls_key;
+    o.tls_server_name = tls_name;
 
     if (cx_frames_init((size_t)sig_cache, (size_t)max_depth) != 0)
         return PyErr_NoMemory();
@@ -677,6 +722,7 @@ static PyObject *m_stats(PyObject *self, PyObject *unused)
         PUT("batches_acked", s.send.batches_acked);
         PUT("batches_duplicate", s.send.batches_duplicate);
         PUT("batches_resent", s.send.batches_resent);
+        PUT("socket_resets", s.send.socket_resets);
         PUT("batches_dropped", s.send.batches_dropped);
         PUT("requests_sent", s.send.requests_sent);
         PUT("send_errors", s.send.errors);
