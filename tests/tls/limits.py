@@ -15,6 +15,7 @@ once per 5 s per limit. Requests within the limits still get through.
 """
 import argparse
 import os
+import shutil
 import re
 import socket
 import struct
@@ -187,6 +188,7 @@ def main():
     assert re.search(r"closed the connection from 127\.0\.0\.1:\d+: it did not take a reply within reply_timeout", log)
     print("ok: one log line per limit, naming the peer")
     print("passed")
+    shutil.rmtree(d, ignore_errors=True)  # kept when the test fails, to look at
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import grp
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -214,6 +215,7 @@ def main():
     assert total == sent_ok, (total, sent_ok)
     print("ok: %d snapshots in the jsonl files, each once" % total)
     print("passed")
+    shutil.rmtree(d, ignore_errors=True)  # kept when the test fails, to look at
 
 
 if __name__ == "__main__":
