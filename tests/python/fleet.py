@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.request
 
 PYTHON = "/usr/bin/python3"  # Debian's, with gevent and gunicorn
@@ -64,6 +65,32 @@ class Workdir:
 
     def cleanup(self):
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class FleetTestCase(unittest.TestCase):
+    """A work directory, a collector and fleets, all stopped and removed after
+    each test (the directory is kept when CANOPY_KEEP is set)."""
+    workdir_prefix = "canopy-py-"
+
+    def setUp(self):
+        self.work = Workdir(self.workdir_prefix)
+        self.fleets = []
+        self.collector = None
+
+    def tearDown(self):
+        for f in self.fleets:
+            f.stop()
+        if self.collector:
+            self.collector.stop()
+        if os.environ.get("CANOPY_KEEP") is None:
+            self.work.cleanup()
+        else:
+            print("kept", self.work.path, file=sys.stderr)
+
+    def fleet(self, wait_agent=True, **kw):
+        f = Fleet(self.work, **kw)
+        self.fleets.append(f)
+        return f.start(wait_agent=wait_agent)
 
 
 COLLECTOR_CONFIG = """\

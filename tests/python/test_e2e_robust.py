@@ -21,29 +21,7 @@ import fleet  # noqa: E402
 EVERY_REQUEST = "id=task-all,endpoint=/checkout,max_sampling_count=1000000"
 
 
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.work = fleet.Workdir()
-        self.fleets = []
-        self.collector = None
-
-    def tearDown(self):
-        for f in self.fleets:
-            f.stop()
-        if self.collector:
-            self.collector.stop()
-        if os.environ.get("CANOPY_KEEP") is None:
-            self.work.cleanup()
-        else:
-            print("kept", self.work.path, file=sys.stderr)
-
-    def fleet(self, **kw):
-        f = fleet.Fleet(self.work, **kw)
-        self.fleets.append(f)
-        return f.start()
-
-
-class CollectorDown(Base):
+class CollectorDown(fleet.FleetTestCase):
     def test_serves_at_full_speed_bounded_and_counted(self):
         nowhere = "ipc://" + self.work.join("nobody.sock")
         requests, conc = 600, 50
@@ -98,7 +76,7 @@ class CollectorDown(Base):
 
 
 @unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
-class CollectorRestart(Base):
+class CollectorRestart(fleet.FleetTestCase):
     def test_reconnects_and_resends(self):
         self.collector = fleet.Collector(self.work, [
             {"id": "task-restart", "endpoint": "/checkout", "max_sampling_count": 1000}]).start()
@@ -138,7 +116,7 @@ class CollectorRestart(Base):
 
 
 @unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
-class MaxRequests(Base):
+class MaxRequests(fleet.FleetTestCase):
     def test_recycled_workers_keep_profiling(self):
         self.collector = fleet.Collector(self.work, [{"id": "task-recycle", "endpoint": "/checkout"}]).start()
         f = self.fleet(workers=2, args=["--max-requests", "15"], env={
@@ -176,7 +154,7 @@ class MaxRequests(Base):
 
 
 @unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
-class TaskFinish(Base):
+class TaskFinish(fleet.FleetTestCase):
     def test_finish_reported_when_task_ends(self):
         # A 1-minute task that started 57 s ago: it ends ~3 s from now.
         start = int(time.time() * 1000) - 57000

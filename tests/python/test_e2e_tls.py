@@ -19,7 +19,6 @@ CANOPY_TLS_* variables. Certificates are made at test time with openssl
 
 import os
 import sys
-import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,27 +32,12 @@ TASK = "task-tls"
 
 
 @unittest.skipUnless(fleet.canopy_bin(), "collector binary not built")
-class AgentTls(unittest.TestCase):
+class AgentTls(fleet.FleetTestCase):
+    workdir_prefix = "canopy-py-tls-"
+
     def setUp(self):
-        self.work = fleet.Workdir("canopy-py-tls-")
+        super().setUp()
         self.pki = tlsutil.make_pki(self.work.join("pki"))
-        self.fleets = []
-        self.collector = None
-
-    def tearDown(self):
-        for f in self.fleets:
-            f.stop()
-        if self.collector:
-            self.collector.stop()
-        if os.environ.get("CANOPY_KEEP") is None:
-            self.work.cleanup()
-        else:
-            print("kept", self.work.path, file=sys.stderr)
-
-    def fleet(self, wait_agent=True, **kw):
-        f = fleet.Fleet(self.work, **kw)
-        self.fleets.append(f)
-        return f.start(wait_agent=wait_agent)
 
     def auth_errors(self):
         ms = tlsutil.metrics(self.collector.admin)

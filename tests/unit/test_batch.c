@@ -266,19 +266,10 @@ static void test_direct_decoder_wide_ids(void **state)
     batch.strings = strings;
     batch.n_snapshots = SNAPS;
     batch.snapshots = snap_ptrs;
-    Canopy__V1__AgentIdentity agent = CANOPY__V1__AGENT_IDENTITY__INIT;
-    agent.service = "shop";
-    agent.instance = "i";
-    Canopy__V1__Request req = CANOPY__V1__REQUEST__INIT;
-    req.protocol_version = 1;
-    req.agent = &agent;
-    req.body_case = CANOPY__V1__REQUEST__BODY_BATCH;
-    req.batch = &batch;
-    size_t len = canopy__v1__request__get_packed_size(&req);
-    uint8_t *buf = malloc(len), *mut = malloc(len);
-    assert_non_null(buf);
+    uint8_t *buf;
+    size_t len = test_pack_batch(&batch, "i", &buf);
+    uint8_t *mut = malloc(len);
     assert_non_null(mut);
-    canopy__v1__request__pack(&req, buf);
     compare_decoders(buf, len);
     /* Truncations and corruptions inside the snapshots (they follow the strings). */
     for (size_t cut = len - 4000; cut < len; cut += 7)

@@ -33,6 +33,26 @@ static uint32_t intern(char **table, size_t *n, const char *s)
     return (uint32_t)(*n)++;
 }
 
+size_t test_pack_batch(Canopy__V1__SnapshotBatch *batch, const char *instance, uint8_t **out)
+{
+    Canopy__V1__AgentIdentity agent = CANOPY__V1__AGENT_IDENTITY__INIT;
+    agent.service = "shop";
+    agent.instance = (char *)instance;
+    agent.host = "test-host";
+    agent.pid = 42;
+    agent.session = 7;
+    Canopy__V1__Request req = CANOPY__V1__REQUEST__INIT;
+    req.protocol_version = 1;
+    req.agent = &agent;
+    req.body_case = CANOPY__V1__REQUEST__BODY_BATCH;
+    req.batch = batch;
+    size_t len = canopy__v1__request__get_packed_size(&req);
+    *out = malloc(len ? len : 1);
+    assert_non_null(*out);
+    canopy__v1__request__pack(&req, *out);
+    return len;
+}
+
 size_t test_encode_batch(const char *instance, uint64_t batch_seq, const test_snap *snaps, size_t n, uint8_t **out)
 {
     /* At most a task, a segment and 8 frames per snapshot. */
@@ -63,21 +83,7 @@ size_t test_encode_batch(const char *instance, uint64_t batch_seq, const test_sn
     batch.strings = strings;
     batch.n_snapshots = n;
     batch.snapshots = snap_ptrs;
-    Canopy__V1__AgentIdentity agent = CANOPY__V1__AGENT_IDENTITY__INIT;
-    agent.service = "shop";
-    agent.instance = (char *)instance;
-    agent.host = "test-host";
-    agent.pid = 42;
-    agent.session = 7;
-    Canopy__V1__Request req = CANOPY__V1__REQUEST__INIT;
-    req.protocol_version = 1;
-    req.agent = &agent;
-    req.body_case = CANOPY__V1__REQUEST__BODY_BATCH;
-    req.batch = &batch;
-    size_t len = canopy__v1__request__get_packed_size(&req);
-    *out = malloc(len ? len : 1);
-    assert_non_null(*out);
-    canopy__v1__request__pack(&req, *out);
+    size_t len = test_pack_batch(&batch, instance, out);
     free(strings);
     free(snap_structs);
     free(snap_ptrs);

@@ -25,6 +25,8 @@ typedef struct test_snap {
     const char *frames[8]; /* NULL-terminated, root first */
 } test_snap;
 
+/* Packs Request{agent "shop"/instance, batch}. Caller frees *out. */
+size_t test_pack_batch(Canopy__V1__SnapshotBatch *batch, const char *instance, uint8_t **out);
 /* Encodes a Request{batch} with an interned string table. Caller frees *out. */
 size_t test_encode_batch(const char *instance, uint64_t batch_seq, const test_snap *snaps, size_t n, uint8_t **out);
 /* Decodes an encoded batch request into a cn_batch (asserts success). */
