@@ -146,8 +146,12 @@ void *cn_exporter_spool_main(void *arg)
             next_tick = now + 100;
         }
         if (now >= next_prune) {
-            /* Marks only protect records the cursor has not passed. */
-            cn_hwm_prune(rt->hwm, cn_spool_cursor(rt->spool));
+            /* Marks only protect records a replay can return: those at or after the
+             * cursor saved on disk. The committed cursor runs ahead of it until the
+             * next save (and further while saves fail); pruning against it could
+             * forget, and a compaction drop from the log, marks that a crash before
+             * that save would still need. */
+            cn_hwm_prune(rt->hwm, cn_spool_saved_cursor(rt->spool));
             next_prune = now + 5000;
         }
     }

@@ -31,8 +31,9 @@ size_t cn_hwm_filter(cn_hwm *h, cn_chunk *chunk);
 /* Records (and logs) what a successfully exported chunk delivered. `read_pos` is
  * the spool's read position: every record holding these snapshots is below it. */
 void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk, uint64_t read_pos);
-/* Forgets marks whose records are all below the committed cursor: those
- * records are never replayed, so the marks protect nothing any more. */
+/* Forgets marks whose records are all below `cursor`, the spool's cursor as
+ * saved on disk (cn_spool_saved_cursor): those records are never replayed, so
+ * the marks protect nothing any more. */
 void cn_hwm_prune(cn_hwm *h, uint64_t cursor);
 /* Records a sequence the sink reports it holds (memory only: the sink is read
  * again at every restart). */

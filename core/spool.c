@@ -2,6 +2,9 @@
  * Persistent spool; see spool.h for the file layout and guarantees.
  * One mutex guards the spool; appends come from the receiver's threads, reads
  * and completions from the exporter's worker, syncs from the flusher thread.
+ * With fsync: always, appends commit in groups: each writes its record under the
+ * lock, then one of them runs a single fdatasync, with the lock released, for every
+ * record written so far, while the others wait for it (cn_spool_append).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -39,6 +42,22 @@ typedef struct segment {
     uint64_t snapshots;
 } segment;
 
+/* A record the reader returned and the exporter has not finished with. */
+typedef struct slot {
+    uint32_t snapshots; /* kept to count what a drop_oldest takes */
+    uint8_t done;
+} slot;
+
+/* An fsync: always append waiting for an fdatasync that covers its record. It
+ * lives on the appender's stack; it is only touched under the lock. */
+enum { WAIT_PENDING, WAIT_DURABLE, WAIT_FAILED };
+typedef struct sync_waiter {
+    uint64_t seq;
+    int state;
+    int err; /* errno of the failed fdatasync */
+    struct sync_waiter *next;
+} sync_waiter;
+
 struct cn_spool {
     cn_spool_options o;
     char *name;
@@ -54,14 +73,29 @@ struct cn_spool {
     size_t read_seg;
     uint64_t read_seq;
     uint64_t read_off;
-    /* completion: flags for [cursor, read_seq) in a ring */
+    uint64_t read_snapshots; /* snapshots of the reader's segment's records below read_seq */
+    /* completion: a slot for each record of [cursor, read_seq) in a ring */
     uint64_t cursor;
-    uint8_t *done;
-    size_t done_cap;
+    slot *ring;
+    size_t ring_cap;
     bool cursor_dirty;
     uint64_t replay_end;
     bool unsynced;
     bool closed;
+    /* fsync: always. Records [synced_seq, next_seq) are written but not yet proven
+     * durable: they are all in the last segment, from byte synced_off on (a rotation
+     * waits for them), and the reader does not see them, so when their fdatasync
+     * fails they can still be cut off and refused. */
+    uint64_t synced_seq;
+    uint64_t synced_off;
+    uint64_t synced_snapshots; /* the last segment's snapshots below synced_off */
+    bool syncing;              /* an append is in fdatasync (lock released) for the others */
+    pthread_cond_t synced;     /* signalled when that fdatasync ends */
+    sync_waiter *waiters, *waiters_tail; /* appends waiting for durability, in seq order */
+    bool cut_pending;          /* the last segment's file holds bytes past its `bytes`: cut before writing */
+    /* cursor saves */
+    pthread_mutex_t save_lock; /* one save at a time: they share cursor.tmp, and saved_cursor follows the renames */
+    uint64_t saved_cursor;     /* the cursor a restart would read (guarded by lock) */
     pthread_t flusher;
     bool flusher_started;
     bool stop_flusher;
@@ -69,6 +103,9 @@ struct cn_spool {
     cn_metric *m_bytes, *m_pending, *m_records, *m_dropped_records, *m_dropped_snapshots, *m_full, *m_errors,
         *m_corrupt;
     cn_ratelimit log;
+    /* Failed cursor saves are retried at every sync: with their own limit they
+     * cannot crowd the refusals' lines out of `log` while a disk is full. */
+    cn_ratelimit cursor_log;
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -228,19 +265,45 @@ static void read_cursor(cn_spool *s)
     close(fd);
 }
 
-static void write_cursor(cn_spool *s, uint64_t cursor)
+/* fsyncs the spool directory, so that a rename in it survives a power loss. */
+static int sync_directory(const cn_spool *s)
+{
+    int fd = open(s->o.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd), err = errno;
+    close(fd);
+    errno = err;
+    return rc;
+}
+
+/* Saves the cursor (write a temporary file, rename it over the old one). Returns
+ * true once a restart would read it: the caller may then forget what only
+ * protected records below it (delivery marks). */
+static bool write_cursor(cn_spool *s, uint64_t cursor)
 {
     char tmp[4200], path[4200];
     snprintf(tmp, sizeof tmp, "%s/cursor.tmp", s->o.directory);
     snprintf(path, sizeof path, "%s/cursor", s->o.directory);
     uint64_t v[2] = {cursor, cn_crc32(&cursor, sizeof cursor)};
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    if (fd < 0 || write(fd, v, sizeof v) != (ssize_t)sizeof v ||
-        (s->o.fsync != CN_SPOOL_FSYNC_NEVER && fdatasync(fd) != 0) || rename(tmp, path) != 0)
-        cn_log_limited(&s->log, CN_LOG_WARN, s->name, "spool %s: cannot save the cursor: %s", s->o.directory,
-                       strerror(errno));
-    if (fd >= 0)
-        close(fd);
+    bool ok = fd >= 0 && write(fd, v, sizeof v) == (ssize_t)sizeof v &&
+              (s->o.fsync == CN_SPOOL_FSYNC_NEVER || fdatasync(fd) == 0);
+    int err = errno;
+    if (fd >= 0 && close(fd) != 0 && ok) {
+        ok = false;
+        err = errno;
+    }
+    /* With fsync: always the rename itself must be durable too: a power loss that
+     * brought the old cursor back would replay records whose marks are forgotten. */
+    if (ok && (rename(tmp, path) != 0 || (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && sync_directory(s) != 0))) {
+        ok = false;
+        err = errno;
+    }
+    if (!ok)
+        cn_log_limited(&s->cursor_log, CN_LOG_WARN, s->name, "spool %s: cannot save the cursor: %s",
+                       s->o.directory, strerror(err));
+    return ok;
 }
 
 static int open_segment_for_append(cn_spool *s)
@@ -262,6 +325,7 @@ static int reader_open(cn_spool *s, size_t seg)
     s->read_seg = seg;
     s->read_off = 0;
     s->read_seq = s->segs[seg].first_seq;
+    s->read_snapshots = 0;
     return s->read_fd < 0 ? -1 : 0;
 }
 
@@ -284,22 +348,32 @@ static void delete_committed_segments(cn_spool *s)
     }
 }
 
+static slot *ring_at(cn_spool *s, uint64_t seq) { return &s->ring[seq & (s->ring_cap - 1)]; }
+
 static int ring_reserve(cn_spool *s, uint64_t window)
 {
-    if (window < s->done_cap)
+    if (window < s->ring_cap)
         return 0;
-    size_t cap = s->done_cap ? s->done_cap : 1024;
+    size_t cap = s->ring_cap ? s->ring_cap : 1024;
     while (cap <= window)
         cap *= 2;
-    uint8_t *ring = calloc(cap, 1);
+    slot *ring = calloc(cap, sizeof *ring);
     if (!ring)
         return -1;
-    for (uint64_t q = s->cursor; q < s->read_seq; q++)
-        ring[q & (cap - 1)] = s->done_cap ? s->done[q & (s->done_cap - 1)] : 0;
-    free(s->done);
-    s->done = ring;
-    s->done_cap = cap;
+    for (uint64_t q = s->cursor; q < s->read_seq && s->ring_cap; q++)
+        ring[q & (cap - 1)] = *ring_at(s, q);
+    free(s->ring);
+    s->ring = ring;
+    s->ring_cap = cap;
     return 0;
+}
+
+/* Records below it may be read. With fsync: always only records proven durable:
+ * a record whose fdatasync fails is cut off and its batch refused (the agent
+ * resends it), so the exporter must not have delivered it already. */
+static uint64_t readable_end(const cn_spool *s)
+{
+    return s->o.fsync == CN_SPOOL_FSYNC_ALWAYS ? s->synced_seq : s->next_seq;
 }
 
 static void *flusher_main(void *arg);
@@ -314,11 +388,13 @@ cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const ch
     s->name = strdup(name);
     s->write_fd = s->read_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->save_lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&s->readable, &attr);
     pthread_cond_init(&s->flusher_wake, &attr);
+    pthread_cond_init(&s->synced, &attr);
     pthread_condattr_destroy(&attr);
     s->m_bytes = cn_gauge("canopy_spool_bytes", "Bytes in the exporter's spool.", labels);
     s->m_pending = cn_gauge("canopy_spool_pending_records", "Records in the spool not yet exported.", labels);
@@ -333,6 +409,7 @@ cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const ch
     s->m_corrupt = cn_counter("canopy_spool_corrupt_records_total",
                               "Torn or corrupt records found (and skipped) when the spool was opened.", labels);
     s->log.interval_ms = 10000;
+    s->cursor_log.interval_ms = 10000;
     if (!s->o.directory || !s->name || mkdirs(s->o.directory) != 0 || list_segments(s) != 0) {
         cn_error(name, "spool %s: cannot open: %s", opts->directory, strerror(errno));
         cn_spool_close(s);
@@ -371,9 +448,16 @@ cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const ch
            (n = read_record(s->read_fd, s->read_off, s->segs[seg].bytes, &h, NULL)) > 0) {
         s->read_off += (uint64_t)n;
         s->read_seq++;
+        s->read_snapshots += h.n_snapshots;
     }
     s->cursor = s->read_seq;
+    /* Where a restart would start again: the cursor file, adjusted the same way. */
+    s->saved_cursor = s->cursor;
     delete_committed_segments(s);
+    /* Everything found on disk counts as durable: the scan only kept whole records. */
+    s->synced_seq = s->next_seq;
+    s->synced_off = s->segs[s->n_segs - 1].bytes;
+    s->synced_snapshots = s->segs[s->n_segs - 1].snapshots;
     if (ring_reserve(s, 1) != 0) {
         cn_spool_close(s);
         return NULL;
@@ -398,13 +482,29 @@ static bool drop_oldest_segment(cn_spool *s)
     char path[4200];
     seg_path(s, g.first_seq, path, sizeof path);
     unlink(path);
-    uint64_t lost_records = g.end_seq > s->cursor ? g.end_seq - (s->cursor > g.first_seq ? s->cursor : g.first_seq) : 0;
+    /* Counted: what the segment holds that the exporter has not delivered. Records
+     * below the cursor, or done, were delivered. Records it has read and not finished
+     * are counted too: they are delivered from memory if the collector keeps running,
+     * but nothing replays them after a stop or a crash any more, so the counters may
+     * exceed what goes missing, never fall short of it. */
+    uint64_t lost_records = 0, lost_snapshots = 0;
+    uint64_t read_end = s->read_seq < g.end_seq ? s->read_seq : g.end_seq;
+    for (uint64_t q = s->cursor > g.first_seq ? s->cursor : g.first_seq; q < read_end; q++)
+        if (!ring_at(s, q)->done) {
+            lost_records++;
+            lost_snapshots += ring_at(s, q)->snapshots;
+        }
+    if (s->read_seg == 0 && s->read_seq < g.end_seq) {
+        /* Not read yet: the segment's snapshots minus those of the records read. */
+        lost_records += g.end_seq - s->read_seq;
+        lost_snapshots += g.snapshots > s->read_snapshots ? g.snapshots - s->read_snapshots : 0;
+    }
     cn_metric_add(s->m_dropped_records, (int64_t)lost_records);
-    cn_metric_add(s->m_dropped_snapshots, (int64_t)g.snapshots);
+    cn_metric_add(s->m_dropped_snapshots, (int64_t)lost_snapshots);
     cn_log_limited(&s->log, CN_LOG_WARN, s->name,
                    "spool %s is full: dropped its oldest %" PRIu64 " records (%" PRIu64 " snapshots) per "
                    "when_full: drop_oldest",
-                   s->o.directory, g.end_seq - g.first_seq, g.snapshots);
+                   s->o.directory, lost_records, lost_snapshots);
     s->total_bytes -= g.bytes;
     memmove(s->segs, s->segs + 1, (s->n_segs - 1) * sizeof *s->segs);
     s->n_segs--;
@@ -412,7 +512,7 @@ static bool drop_oldest_segment(cn_spool *s)
         /* Records still being exported from the dropped segment complete as usual; the
          * cursor simply no longer waits for them. */
         for (uint64_t q = s->cursor; q < s->segs[0].first_seq && q < s->read_seq; q++)
-            s->done[q & (s->done_cap - 1)] = 0;
+            *ring_at(s, q) = (slot){0, 0};
         s->cursor = s->segs[0].first_seq;
         s->cursor_dirty = true;
     }
@@ -441,37 +541,133 @@ static int rotate(cn_spool *s)
         unlink(path);
         return -1;
     }
-    if (s->o.fsync != CN_SPOOL_FSYNC_NEVER)
-        fdatasync(s->write_fd);
+    /* fsync: always needs no flush here: the rotation waited until every record of
+     * the segment was proven durable. */
+    if (s->o.fsync == CN_SPOOL_FSYNC_INTERVAL && fdatasync(s->write_fd) != 0)
+        cn_log_limited(&s->log, CN_LOG_ERROR, s->name,
+                       "spool %s: fdatasync failed: %s; batches acked in the last fsync_interval may not survive a "
+                       "power loss", s->o.directory, strerror(errno));
     close(s->write_fd);
     s->write_fd = fd;
+    s->synced_off = 0;
+    s->synced_snapshots = 0;
     return 0;
+}
+
+/* fsync: always, after an fdatasync failed. No record written since the last
+ * successful one can be called durable (after a failed writeback Linux may report
+ * the next fdatasync clean with the data lost), so every waiting append fails and
+ * the records are cut from the file: left there, the file and the accounting would
+ * disagree and later records be lost (tests/chaos/spool_repro_fsync_eio.py). The
+ * reader never saw them. Caller holds the lock. */
+static void cut_unsynced(cn_spool *s, int err)
+{
+    segment *g = &s->segs[s->n_segs - 1];
+    if (ftruncate(s->write_fd, (off_t)s->synced_off) != 0)
+        s->cut_pending = true; /* the next append cuts them before it writes */
+    s->total_bytes -= g->bytes - s->synced_off;
+    g->bytes = s->synced_off;
+    g->end_seq = s->next_seq = s->synced_seq;
+    g->snapshots = s->synced_snapshots;
+    for (sync_waiter *w = s->waiters, *next; w; w = next) {
+        next = w->next;
+        w->err = err;
+        w->state = WAIT_FAILED;
+    }
+    s->waiters = s->waiters_tail = NULL;
+    update_gauges(s);
+}
+
+/* fsync: always. One fdatasync for every record written so far (at least one
+ * waits: synced_seq < next_seq), run with the lock released so that other appends
+ * write theirs meanwhile and share the next one, instead of queueing behind the
+ * disk one by one. The fd stays open: only a rotation or close closes it, and a
+ * rotation waits until nothing is left to sync. Caller holds the lock; it is
+ * released and taken again. */
+static void group_sync(cn_spool *s)
+{
+    const segment *g = &s->segs[s->n_segs - 1];
+    uint64_t target = s->next_seq, target_off = g->bytes, target_snapshots = g->snapshots;
+    int fd = s->write_fd;
+    s->syncing = true;
+    pthread_mutex_unlock(&s->lock);
+    int rc = fdatasync(fd);
+    int err = errno;
+    pthread_mutex_lock(&s->lock);
+    s->syncing = false;
+    if (rc == 0) {
+        s->synced_seq = target;
+        s->synced_off = target_off;
+        s->synced_snapshots = target_snapshots;
+        while (s->waiters && s->waiters->seq < target) {
+            sync_waiter *w = s->waiters;
+            s->waiters = w->next;
+            w->state = WAIT_DURABLE;
+        }
+        if (!s->waiters)
+            s->waiters_tail = NULL;
+        pthread_cond_signal(&s->readable);
+    } else {
+        cut_unsynced(s, err);
+    }
+    pthread_cond_broadcast(&s->synced);
+}
+
+/* Waits for the fdatasync in flight or, when none is, runs one. Caller holds the lock. */
+static void wait_or_sync(cn_spool *s)
+{
+    if (s->syncing)
+        pthread_cond_wait(&s->synced, &s->lock);
+    else
+        group_sync(s);
 }
 
 cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots)
 {
     record_header h = {RECORD_MAGIC, (uint32_t)len, 0, n_snapshots, 0};
     uint64_t rec = sizeof h + len;
+    bool always = s->o.fsync == CN_SPOOL_FSYNC_ALWAYS;
+    const char *failed = "write";
     pthread_mutex_lock(&s->lock);
     cn_spool_result result = CN_SPOOL_OK;
-    while (s->total_bytes + rec > (uint64_t)s->o.max_size) {
-        if (s->o.when_full != CN_SPOOL_DROP_OLDEST || !drop_oldest_segment(s)) {
-            cn_metric_inc(s->m_full);
-            cn_log_limited(&s->log, CN_LOG_WARN, s->name,
-                           "spool %s is full (%" PRIu64 " of %lld bytes): refusing batches until the exporter "
-                           "catches up; agents will resend",
-                           s->o.directory, s->total_bytes, (long long)s->o.max_size);
-            result = CN_SPOOL_FULL;
-            goto out;
+    segment *g;
+    for (;;) {
+        if (s->cut_pending) {
+            /* Bytes the accounting does not count are still in the file; appended after
+             * them, this record would be where nobody looks for it. */
+            if (ftruncate(s->write_fd, (off_t)s->segs[s->n_segs - 1].bytes) != 0) {
+                result = CN_SPOOL_IO;
+                goto io_error;
+            }
+            s->cut_pending = false;
         }
-    }
-    segment *g = &s->segs[s->n_segs - 1];
-    if (g->bytes > 0 && g->bytes + rec > (uint64_t)s->o.segment_size) {
+        while (s->total_bytes + rec > (uint64_t)s->o.max_size) {
+            if (s->o.when_full != CN_SPOOL_DROP_OLDEST || !drop_oldest_segment(s)) {
+                cn_metric_inc(s->m_full);
+                cn_log_limited(&s->log, CN_LOG_WARN, s->name,
+                               "spool %s is full (%" PRIu64 " of %lld bytes): refusing batches until the exporter "
+                               "catches up; agents will resend",
+                               s->o.directory, s->total_bytes, (long long)s->o.max_size);
+                result = CN_SPOOL_FULL;
+                goto out;
+            }
+        }
+        g = &s->segs[s->n_segs - 1];
+        if (g->bytes == 0 || g->bytes + rec <= (uint64_t)s->o.segment_size)
+            break;
+        if (always && s->synced_seq < s->next_seq) {
+            /* Rotating closes the segment's file: first its records must be proven
+             * durable (or cut), and no fdatasync may still run on it. The lock is
+             * released meanwhile: look at everything again. */
+            wait_or_sync(s);
+            continue;
+        }
         if (rotate(s) != 0) {
             result = CN_SPOOL_IO;
             goto io_error;
         }
         g = &s->segs[s->n_segs - 1];
+        break;
     }
     h.seq = s->next_seq;
     h.crc = record_crc(&h, data);
@@ -482,22 +678,14 @@ cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint3
             break;
         int err = n < 0 ? errno : ENOSPC;
         /* Remove a partial record so the file stays a clean sequence of records. */
-        if (n > 0 && ftruncate(s->write_fd, (off_t)g->bytes) != 0)
+        if (n > 0 && ftruncate(s->write_fd, (off_t)g->bytes) != 0) {
             err = errno;
+            s->cut_pending = true;
+        }
         if (err == ENOSPC && s->o.when_full == CN_SPOOL_DROP_OLDEST && attempt < 4 && drop_oldest_segment(s)) {
             g = &s->segs[s->n_segs - 1];
             continue;
         }
-        errno = err;
-        result = CN_SPOOL_IO;
-        goto io_error;
-    }
-    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && fdatasync(s->write_fd) != 0) {
-        /* The batch is refused, so its record must go too: left in the file, it would
-         * shift every later record away from where the spool expects it. */
-        int err = errno;
-        if (ftruncate(s->write_fd, (off_t)g->bytes) != 0)
-            err = errno;
         errno = err;
         result = CN_SPOOL_IO;
         goto io_error;
@@ -507,16 +695,35 @@ cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint3
     g->snapshots += n_snapshots;
     s->total_bytes += rec;
     s->unsynced = true;
-    cn_metric_inc(s->m_records);
     update_gauges(s);
-    pthread_cond_signal(&s->readable);
+    if (always) {
+        /* Acked only once an fdatasync that began after the write returned 0: wait
+         * for one, or run it for every record written so far (group commit). */
+        sync_waiter me = {h.seq, WAIT_PENDING, 0, NULL};
+        if (s->waiters_tail)
+            s->waiters_tail->next = &me;
+        else
+            s->waiters = &me;
+        s->waiters_tail = &me;
+        while (me.state == WAIT_PENDING)
+            wait_or_sync(s);
+        if (me.state == WAIT_FAILED) {
+            errno = me.err;
+            failed = "fdatasync";
+            result = CN_SPOOL_IO;
+            goto io_error;
+        }
+    } else {
+        pthread_cond_signal(&s->readable);
+    }
+    cn_metric_inc(s->m_records);
     goto out;
 io_error:
     cn_metric_inc(s->m_errors);
     cn_metric_inc(s->m_full);
     cn_log_limited(&s->log, CN_LOG_ERROR, s->name,
-                   "spool %s: write failed: %s; refusing batches (agents will resend) until it can be written",
-                   s->o.directory, strerror(errno));
+                   "spool %s: %s failed: %s; refusing batches (agents will resend) until it can be written",
+                   s->o.directory, failed, strerror(errno));
 out:
     pthread_mutex_unlock(&s->lock);
     return result;
@@ -541,7 +748,7 @@ int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t 
             rc = -1;
             break;
         }
-        if (s->read_seq < s->next_seq) {
+        if (s->read_seq < readable_end(s)) {
             segment *g = &s->segs[s->read_seg];
             if (s->read_off >= g->bytes || s->read_seq >= g->end_seq) {
                 if (s->read_seg + 1 >= s->n_segs)
@@ -558,10 +765,11 @@ int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t 
                 cn_log_limited(&s->log, CN_LOG_WARN, s->name, "spool %s: skipping a damaged record at seq %" PRIu64,
                                s->o.directory, s->read_seq);
                 g->bytes = s->read_off;
-                uint64_t skip_to = s->read_seg + 1 < s->n_segs ? s->segs[s->read_seg + 1].first_seq : s->next_seq;
+                uint64_t skip_to =
+                    s->read_seg + 1 < s->n_segs ? s->segs[s->read_seg + 1].first_seq : readable_end(s);
                 if (ring_reserve(s, skip_to - s->cursor + 1) == 0)
                     for (uint64_t q = s->read_seq; q < skip_to; q++)
-                        s->done[q & (s->done_cap - 1)] = 1;
+                        *ring_at(s, q) = (slot){0, 1};
                 s->read_seq = skip_to;
                 continue;
             }
@@ -569,9 +777,10 @@ int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t 
                 free(buf);
                 break;
             }
-            s->done[s->read_seq & (s->done_cap - 1)] = 0;
+            *ring_at(s, s->read_seq) = (slot){h.n_snapshots, 0};
             *seq = s->read_seq++;
             s->read_off += (uint64_t)n;
+            s->read_snapshots += h.n_snapshots;
             *data = buf;
             *len = h.len;
             rc = 1;
@@ -588,10 +797,10 @@ void cn_spool_done(cn_spool *s, uint64_t seq)
 {
     pthread_mutex_lock(&s->lock);
     if (seq >= s->cursor && seq < s->read_seq) {
-        s->done[seq & (s->done_cap - 1)] = 1;
+        ring_at(s, seq)->done = 1;
         uint64_t before = s->cursor;
-        while (s->cursor < s->read_seq && s->done[s->cursor & (s->done_cap - 1)]) {
-            s->done[s->cursor & (s->done_cap - 1)] = 0;
+        while (s->cursor < s->read_seq && ring_at(s, s->cursor)->done) {
+            *ring_at(s, s->cursor) = (slot){0, 0};
             s->cursor++;
         }
         if (s->cursor != before) {
@@ -609,6 +818,14 @@ uint64_t cn_spool_cursor(cn_spool *s)
 {
     pthread_mutex_lock(&s->lock);
     uint64_t c = s->cursor;
+    pthread_mutex_unlock(&s->lock);
+    return c;
+}
+
+uint64_t cn_spool_saved_cursor(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    uint64_t c = s->saved_cursor;
     pthread_mutex_unlock(&s->lock);
     return c;
 }
@@ -631,20 +848,38 @@ bool cn_spool_has_replay(cn_spool *s)
 
 void cn_spool_sync(cn_spool *s)
 {
+    pthread_mutex_lock(&s->save_lock);
     pthread_mutex_lock(&s->lock);
-    int fd = s->unsynced && s->o.fsync == CN_SPOOL_FSYNC_INTERVAL ? dup(s->write_fd) : -1;
-    s->unsynced = false;
+    int fd = -1;
+    if (s->unsynced && s->o.fsync == CN_SPOOL_FSYNC_INTERVAL) {
+        /* A duplicate: a rotation may close write_fd while this fsyncs unlocked. */
+        fd = dup(s->write_fd);
+        s->unsynced = fd < 0; /* out of descriptors: try again at the next sync */
+    } else {
+        s->unsynced = false;
+    }
     bool save = s->cursor_dirty;
     uint64_t cursor = s->cursor;
     s->cursor_dirty = false;
     pthread_mutex_unlock(&s->lock);
     /* fsync outside the lock so appends are not held up by the disk. */
     if (fd >= 0) {
-        fdatasync(fd);
+        if (fdatasync(fd) != 0)
+            cn_log_limited(&s->log, CN_LOG_ERROR, s->name,
+                           "spool %s: fdatasync failed: %s; batches acked in the last fsync_interval may not "
+                           "survive a power loss", s->o.directory, strerror(errno));
         close(fd);
     }
-    if (save)
-        write_cursor(s, cursor);
+    if (save) {
+        bool ok = write_cursor(s, cursor);
+        pthread_mutex_lock(&s->lock);
+        if (ok)
+            s->saved_cursor = cursor; /* the cursor never moves back, nor do saves overlap */
+        else
+            s->cursor_dirty = true; /* try again at the next sync */
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->save_lock);
 }
 
 void cn_spool_wake(cn_spool *s)
@@ -695,8 +930,8 @@ void cn_spool_close(cn_spool *s)
     pthread_cond_broadcast(&s->readable);
     pthread_mutex_unlock(&s->lock);
     if (s->write_fd >= 0) {
-        if (s->o.fsync != CN_SPOOL_FSYNC_NEVER)
-            fdatasync(s->write_fd);
+        if (s->o.fsync != CN_SPOOL_FSYNC_NEVER && fdatasync(s->write_fd) != 0)
+            cn_error(s->name, "spool %s: fdatasync at close failed: %s", s->o.directory, strerror(errno));
         s->unsynced = false;
     }
     if (s->o.directory && s->n_segs)
@@ -707,9 +942,11 @@ void cn_spool_close(cn_spool *s)
         close(s->read_fd);
     pthread_cond_destroy(&s->readable);
     pthread_cond_destroy(&s->flusher_wake);
+    pthread_cond_destroy(&s->synced);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->save_lock);
     free(s->segs);
-    free(s->done);
+    free(s->ring);
     free(s->o.directory);
     free(s->name);
     free(s);

@@ -10,10 +10,13 @@
  *   seg-<first seq, 20 digits>.log   records; a new segment every segment_size
  *   cursor                           the first record not yet fully exported
  *
- * Durability of appends follows the fsync policy: always (fsync before the
- * append returns), interval (a flusher fsyncs every fsync_interval; an ack may
- * precede the fsync, so a power loss can lose that much, a process crash
- * cannot), never (left to the OS).
+ * Durability of appends follows the fsync policy: always (an append returns
+ * CN_SPOOL_OK only after an fdatasync that began after its record was written
+ * returned 0; concurrent appends share one fdatasync, a group commit; if it
+ * fails, every append it was to cover is refused and its record cut off, and the
+ * reader only ever sees durable records), interval (a flusher fsyncs every
+ * fsync_interval; an ack may precede the fsync, so a power loss can lose that
+ * much, a process crash cannot), never (left to the OS).
  */
 #ifndef CANOPY_SPOOL_H
 #define CANOPY_SPOOL_H
@@ -63,6 +66,11 @@ uint64_t cn_spool_replay_end(const cn_spool *s);
 /* The committed cursor, and the next record the reader will return. */
 uint64_t cn_spool_cursor(cn_spool *s);
 uint64_t cn_spool_read_position(cn_spool *s);
+/* The cursor as last saved (where a restart would replay from; it lags the
+ * committed cursor by up to a sync interval, or more while saves fail). What
+ * protects records from being delivered twice after a replay must be kept
+ * until this cursor, not the committed one, has passed them. */
+uint64_t cn_spool_saved_cursor(cn_spool *s);
 /* True when records from before the restart wait to be replayed. */
 bool cn_spool_has_replay(cn_spool *s);
 /* Persists the cursor and fsyncs per policy; called periodically and at close. */

@@ -51,6 +51,21 @@ int fdatasync(int fd)
 """
 
 
+def sanitizer_runtime(binary):
+    """The ASan runtime the collector links (sanitizer build), or None. ASan must
+    come first in the process's libraries, so it is preloaded before the shim."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if "libasan" in line and "=>" in line:
+            path = line.split("=>", 1)[1].split()[0]
+            if os.path.exists(path):
+                return path
+    return None
+
+
 def main(args):
     sl.oaplib.require_binaries(args.build_dir, "canopy", "canopy-loadgen")
     if not shutil.which("cc"):
@@ -71,7 +86,8 @@ def main(args):
         col = sl.Collector(args.build_dir, wd, cfg)
         old = {k: os.environ.get(k) for k in ("LD_PRELOAD", "CN_FAIL_FDATASYNC_AT")}
         try:
-            os.environ.update(LD_PRELOAD=lib, CN_FAIL_FDATASYNC_AT="20")
+            asan = sanitizer_runtime(os.path.join(args.build_dir, "bin", "canopy"))
+            os.environ.update(LD_PRELOAD=" ".join(p for p in (asan, lib) if p), CN_FAIL_FDATASYNC_AT="20")
             col.start(admin)
             for k, v in old.items():
                 if v is None:
