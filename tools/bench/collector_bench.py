@@ -7,13 +7,16 @@ In one run, with the same loadgen and the same encoded batches:
   agg      the same with merge_by_task's live call trees on (issue 6's aggregate)
   jsonl    loadgen -> canopy: nng -> merge_by_task -> file (jsonl), written to the
            work directory (a tmpfs by default: --work-dir to change)
-Prints snapshots/s, the ratio to the raw transport and the collector's peak
-RSS (VmHWM), as a Markdown table.
+Every round runs each case once, in that order. Prints the median
+snapshots/s, the median and range of each case's ratio to the raw transport
+of the same round, and the collector's peak RSS (VmHWM, highest of the
+rounds), as a Markdown table.
 """
 import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +54,16 @@ def peak_rss_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """user + system CPU time of a process so far (all its threads)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def wait_for(path, proc, what, timeout=10):
     deadline = time.time() + timeout
     while not os.path.exists(path):
@@ -75,25 +88,27 @@ def bench_raw(args, work):
     wait_for(url[6:], sink, "canopy-rawsink")
     try:
         res = run_loadgen(args, url)
+        res["cpu"] = cpu_seconds(sink.pid)
     finally:
         sink.send_signal(signal.SIGINT)
         sink.wait(10)
     return res, 0
 
 
-def bench_collector(args, work, name, exporter, exporter_id, aggregate=False):
+def bench_collector(args, work, name, exporter, exporter_id, aggregate=False, bin_dir=None):
     url = "ipc://%s/%s.sock" % (work, name)
     cfg = os.path.join(work, name + ".yaml")
     with open(cfg, "w") as f:
         f.write(CONFIG.format(url=url, exporter=exporter, exporter_id=exporter_id,
                               aggregate="true" if aggregate else "false"))
     log = open(os.path.join(work, name + ".log"), "w")
-    col = subprocess.Popen([os.path.join(args.bin, "canopy"), "run", "-c", cfg, "--log-level", "warn"],
+    col = subprocess.Popen([os.path.join(bin_dir or args.bin, "canopy"), "run", "-c", cfg, "--log-level", "warn"],
                            stdout=log, stderr=log)
     wait_for(url[6:], col, "canopy")
     try:
         res = run_loadgen(args, url)
         rss = peak_rss_kib(col.pid)
+        res["cpu"] = cpu_seconds(col.pid)
     finally:
         col.send_signal(signal.SIGTERM)
         col.wait(300)
@@ -108,7 +123,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3, help="runs per case; the median is reported")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every case once, interleaved; medians are reported")
+    ap.add_argument("--baseline-bin", help="also run the discard case with this build's canopy (e.g. an older "
+                    "commit's build/bin), interleaved, to compare")
     ap.add_argument("--work-dir", default="/dev/shm",
                     help="where sockets and jsonl output go; a tmpfs measures canopy, not the disk")
     args = ap.parse_args()
@@ -123,27 +140,41 @@ def main():
          lambda: bench_collector(args, work, "jsonl",
                                  "  file:\n    directory: %s/out\n    fsync: never\n" % work, "file")),
     ]
-    results = []
-    for name, fn in cases:
-        runs = []
-        for r in range(args.rounds):
+    if args.baseline_bin:
+        cases.insert(2, ("baseline (%s): nng -> merge_by_task -> discard" % args.baseline_bin,
+                         lambda: bench_collector(args, work, "baseline", "  discard:\n", "discard",
+                                                 bin_dir=args.baseline_bin)))
+    # Cases interleave round by round, and each case's ratio to raw is taken
+    # within its round: on a shared machine the load drifts over minutes, and
+    # pairing keeps that drift out of the ratio.
+    runs = {name: [] for name, _ in cases}
+    for r in range(args.rounds):
+        raw_rate = None
+        for name, fn in cases:
             shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
             res, rss = fn()
-            runs.append((res["rate"], rss, res))
-            print("  %s: round %d: %.0f snapshots/s, peak RSS %.1f MiB" % (name, r + 1, res["rate"], rss / 1024),
+            if raw_rate is None:
+                raw_rate = res["rate"]
+            runs[name].append((res["rate"], rss, res["rate"] / raw_rate, res))
+            print("  round %d/%d: %s: %.0f snapshots/s (%.0f%% of raw), peak RSS %.1f MiB"
+                  % (r + 1, args.rounds, name, res["rate"], 100.0 * res["rate"] / raw_rate, rss / 1024),
                   file=sys.stderr)
-        runs.sort(key=lambda x: x[0])
-        results.append((name, runs[len(runs) // 2]))
-    raw = results[0][1][0]
-    snapshots = int(results[0][1][2]["snapshots"])
+    snapshots = int(runs[cases[0][0]][0][3]["snapshots"])
     print("\nWorkload: %d agents x %d batches x %d snapshots, depth %d, %d tasks (%d snapshots per run), "
-          "median of %d runs\n" % (args.agents, args.batches, args.batch_size, args.depth, args.tasks, snapshots,
-                                   args.rounds))
-    print("| case | snapshots/s | vs raw transport | collector peak RSS |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, (rate, rss, _) in results:
-        print("| %s | %s | %.0f%% | %s |" % (name, "{:,.0f}".format(rate), 100.0 * rate / raw,
-                                             "%.1f MiB" % (rss / 1024) if rss else "-"))
+          "%d rounds, cases interleaved; medians, and the range of the per-round ratios\n"
+          % (args.agents, args.batches, args.batch_size, args.depth, args.tasks, snapshots, args.rounds))
+    print("| case | snapshots/s | vs raw transport (same round) | range | server CPU per M snapshots | "
+          "peak RSS (median, max) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, _ in cases:
+        rates = sorted(x[0] for x in runs[name])
+        ratios = sorted(x[2] for x in runs[name])
+        rss = sorted(x[1] for x in runs[name])
+        cpu = statistics.median(x[3]["cpu"] / x[3]["snapshots"] * 1e6 for x in runs[name])
+        print("| %s | %s | %.0f%% | %.0f–%.0f%% | %.2f s | %s |"
+              % (name, "{:,.0f}".format(statistics.median(rates)), 100.0 * statistics.median(ratios),
+                 100.0 * ratios[0], 100.0 * ratios[-1], cpu,
+                 "%.1f, %.1f MiB" % (statistics.median(rss) / 1024, rss[-1] / 1024) if rss[-1] else "-"))
     shutil.rmtree(work, ignore_errors=True)
 
 
