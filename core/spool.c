@@ -312,7 +312,16 @@ static int open_segment_for_append(cn_spool *s)
     char path[4200];
     seg_path(s, g->first_seq, path, sizeof path);
     s->write_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    return s->write_fd < 0 ? -1 : 0;
+    if (s->write_fd < 0)
+        return -1;
+    /* fsync: always acks a record once its file is synced; POSIX wants the
+     * directory synced too before a new file's name survives a power loss. */
+    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && sync_directory(s) != 0) {
+        close(s->write_fd);
+        s->write_fd = -1;
+        return -1;
+    }
+    return 0;
 }
 
 static int reader_open(cn_spool *s, size_t seg)
@@ -536,6 +545,13 @@ static int rotate(cn_spool *s)
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (fd < 0)
         return -1;
+    /* With fsync: always the new file's name must be durable before a record in
+     * it is acked (once per segment, so cheap). */
+    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && sync_directory(s) != 0) {
+        close(fd);
+        unlink(path);
+        return -1;
+    }
     if (seg_push(s, s->next_seq) != 0) {
         close(fd);
         unlink(path);
