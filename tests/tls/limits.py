@@ -100,7 +100,16 @@ def main():
         print("ok: a 200 KiB message: connection closed by nng")
 
         # max_connections: 4. The fifth and sixth are closed at once.
+        def open_connections():
+            return tlsutil.metric(tlsutil.metrics("127.0.0.1:%d" % admin), "canopy_receiver_connections")
+
         held = [spwire.SPClient(url) for _ in range(4)]
+        # nng admits a connection asynchronously after its handshake: wait until
+        # the collector counts all four, or a fifth could still get in.
+        deadline = time.time() + 5
+        while open_connections() < 4:
+            assert time.time() < deadline, "the collector never counted 4 connections"
+            time.sleep(0.05)
         refused = 0
         for _ in range(2):
             try:
@@ -114,6 +123,12 @@ def main():
         assert r["reason"] == "ok", r
         for h in held:
             h.close()
+        # nng sees the closes asynchronously: wait until the collector counts no
+        # connection, or the next one could still be refused as a fifth.
+        deadline = time.time() + 5
+        while open_connections() > 0:
+            assert time.time() < deadline, "the closed connections are still counted as open"
+            time.sleep(0.05)
         print("ok: max_connections 4: 2 more connections refused; the 4 held ones still served")
 
         # reply_timeout: pipelined command queries (each answered with the 24
@@ -129,6 +144,8 @@ def main():
                 sent += slow.sock.send(junk[sent:sent + 65536])
             except BlockingIOError:
                 time.sleep(0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the collector already closed it: what is tested below
         # Meanwhile a well-behaved client is served: the stuck replies hold
         # contexts only until reply_timeout closes their connection.
         t1 = time.time()
