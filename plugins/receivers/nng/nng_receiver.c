@@ -720,12 +720,13 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_lock(&cs->lock);
         size_t open = cn_dict_size(cs->pipes);
         bool admit = (int64_t)open < cs->max_connections && cn_dict_put(cs->pipes, key, cs) == 0;
+        /* Set under the lock: events of two pipes must not store their counts
+         * out of order (the gauge showed 3 of 4 open connections). */
         if (admit)
-            open++;
+            cn_metric_set(cs->open, (int64_t)open + 1);
         pthread_mutex_unlock(&cs->lock);
         if (admit) {
             cn_metric_inc(cs->accepted);
-            cn_metric_set(cs->open, (int64_t)open);
             return;
         }
         char who[80];
@@ -737,11 +738,9 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         nng_pipe_close(p);
     } else if (ev == NNG_PIPE_EV_REM_POST) {
         pthread_mutex_lock(&cs->lock);
-        bool counted = cn_dict_remove(cs->pipes, key) != NULL;
-        size_t open = cn_dict_size(cs->pipes);
+        if (cn_dict_remove(cs->pipes, key) != NULL)
+            cn_metric_set(cs->open, (int64_t)cn_dict_size(cs->pipes));
         pthread_mutex_unlock(&cs->lock);
-        if (counted)
-            cn_metric_set(cs->open, (int64_t)open);
     }
 }
 
