@@ -1,11 +1,12 @@
 /*
  * A direct decoder for the hot request: Request{agent, batch}. protobuf-c's
  * generic, descriptor-driven unpack was a third of the collector's CPU time;
- * this walks the wire format of our own schema once to count, once to fill,
- * and places everything in the batch's arena. It produces the same protobuf-c
- * structs, so nothing downstream changes. Requests it does not cover
- * (command queries, finish reports) return DECODE_FALLBACK and go through
- * protobuf-c. tests/unit/test_batch.c checks it against protobuf-c.
+ * this walks the wire format of our own schema (the batch's fields once to
+ * count, once to fill; each snapshot once) and places everything in the
+ * batch's arena. It produces the same protobuf-c structs, so nothing
+ * downstream changes. Requests it does not cover (command queries, finish
+ * reports, frames not sent as one packed field) return DECODE_FALLBACK and go
+ * through protobuf-c. tests/unit/test_batch.c checks it against protobuf-c.
  */
 #include <string.h>
 
@@ -162,68 +163,11 @@ static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdenti
     return DECODE_OK;
 }
 
-/* Counts frames first so the snapshot's array is allocated once. Used when the
- * frames are not one packed field (unpacked, or split across several fields). */
-static decode_result decode_snapshot_two_pass(reader r, cn_arena *a, Canopy__V1__Snapshot *out)
-{
-    canopy__v1__snapshot__init(out);
-    size_t n_frames = 0;
-    reader scan = r;
-    while (scan.p < scan.end) {
-        uint32_t field;
-        int wire;
-        reader f = {NULL, NULL};
-        if (!read_field(&scan, &field, &wire, &f))
-            return DECODE_MALFORMED;
-        if (field == 5 && wire == WT_LEN) {
-            for (const uint8_t *q = f.p; q < f.end; q++)
-                n_frames += !(*q & 0x80);
-        } else if (field == 5 && wire == WT_VARINT) {
-            n_frames++;
-            if (!skip_value(&scan, wire))
-                return DECODE_MALFORMED;
-        } else if (field <= 5 && wire != WT_VARINT) {
-            return DECODE_MALFORMED;
-        } else if (!skip_value(&scan, wire)) {
-            return DECODE_MALFORMED;
-        }
-    }
-    if (n_frames && !(out->frames = cn_arena_alloc(a, n_frames * sizeof *out->frames)))
-        return DECODE_NO_MEMORY;
-    while (r.p < r.end) {
-        uint32_t field;
-        int wire;
-        reader f = {NULL, NULL};
-        uint64_t v = 0;
-        if (!read_field(&r, &field, &wire, &f)) /* validated by the scan; checked anyway */
-            return DECODE_MALFORMED;
-        if (field == 5 && wire == WT_LEN) {
-            while (f.p < f.end) {
-                if (!read_varint(&f, &v))
-                    return DECODE_MALFORMED;
-                out->frames[out->n_frames++] = (uint32_t)v;
-            }
-        } else if (wire == WT_VARINT && field >= 1 && field <= 5) {
-            read_varint(&r, &v);
-            switch (field) {
-            case 1: out->task = (uint32_t)v; break;
-            case 2: out->segment = (uint32_t)v; break;
-            case 3: out->time_ms = (int64_t)v; break;
-            case 4: out->sequence = (int32_t)v; break;
-            default: out->frames[out->n_frames++] = (uint32_t)v; break;
-            }
-        } else {
-            skip_value(&r, wire);
-        }
-    }
-    return DECODE_OK;
-}
-
 /* One pass for what every agent sends: scalars and a single packed frames
- * field. Anything else is handed to the two-pass decoder. */
+ * field. Frames sent unpacked or split over several fields are valid protobuf
+ * that no agent sends: protobuf-c takes the request (DECODE_FALLBACK). */
 static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot *out)
 {
-    const reader whole = r;
     canopy__v1__snapshot__init(out);
     bool have_frames = false;
     while (r.p < r.end) {
@@ -235,7 +179,7 @@ static decode_result decode_snapshot(reader r, cn_arena *a, Canopy__V1__Snapshot
             return DECODE_MALFORMED;
         if (field == 5) {
             if (wire != WT_LEN || have_frames)
-                return decode_snapshot_two_pass(whole, a, out);
+                return DECODE_FALLBACK;
             have_frames = true;
             /* Each id takes at least one byte: allocate for that many, then give
              * the unused tail back to the arena (it is the newest allocation). */
