@@ -108,19 +108,19 @@ static int grow(cn_dict *d)
     return 0;
 }
 
-int cn_dict_put(cn_dict *d, const char *key, void *value)
+const char *cn_dict_put_key(cn_dict *d, const char *key, void *value)
 {
     uint64_t hash = cn_hash_bytes(key, strlen(key));
     dict_slot *s = find_slot(d, key, hash);
     if (s) {
         s->value = value;
-        return 0;
+        return s->key;
     }
     if ((d->used + 1) * 4 > d->cap * 3 && grow(d) != 0)
-        return -1;
+        return NULL;
     char *copy = strdup(key);
     if (!copy)
-        return -1;
+        return NULL;
     size_t mask = d->cap - 1;
     size_t i = hash & mask;
     while (d->slots[i].key && d->slots[i].key != TOMBSTONE)
@@ -129,8 +129,10 @@ int cn_dict_put(cn_dict *d, const char *key, void *value)
         d->used++;
     d->slots[i] = (dict_slot){copy, value, hash};
     d->size++;
-    return 0;
+    return copy;
 }
+
+int cn_dict_put(cn_dict *d, const char *key, void *value) { return cn_dict_put_key(d, key, value) ? 0 : -1; }
 
 void *cn_dict_remove(cn_dict *d, const char *key)
 {

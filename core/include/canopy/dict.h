@@ -16,7 +16,10 @@ void cn_dict_free(cn_dict *d, void (*free_value)(void *));
 void *cn_dict_get(const cn_dict *d, const char *key);
 /* Inserts or replaces; returns 0, or -1 when out of memory. */
 int cn_dict_put(cn_dict *d, const char *key, void *value);
-/* Removes and returns the value, or NULL. */
+/* The same, returning the map's copy of the key (valid until the key is
+ * removed), or NULL when out of memory. */
+const char *cn_dict_put_key(cn_dict *d, const char *key, void *value);
+/* Removes and returns the value, or NULL. key may be the map's own copy. */
 void *cn_dict_remove(cn_dict *d, const char *key);
 size_t cn_dict_size(const cn_dict *d);
 

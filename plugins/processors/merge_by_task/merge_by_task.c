@@ -40,7 +40,7 @@ typedef struct merge_segment {
     struct merge_segment *next_dirty;
     int64_t last_seen_ms;    /* monotonic */
     struct merge_segment *older, *newer; /* the task's list by last_seen_ms */
-    char id[];               /* the key in the task's dict */
+    const char *id;          /* the task's dict's copy of the key */
 } merge_segment;
 
 typedef struct merge_task {
@@ -245,12 +245,8 @@ static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, i
         if ((int64_t)cn_dict_size(t->segments) >= m->max_segments_per_task)
             return NULL;
     }
-    size_t len = strlen(id);
-    s = calloc(1, sizeof *s + len + 1);
-    if (!s)
-        return NULL;
-    memcpy(s->id, id, len + 1);
-    if (cn_dict_put(t->segments, s->id, s) != 0) {
+    s = calloc(1, sizeof *s);
+    if (!s || !(s->id = cn_dict_put_key(t->segments, id, s))) {
         free(s);
         return NULL;
     }
