@@ -84,8 +84,7 @@ struct cn_sender {
     bool sock_open;
     nng_tls_config *tls; /* for tls+tcp:// URLs; kept to redial after a reset */
     unsigned silent;     /* attempts in a row that ended without a reply */
-    int64_t last_heard_ms, last_reset_ms;
-    bool reset_pending;  /* no new attempts until the socket is reopened */
+    int64_t last_heard_ms; /* the last reply, or the last reset */
     cn_ag_slot *slots;
     unsigned n_slots;
 
@@ -289,8 +288,7 @@ static void attempt_finish(cn_sender *s, cn_ag_req *req, int rv, nng_msg *msg)
         s->st.errors++;
     if (rv == 0 && msg) {
         s->silent = 0;
-        s->last_heard_ms = cn_ag_mono_ms();
-        s->reset_pending = false; /* the connection answers after all */
+        s->last_heard_ms = cn_ag_mono_ms(); /* and a pending reset is off: it answers after all */
     } else {
         s->silent++;
     }
@@ -438,7 +436,7 @@ static int socket_open(cn_sender *s)
 static bool reset_due(const cn_sender *s, int64_t now)
 {
     int64_t quiet = (int64_t)s->o.timeout_ms * RESET_AFTER_SILENT;
-    return s->silent >= RESET_AFTER_SILENT && now - s->last_heard_ms >= quiet && now - s->last_reset_ms >= quiet;
+    return s->silent >= RESET_AFTER_SILENT && now - s->last_heard_ms >= quiet;
 }
 
 /* Reopens the socket; called by the sender thread, without the lock, while no
@@ -500,9 +498,8 @@ static void *sender_main(void *arg)
 
         int64_t now = cn_ag_mono_ms();
         int64_t wait_until = INT64_MAX;
-        if (!s->reset_pending && reset_due(s, now))
-            s->reset_pending = true;
-        if (s->reset_pending) {
+        /* Once due, it stays due until a reply or the reset: no new attempts meanwhile. */
+        if (reset_due(s, now)) {
             bool in_flight = false;
             for (unsigned i = 0; i < s->n_slots; i++)
                 in_flight |= atomic_load(&s->slots[i].phase) != SLOT_IDLE;
@@ -515,9 +512,8 @@ static void *sender_main(void *arg)
             pthread_mutex_unlock(&s->mu);
             socket_reset(s);
             pthread_mutex_lock(&s->mu);
-            s->reset_pending = false;
             s->silent = 0;
-            s->last_reset_ms = cn_ag_mono_ms();
+            s->last_heard_ms = cn_ag_mono_ms();
             s->st.socket_resets++;
         }
         for (unsigned i = 0; i < s->n_slots; i++) {

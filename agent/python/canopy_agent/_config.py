@@ -173,7 +173,6 @@ def _check_pem(label, path, kind, max_bytes):
         fail(e.strerror or str(e))
     finally:
         view[:] = bytes(len(buf))  # same size: allowed while the views exist
-    return True
 
 
 def _default_service():
