@@ -698,7 +698,10 @@ cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint3
             err = errno;
             s->cut_pending = true;
         }
-        if (err == ENOSPC && s->o.when_full == CN_SPOOL_DROP_OLDEST && attempt < 4 && drop_oldest_segment(s)) {
+        /* Not while uncut bytes remain: appended after them, the record would be
+         * where nobody looks for it. */
+        if (err == ENOSPC && !s->cut_pending && s->o.when_full == CN_SPOOL_DROP_OLDEST && attempt < 4 &&
+            drop_oldest_segment(s)) {
             g = &s->segs[s->n_segs - 1];
             continue;
         }
