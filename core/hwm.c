@@ -259,6 +259,41 @@ size_t cn_hwm_filter(cn_hwm *h, cn_chunk *chunk)
     return dropped;
 }
 
+/* Removes (and frees) the marks `gone` picks. Keys are collected first: the
+ * dict must not change while it is iterated. */
+static void forget_marks(cn_hwm *h, bool (*gone)(const mark *, const void *), const void *arg)
+{
+    size_t pos = 0, n = 0, cap = 0;
+    const char *key;
+    void *value;
+    char **keys = NULL;
+    while (cn_dict_next(h->marks, &pos, &key, &value)) {
+        if (!gone(value, arg))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            char **grown = realloc(keys, cap * sizeof *grown);
+            if (!grown)
+                break;
+            keys = grown;
+        }
+        if (!(keys[n] = strdup(key)))
+            break;
+        n++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        mark_free(cn_dict_remove(h->marks, keys[i]));
+        free(keys[i]);
+    }
+    free(keys);
+}
+
+/* Untouched for HWM_KEEP_MS. */
+static bool mark_stale(const mark *m, const void *now) { return *(const int64_t *)now - m->updated_ms >= HWM_KEEP_MS; }
+
+/* Every record holding it is below the saved cursor: never replayed. */
+static bool mark_passed(const mark *m, const void *cursor) { return m->until <= *(const uint64_t *)cursor; }
+
 /* Rewrites the log from memory, forgetting marks untouched for an hour. */
 static void compact(cn_hwm *h, int64_t now)
 {
@@ -267,30 +302,10 @@ static void compact(cn_hwm *h, int64_t now)
     h->last_compact_ms = now;
     h->buf_len = 0;
     /* Forget stale marks first, in memory too. */
-    size_t pos = 0, n_stale = 0, cap = 0;
+    forget_marks(h, mark_stale, &now);
+    size_t pos = 0;
     const char *key;
     void *value;
-    char **stale = NULL;
-    while (cn_dict_next(h->marks, &pos, &key, &value)) {
-        if (now - ((const mark *)value)->updated_ms < HWM_KEEP_MS)
-            continue;
-        if (n_stale == cap) {
-            cap = cap ? cap * 2 : 256;
-            char **grown = realloc(stale, cap * sizeof *grown);
-            if (!grown)
-                break;
-            stale = grown;
-        }
-        if (!(stale[n_stale] = strdup(key)))
-            break;
-        n_stale++;
-    }
-    for (size_t i = 0; i < n_stale; i++) {
-        mark_free(cn_dict_remove(h->marks, stale[i]));
-        free(stale[i]);
-    }
-    free(stale);
-    pos = 0;
     while (cn_dict_next(h->marks, &pos, &key, &value)) {
         const mark *m = value;
         int rc = m->watermark > 0 ? log_range(h, key, 0, m->watermark - 1) : 0;
@@ -356,29 +371,4 @@ void cn_hwm_seed(cn_hwm *h, const char *task, const char *segment, int32_t seq)
     add_range(h, key, seq, seq, cn_now_ms());
 }
 
-void cn_hwm_prune(cn_hwm *h, uint64_t cursor)
-{
-    size_t pos = 0, n = 0, cap = 0;
-    const char *key;
-    void *value;
-    char **done = NULL;
-    while (cn_dict_next(h->marks, &pos, &key, &value)) {
-        if (((const mark *)value)->until > cursor)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 256;
-            char **grown = realloc(done, cap * sizeof *grown);
-            if (!grown)
-                break;
-            done = grown;
-        }
-        if (!(done[n] = strdup(key)))
-            break;
-        n++;
-    }
-    for (size_t i = 0; i < n; i++) {
-        mark_free(cn_dict_remove(h->marks, done[i]));
-        free(done[i]);
-    }
-    free(done);
-}
+void cn_hwm_prune(cn_hwm *h, uint64_t cursor) { forget_marks(h, mark_passed, &cursor); }
