@@ -15,6 +15,13 @@
 /* When shutdown must be finished by (monotonic ms); 0 while running. */
 static _Atomic int64_t shutdown_deadline_ms;
 
+static void count_drop(cn_component *c, cn_metric *counter, const cn_chunk *chunk, const char *why);
+
+void cn_exporter_count_drop(cn_component *c, const cn_chunk *chunk, const char *why)
+{
+    count_drop(c, c->rt->failed_snapshots, chunk, why);
+}
+
 static void count_drop(cn_component *c, cn_metric *counter, const cn_chunk *chunk, const char *why)
 {
     atomic_store(&c->rt->failing, true);

@@ -51,6 +51,13 @@ int cn_service_start(cn_service *svc)
                                      "Batches refused (retryable) because service.memory_limit was reached.", "");
     svc->live_bytes = cn_gauge("canopy_batch_bytes", "Bytes held by decoded batches.", "");
     svc->memory_log.interval_ms = 10000;
+    /* Intake logs first: durable exporters need their replay ends. */
+    for (size_t i = 0; i < svc->n_pipelines; i++) {
+        if (cn_pipeline_open_intake(svc->pipelines[i]) != 0) {
+            cn_error("pipeline", "%s: cannot open its intake log", svc->pipelines[i]->name);
+            return -1;
+        }
+    }
     for (size_t i = 0; i < svc->n_components; i++) {
         cn_component *c = svc->components[i];
         if (c->kind == CN_EXPORTER && cn_exporter_runtime_start(c) != 0) {
@@ -66,6 +73,9 @@ int cn_service_start(cn_service *svc)
             return -1;
         }
     }
+    /* What a crash left in the intake logs goes through the processors before new data. */
+    for (size_t i = 0; i < svc->n_pipelines; i++)
+        cn_pipeline_replay(svc->pipelines[i]);
     if (cn_admin_start(svc) != 0)
         return -1;
     atomic_store(&svc->accepting, true);
@@ -101,6 +111,10 @@ void cn_service_stop(cn_service *svc)
     for (size_t i = 0; i < svc->n_components; i++)
         if (svc->components[i]->kind == CN_EXPORTER)
             cn_exporter_runtime_join(svc->components[i], deadline);
+    /* What the exporters still hold was not delivered: its intake records stay for the next start. */
+    for (size_t i = 0; i < svc->n_pipelines; i++)
+        if (svc->pipelines[i]->intake)
+            cn_intake_freeze(svc->pipelines[i]->intake);
     /* Last: health and metrics stay up while data drains, and a stuck HTTP stop
      * (nng 1.5) cannot keep the exporters from flushing. */
     cn_admin_stop(svc);

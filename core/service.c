@@ -37,8 +37,9 @@ static const cn_option exporter_common_options[] = {
           "data is never given up: it waits on disk."},
          CN_OPT_END}},
     {CN_OPT_MAP, "spool", NULL, offsetof(cn_exporter_common, spool),
-     "A persistent on-disk queue for this exporter. Agents are acked only once a batch is in the spool; "
-     "after a crash or restart the exporter replays what it had not delivered, without duplicates.",
+     "Makes the exporter durable: its queue lives on disk, and its pipeline keeps an intake log (in "
+     "<directory>/intake, with these settings) in which a batch is written before it is acked. After a crash "
+     "or restart the exporter gets what it had not delivered, exactly once.",
      .sub = (const cn_option[]){
          {CN_OPT_STR, "directory", NULL, offsetof(cn_spool_options, directory),
           "Where the spool lives; setting it turns the spool on. One directory per exporter."},
@@ -99,7 +100,6 @@ const char *cn_component_id(const cn_component *c) { return c->id; }
 const cn_node *cn_component_node(const cn_component *c) { return c->node; }
 const char *cn_component_labels(const cn_component *c) { return c->labels; }
 cn_task_registry *cn_component_tasks(const cn_component *c) { return c->svc->tasks; }
-bool cn_component_is_replica(const cn_component *c) { return c->replica; }
 
 static const char *kind_name(cn_kind k)
 {
@@ -359,6 +359,9 @@ static void pipeline_free(cn_pipeline *p)
     free(p->processors);
     free(p->exporters);
     free(p->emitters);
+    free(p->processor_batches);
+    cn_intake_close(p->intake);
+    free(p->intake_options.directory);
     cn_queue_destroy(&p->input);
     free(p->name);
     free(p);
@@ -493,6 +496,41 @@ static void build_pipelines(cn_service *svc, const cn_node *root, const cn_node 
     }
 }
 
+/*
+ * A pipeline with a durable exporter keeps an intake log. It lives in the first
+ * such exporter's spool directory and takes its size settings; its fsync is the
+ * strictest any of them asks for, and it never drops: a full log refuses
+ * (retryable), and agents resend.
+ */
+static int derive_intake_options(cn_pipeline *p)
+{
+    const cn_spool_options *first = NULL;
+    int fsync = CN_SPOOL_FSYNC_NEVER;
+    int64_t fsync_interval = 60000;
+    for (size_t i = 0; i < p->n_exporters; i++) {
+        const cn_spool_options *o = &p->exporters[i]->rt->common.spool;
+        if (!o->directory)
+            continue;
+        if (!first)
+            first = o;
+        if (o->fsync < fsync)
+            fsync = o->fsync;
+        if (o->fsync_interval < fsync_interval)
+            fsync_interval = o->fsync_interval;
+    }
+    if (!first)
+        return 0;
+    p->intake_options = *first;
+    p->intake_options.fsync = fsync;
+    p->intake_options.fsync_interval = fsync_interval;
+    p->intake_options.when_full = CN_SPOOL_BLOCK;
+    size_t len = strlen(first->directory) + sizeof "/intake";
+    if (!(p->intake_options.directory = malloc(len)))
+        return -1;
+    snprintf(p->intake_options.directory, len, "%s/intake", first->directory);
+    return 0;
+}
+
 /* ---- tasks section --------------------------------------------------------------- */
 
 static void build_tasks(cn_service *svc, const cn_node *tasks, cn_diag *d)
@@ -598,6 +636,9 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
                       svc->settings.telemetry.logs.level);
 
     build_pipelines(svc, root, service, d);
+    for (size_t i = 0; i < svc->n_pipelines; i++)
+        if (derive_intake_options(svc->pipelines[i]) != 0)
+            cn_diag_error(d, svc->pipelines[i]->node, "out of memory");
     build_tasks(svc, cn_node_get(root, "tasks"), d);
     for (size_t i = 0; i < svc->n_components; i++) {
         const cn_component *a = svc->components[i];
@@ -628,16 +669,6 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
                     c->id_node->line, c->id_node->col, kind_name(c->kind), c->id);
     }
     return svc;
-}
-
-cn_component *cn_processor_clone(const cn_component *proc)
-{
-    cn_diag d = {0};
-    cn_component *c = component_build(proc->svc, CN_PROCESSOR, proc->id_node, proc->node, &d);
-    cn_diag_free(&d); /* the same declaration was checked when the graph was built */
-    if (c)
-        c->replica = true;
-    return c;
 }
 
 void cn_service_free(cn_service *svc)

@@ -10,7 +10,8 @@
 #include <stdatomic.h>
 
 #include "canopy/plugin.h"
-#include "hwm.h"
+#include "delivered.h"
+#include "intake.h"
 #include "queue.h"
 #include "spool.h"
 
@@ -42,15 +43,14 @@ typedef struct cn_exporter_runtime {
     cn_ratelimit full_log, fail_log;
     /* Set while the exporter drops data past its retry budget; cleared by the next success (readiness). */
     atomic_bool failing;
-    /* Spool mode: the exporter reads its own on-disk queue through a private copy of its pipeline's processors. */
+    /* Durable (spool:) exporters: chunks are spooled by the pipeline and read back by the worker. */
     cn_pipeline *pipeline; /* the one pipeline a spooled exporter may be in */
     size_t n_pipelines;
     cn_spool *spool;
-    cn_hwm *hwm;
-    cn_component **chain;
-    size_t n_chain;
+    cn_delivered *delivered;
     atomic_bool stopping;
-    atomic_bool abandon; /* shutdown ran out of time: leave unfinished records in the spool */
+    atomic_bool abandoned;  /* shutdown left undelivered data for the next start */
+    atomic_bool backlogged; /* chunks that could not be spooled wait in memory: receivers refuse */
     cn_metric *replay_skipped;
 } cn_exporter_runtime;
 
@@ -65,7 +65,6 @@ struct cn_component {
     void *ctx;
     cn_service *svc;
     bool started;
-    bool replica; /* a spooled exporter's private copy of a processor */
     union {
         const cn_receiver_plugin *receiver;
         const cn_processor_plugin *processor;
@@ -91,6 +90,9 @@ struct cn_pipeline {
     cn_component **receivers, **processors, **exporters;
     size_t n_receivers, n_processors, n_exporters;
     cn_pipeline_emitter *emitters; /* n_processors + 1 */
+    cn_intake *intake;             /* on when an exporter has a spool */
+    cn_spool_options intake_options;
+    cn_metric **processor_batches; /* per processor */
     cn_queue input;
     pthread_t thread;
     bool thread_started;
@@ -142,20 +144,28 @@ int cn_exporter_runtime_start(cn_component *c);
 /* Hands a chunk to the plugin until delivered (CN_OK), dropped (CN_FAIL) or, when
  * `persistent`, abandoned at the shutdown deadline (CN_RETRY; it stays spooled). */
 cn_status cn_export_with_retry(cn_component *c, cn_chunk *chunk, bool persistent);
-/* Spool mode (exporter_spool.c). */
+/* Durable exporters (exporter_spool.c). */
 int cn_exporter_spool_start(cn_component *c);
 void *cn_exporter_spool_main(void *arg);
 void cn_exporter_spool_free(cn_component *c);
-/* A new instance of a processor, built from the same config (service.c). */
-cn_component *cn_processor_clone(const cn_component *proc);
+/* Spools one chunk (record: its durable encoding, NULL when it could not be
+ * encoded), or keeps it in memory when the spool refuses; takes the chunk's
+ * reference. CN_FAIL when dropped (counted). */
+cn_status cn_exporter_spool_put(cn_component *c, const uint8_t *record, size_t len, cn_chunk *chunk);
 void cn_component_free(cn_component *c);
 void cn_exporter_enqueue(cn_component *c, cn_chunk *chunk); /* takes the ref */
+/* Counts (and logs, rate limited) a chunk the exporter will not get. */
+void cn_exporter_count_drop(cn_component *c, const cn_chunk *chunk, const char *why);
 void cn_exporter_runtime_close(cn_component *c);
 void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms);
 void cn_exporter_runtime_free(cn_component *c);
 
 /* Pipeline runtime (pipeline.c). */
+/* Opens the pipeline's intake log when one of its exporters is durable (before the exporters start). */
+int cn_pipeline_open_intake(cn_pipeline *p);
 int cn_pipeline_start(cn_pipeline *p);
+/* Hands what the intake log holds from before a restart to the pipeline (after it started). */
+void cn_pipeline_replay(cn_pipeline *p);
 void cn_pipeline_close_and_join(cn_pipeline *p);
 
 /* Static tasks (static_tasks.c). */

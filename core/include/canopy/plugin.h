@@ -35,12 +35,6 @@ const cn_node *cn_component_node(const cn_component *c);
 /* Prometheus label set `component="<id>"`, for the component's own metrics. */
 const char *cn_component_labels(const cn_component *c);
 cn_task_registry *cn_component_tasks(const cn_component *c);
-/*
- * True for the private copy of a processor that a spooled exporter runs on
- * its replayed data. The same snapshots also pass the pipeline's own copy, so
- * a replica must not feed anything shared (such as the live call trees).
- */
-bool cn_component_is_replica(const cn_component *c);
 
 /* Hands a decoded batch from a receiver to every pipeline it feeds. */
 typedef enum cn_submit_result {
@@ -51,7 +45,9 @@ typedef enum cn_submit_result {
 } cn_submit_result;
 /*
  * All or nothing: either every pipeline the receiver feeds took a reference,
- * or none did. Never blocks. The caller keeps its own reference.
+ * or none did. With a durable exporter in a pipeline, the batch is in its
+ * intake log when this returns CN_SUBMIT_OK: only then may the receiver ack
+ * it. Never blocks on exporters. The caller keeps its own reference.
  */
 cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch);
 
