@@ -130,7 +130,7 @@ void *cn_exporter_spool_main(void *arg)
         plugin->cb_flush(c->ctx);
     if (abandoned) {
         atomic_store(&rt->abandoned, true);
-        cn_info(c->id, "stopping with undelivered data; it is replayed at the next start");
+        cn_info(c->id, "stopping with undelivered records in the spool; they are replayed at the next start");
     }
     return NULL;
 }

@@ -89,6 +89,24 @@ cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const C
 /* A batch living in owner's arena (one record holding several batches); it holds a reference on owner. */
 cn_batch *cn_batch_part(cn_batch *owner, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
                         int64_t received_ms);
+/*
+ * A batch built snapshot by snapshot, for receivers whose wire format is not
+ * canopy.v1 (the SkyWalking receiver, files): the same core form as a decoded
+ * batch. Strings are interned into the batch's table once each.
+ */
+typedef struct cn_batch_builder cn_batch_builder;
+cn_batch_builder *cn_batch_builder_new(const char *service, const char *instance);
+/* The index of s in the batch's string table, added when new. 0, or -1 when out of memory. */
+int cn_batch_builder_string(cn_batch_builder *b, const char *s, uint32_t *idx);
+/* Adds a snapshot whose task, segment and frames (root first) are string indices.
+ * 0, or -1 when out of memory or an index is out of range. */
+int cn_batch_builder_add(cn_batch_builder *b, uint32_t task, uint32_t segment, int32_t sequence, int64_t time_ms,
+                         const uint32_t *frames, size_t n_frames);
+size_t cn_batch_builder_count(const cn_batch_builder *b);
+/* The batch (one reference); the builder is freed either way. NULL when out of memory. */
+cn_batch *cn_batch_builder_finish(cn_batch_builder *b, uint64_t batch_seq);
+void cn_batch_builder_free(cn_batch_builder *b);
+
 /* Validates a decoded batch against the limits and its own string table. */
 Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *limits,
                                      cn_refusal *why);
