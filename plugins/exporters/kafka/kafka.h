@@ -94,6 +94,7 @@ typedef struct kafka_ctx {
     cn_metric *m_queued_bytes;
     cn_metric *m_in_flight_msgs;
     cn_metric *m_tx_bytes;
+    cn_metric *m_tx_msgs;
     kafka_broker_metrics brokers_m[KAFKA_MAX_BROKER_METRICS];
     size_t n_brokers_m;
 

@@ -21,6 +21,9 @@ void kafka_stats_metrics(kafka_ctx *k)
                                    "Messages sent to the brokers and not yet answered, over all brokers", l);
     k->m_tx_bytes = cn_gauge("canopy_kafka_sent_bytes",
                              "Bytes sent to the brokers since start, compressed and framed (txmsg_bytes)", l);
+    k->m_tx_msgs = cn_gauge("canopy_kafka_sent_messages",
+                            "Messages sent to the brokers since start, resends included (txmsgs): past the "
+                            "delivered count, retriable errors librdkafka fixed itself", l);
 }
 
 static int64_t json_int(json_t *obj, const char *key)
@@ -78,6 +81,7 @@ int kafka_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
         cn_metric_set(m->in_flight, json_int(b, "waitresp_cnt") + json_int(b, "outbuf_cnt"));
     }
     cn_metric_set(k->m_in_flight_msgs, in_flight);
+    cn_metric_set(k->m_tx_msgs, json_int(root, "txmsgs"));
     json_decref(root);
     CN_UNUSED(rk);
     return 0;
