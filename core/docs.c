@@ -21,6 +21,7 @@ static const char *type_label(const cn_option *o)
     case CN_OPT_ENUM: return "enum";
     case CN_OPT_STRLIST: return "list of strings";
     case CN_OPT_MAP: return "map";
+    case CN_OPT_STRMAP: return "map of strings";
     }
     return "";
 }

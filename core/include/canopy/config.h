@@ -84,6 +84,13 @@ typedef enum cn_opt_type {
     CN_OPT_ENUM,      /* int, index into choices */
     CN_OPT_STRLIST,   /* cn_strlist; a scalar is taken as a one-item list */
     CN_OPT_MAP,       /* a nested struct at offset, described by `sub` */
+    /*
+     * cn_strlist of key, value, key, value...: a map of scalars taken as they
+     * are, for settings passed to a library unchanged (e.g. librdkafka's
+     * properties). The plugin checks the keys; cn_node_get on the option's
+     * node finds a key's place for errors.
+     */
+    CN_OPT_STRMAP,
 } cn_opt_type;
 
 typedef struct cn_strlist {

@@ -208,8 +208,7 @@ static void sw_destroy(void *vctx)
     sw_grpc_teardown(c);
     free(c->eps);
     c->eps = NULL;
-    free(c->sig_scratch);
-    c->sig_scratch = NULL;
+    cn_sw_snapshot_encoder_free(&c->snap_enc);
     if (c->ep_lock_ok) {
         pthread_mutex_destroy(&c->ep_lock);
         c->ep_lock_ok = false;

@@ -14,6 +14,7 @@
 #include <grpc/grpc_security.h>
 
 #include "canopy/plugin.h"
+#include "skywalking/sw_snapshot.h"
 
 #define SW_LOG "skywalking"
 
@@ -62,9 +63,8 @@ typedef struct sw_ctx {
     /* Pluck queue: the export thread and the task thread pluck their own tags. */
     grpc_completion_queue *cq;
 
-    /* Export thread only: scratch for encoding. */
-    char **sig_scratch;
-    size_t sig_cap;
+    /* Export thread only: encodes each snapshot (plugins/common/skywalking). */
+    cn_sw_snapshot_encoder snap_enc;
 
     /*
      * A chunk split over several calls that failed half way: on the core's

@@ -486,30 +486,15 @@ int sw_unary(sw_ctx *c, sw_endpoint *ep, const char *method, const ProtobufCMess
 
 static grpc_byte_buffer *encode_snapshot(sw_ctx *c, const cn_snap_ref *r)
 {
-    const cn_snapshot *s = r->snap;
-    if (s->n_frames > c->sig_cap) {
-        size_t cap = c->sig_cap ? c->sig_cap : 64;
-        while (cap < s->n_frames)
-            cap *= 2;
-        char **v = realloc(c->sig_scratch, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        c->sig_scratch = v;
-        c->sig_cap = cap;
-    }
-    /* protobuf-c wants char *; the strings are only read while packing. */
-    for (size_t i = 0; i < s->n_frames; i++)
-        c->sig_scratch[i] = (char *)cn_ref_frame(r, i);
-    Skywalking__V3__ThreadStack stack = SKYWALKING__V3__THREAD_STACK__INIT;
-    stack.n_codesignatures = s->n_frames;
-    stack.codesignatures = c->sig_scratch;
-    Skywalking__V3__ThreadSnapshot m = SKYWALKING__V3__THREAD_SNAPSHOT__INIT;
-    m.taskid = (char *)cn_ref_task(r);
-    m.tracesegmentid = (char *)cn_ref_segment(r);
-    m.time = s->time_ms;
-    m.sequence = s->sequence;
-    m.stack = &stack;
-    return pack_message(&m.base);
+    size_t len = cn_sw_snapshot_prepare(&c->snap_enc, r);
+    if (len == 0)
+        return NULL;
+    /* grpc_slice_malloc aborts rather than return NULL, as all gpr allocations do. */
+    grpc_slice s = grpc_slice_malloc(len);
+    cn_sw_snapshot_pack(&c->snap_enc, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
 }
 
 int sw_collect_snapshots(sw_ctx *c, sw_endpoint *ep, const cn_snap_ref *refs, size_t n, sw_rpc_status *st)
