@@ -80,7 +80,7 @@ void *cn_exporter_spool_main(void *arg)
 {
     cn_component *c = arg;
     cn_exporter_runtime *rt = c->rt;
-    const cn_exporter_plugin *plugin = c->plugin.exporter;
+    const cn_exporter_plugin *plugin = cn_exporter_of(c);
     cn_intake *intake = rt->pipeline ? rt->pipeline->intake : NULL;
     bool replay = cn_spool_has_replay(rt->spool) ||
                   (intake && cn_intake_saved_cursor(intake) < cn_intake_replay_end(intake));

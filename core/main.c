@@ -185,18 +185,15 @@ static int cmd_run(int argc, char **argv)
 static int cmd_components(int argc, char **argv)
 {
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        puts("Usage: canopy components\n\nLists the compiled-in receivers, processors and exporters.");
+        puts("Usage: canopy components\n\nLists the compiled-in receivers, processors, exporters and extensions.");
         return 0;
     }
-    puts("receivers:");
-    for (size_t i = 0; cn_receiver_plugins[i]; i++)
-        printf("  %-16s %s\n", cn_receiver_plugins[i]->type, cn_receiver_plugins[i]->description);
-    puts("processors:");
-    for (size_t i = 0; cn_processor_plugins[i]; i++)
-        printf("  %-16s %s\n", cn_processor_plugins[i]->type, cn_processor_plugins[i]->description);
-    puts("exporters:");
-    for (size_t i = 0; cn_exporter_plugins[i]; i++)
-        printf("  %-16s %s\n", cn_exporter_plugins[i]->type, cn_exporter_plugins[i]->description);
+    for (cn_kind kind = 0; kind < CN_N_KINDS; kind++) {
+        printf("%ss:\n", cn_kind_name(kind));
+        for (size_t i = 0; cn_plugins[i]; i++)
+            if (cn_plugins[i]->kind == kind)
+                printf("  %-16s %s\n", cn_plugins[i]->type, cn_plugins[i]->description);
+    }
     return 0;
 }
 

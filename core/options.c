@@ -307,3 +307,44 @@ const cn_node *cn_options_node(const cn_node *map, const char *name)
     const cn_node *n = cn_node_get(map, name);
     return n ? n : map;
 }
+
+int cn_node_view(cn_node *view, const cn_node *map, const cn_option *opts, bool keep_listed)
+{
+    memset(view, 0, sizeof *view);
+    view->kind = CN_NODE_MAP;
+    if (!map || map->kind != CN_NODE_MAP) {
+        if (map) {
+            view->file = map->file;
+            view->line = map->line;
+            view->col = map->col;
+        }
+        return 0;
+    }
+    *view = *map;
+    view->n = 0;
+    view->keys = calloc(map->n + 1, sizeof *view->keys);
+    view->items = calloc(map->n + 1, sizeof *view->items);
+    if (!view->keys || !view->items) {
+        cn_node_view_free(view);
+        return -1;
+    }
+    for (size_t i = 0; i < map->n; i++) {
+        bool listed = false;
+        for (const cn_option *o = opts; o->name; o++)
+            listed |= strcmp(o->name, map->keys[i]->scalar) == 0;
+        if (listed == keep_listed) {
+            view->keys[view->n] = map->keys[i];
+            view->items[view->n++] = map->items[i];
+        }
+    }
+    return 0;
+}
+
+void cn_node_view_free(cn_node *view)
+{
+    free(view->keys);
+    free(view->items);
+    view->keys = NULL;
+    view->items = NULL;
+    view->n = 0;
+}

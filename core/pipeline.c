@@ -55,7 +55,7 @@ static void emit_next(cn_emitter *e, cn_chunk *chunk)
     cn_pipeline *p = pe->pipeline;
     if (pe->next_stage < p->n_processors) {
         cn_component *proc = p->processors[pe->next_stage];
-        proc->plugin.processor->cb_process(proc->ctx, chunk, &p->emitters[pe->next_stage + 1].base);
+        cn_processor_of(proc)->cb_process(proc->ctx, chunk, &p->emitters[pe->next_stage + 1].base);
         return;
     }
     fan_out(p, chunk);
@@ -65,8 +65,8 @@ static void tick_processors(cn_pipeline *p, int64_t now)
 {
     for (size_t i = 0; i < p->n_processors; i++) {
         cn_component *proc = p->processors[i];
-        if (proc->plugin.processor->cb_tick)
-            proc->plugin.processor->cb_tick(proc->ctx, now, &p->emitters[i + 1].base);
+        if (cn_processor_of(proc)->cb_tick)
+            cn_processor_of(proc)->cb_tick(proc->ctx, now, &p->emitters[i + 1].base);
     }
 }
 
@@ -102,8 +102,8 @@ static void *pipeline_main(void *arg)
     /* Shutdown: every processor hands on what it still buffers, in order. */
     for (size_t i = 0; i < p->n_processors; i++) {
         cn_component *proc = p->processors[i];
-        if (proc->plugin.processor->cb_drain)
-            proc->plugin.processor->cb_drain(proc->ctx, &p->emitters[i + 1].base);
+        if (cn_processor_of(proc)->cb_drain)
+            cn_processor_of(proc)->cb_drain(proc->ctx, &p->emitters[i + 1].base);
     }
     return NULL;
 }
@@ -130,7 +130,7 @@ int cn_pipeline_start(cn_pipeline *p)
         snprintf(l, sizeof l, "pipeline=\"%s\",processor=\"%s\"", p->name, proc->id);
         p->processor_batches[i] = cn_counter("canopy_processor_batches_total",
                                              "Batches a processor took in (each once, live or replayed).", l);
-        if (proc->plugin.processor->cb_start && proc->plugin.processor->cb_start(proc->ctx, proc) != 0) {
+        if (proc->plugin->cb_start && proc->plugin->cb_start(proc->ctx, proc) != 0) {
             cn_error("pipeline", "%s: processor %s failed to start", p->name, proc->id);
             return -1;
         }

@@ -37,7 +37,6 @@ typedef struct cn_exporter_runtime {
     cn_queue queue;
     pthread_t thread;
     bool thread_started;
-    bool task_source_started;
     cn_metric *sent_chunks, *sent_snapshots, *failed_snapshots, *retries, *queue_full_snapshots,
         *shutdown_dropped_snapshots, *queue_size, *queue_capacity;
     cn_ratelimit full_log, fail_log;
@@ -65,17 +64,23 @@ struct cn_component {
     void *ctx;
     cn_service *svc;
     bool started;
-    union {
-        const cn_receiver_plugin *receiver;
-        const cn_processor_plugin *processor;
-        const cn_exporter_plugin *exporter;
-    } plugin;
+    const cn_plugin *plugin;
     /* receivers: the pipelines fed */
     cn_pipeline **feeds;
     size_t n_feeds;
     /* exporters */
     cn_exporter_runtime *rt;
 };
+
+/* A processor's or an exporter's whole plugin: the header is its first member. */
+static inline const cn_processor_plugin *cn_processor_of(const cn_component *c)
+{
+    return (const cn_processor_plugin *)c->plugin;
+}
+static inline const cn_exporter_plugin *cn_exporter_of(const cn_component *c)
+{
+    return (const cn_exporter_plugin *)c->plugin;
+}
 
 typedef struct cn_pipeline_emitter {
     cn_emitter base;
@@ -117,13 +122,12 @@ typedef struct cn_service_settings {
 struct cn_service {
     cn_document *doc;
     cn_service_settings settings;
-    cn_component **components; /* receivers, exporters, then per-pipeline processors */
+    cn_component **components; /* receivers, exporters, extensions (processors live in their pipelines) */
     size_t n_components;
     cn_pipeline **pipelines;
     size_t n_pipelines;
     cn_task_registry *tasks;
     int64_t max_tasks;
-    const cn_node *task_sources; /* the `tasks` node */
     atomic_bool accepting;
     cn_metric *memory_refused, *live_bytes;
     void *admin; /* admin HTTP server state, owned by admin.c */

@@ -158,19 +158,19 @@ static void test_merge_feeds_shared_store(void **state)
     assert_non_null(svc);
     cn_component *merge = svc->pipelines[0]->processors[0];
     assert_null(cn_profiles_shared_peek());
-    assert_int_equal(merge->plugin.processor->cb_start(merge->ctx, merge), 0);
+    assert_int_equal(merge->plugin->cb_start(merge->ctx, merge), 0);
     cn_profiles *shared = cn_profiles_shared_peek();
     assert_non_null(shared);
     sink out = {.base.emit = sink_emit};
     cn_batch *a = batch_of("1@h", 0, snaps_a, 4), *b = batch_of("2@h", 0, snaps_b, 2);
-    merge->plugin.processor->cb_process(merge->ctx, cn_chunk_from_batch(a), &out.base);
-    merge->plugin.processor->cb_process(merge->ctx, cn_chunk_from_batch(b), &out.base);
+    cn_processor_of(merge)->cb_process(merge->ctx, cn_chunk_from_batch(a), &out.base);
+    cn_processor_of(merge)->cb_process(merge->ctx, cn_chunk_from_batch(b), &out.base);
     cn_batch_unref(a);
     cn_batch_unref(b);
     cn_profile_info info;
     /* Nothing flushed yet: the store is fed at flush, as the exporters are. */
     assert_int_equal(cn_profiles_info(shared, "t1", &info), -1);
-    merge->plugin.processor->cb_drain(merge->ctx, &out.base);
+    cn_processor_of(merge)->cb_drain(merge->ctx, &out.base);
     assert_int_equal(out.chunks, 2);
     /* The store's own thread adds what merge_by_task submits: wait for it. */
     for (int i = 0; i < 400; i++) {

@@ -182,7 +182,7 @@ static cn_service *merge_service(bool aggregate)
     if (!svc)
         return NULL;
     cn_component *m = svc->pipelines[0]->processors[0];
-    if (m->plugin.processor->cb_start(m->ctx, m) != 0) {
+    if (m->plugin->cb_start(m->ctx, m) != 0) {
         cn_service_free(svc);
         return NULL;
     }
@@ -196,8 +196,8 @@ static double run_merge(cn_service *svc, const batches *in)
     cn_emitter out = {drop_emit};
     int64_t t0 = cn_mono_ns();
     for (size_t i = 0; i < in->n; i++)
-        m->plugin.processor->cb_process(m->ctx, cn_chunk_from_batch(in->v[i]), &out);
-    m->plugin.processor->cb_drain(m->ctx, &out);
+        cn_processor_of(m)->cb_process(m->ctx, cn_chunk_from_batch(in->v[i]), &out);
+    cn_processor_of(m)->cb_drain(m->ctx, &out);
     return (double)(cn_mono_ns() - t0) / 1e9;
 }
 

@@ -120,6 +120,14 @@ typedef struct cn_option {
 int cn_options_apply(const cn_option *opts, void *ctx, const cn_node *node, cn_diag *d);
 /* Frees what cn_options_apply allocated (strings, lists); safe on zeroed ctx. */
 void cn_options_free(const cn_option *opts, void *ctx);
+/*
+ * A shallow copy of a map node with only the keys that `opts` names
+ * (keep_listed) or only those it does not: for applying part of a map, such
+ * as the settings one component shares with another. Free with
+ * cn_node_view_free. Returns -1 when out of memory.
+ */
+int cn_node_view(cn_node *view, const cn_node *map, const cn_option *opts, bool keep_listed);
+void cn_node_view_free(cn_node *view);
 /* Node of an option inside a component's map, for errors in cb_check. */
 const cn_node *cn_options_node(const cn_node *map, const char *name);
 

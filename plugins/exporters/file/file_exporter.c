@@ -486,15 +486,19 @@ static void file_destroy(void *ctx)
 }
 
 const cn_exporter_plugin cn_exporter_file = {
-    .type = "file",
-    .description = "Writes <directory>/<taskId>.jsonl, one snapshot per line.",
-    .ctx_size = sizeof(file_ctx),
-    .options = file_options,
-    .cb_check = file_check,
-    .cb_start = file_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "file",
+            .description = "Writes <directory>/<taskId>.jsonl, one snapshot per line.",
+            .ctx_size = sizeof(file_ctx),
+            .options = file_options,
+            .cb_check = file_check,
+            .cb_start = file_start,
+            .cb_destroy = file_destroy,
+        },
     .cb_export = file_export,
     .cb_tick = file_tick,
     .cb_flush = file_flush,
     .cb_recover = file_recover,
-    .cb_destroy = file_destroy,
 };

@@ -403,15 +403,19 @@ static void kafka_destroy(void *vctx)
 }
 
 const cn_exporter_plugin cn_exporter_kafka = {
-    .type = "kafka",
-    .description = "Sends snapshots to a Kafka topic as SkyWalking's OAP kafka-fetcher reads them "
-                   "(docs/kafka.md).",
-    .ctx_size = sizeof(kafka_ctx),
-    .options = kafka_options,
-    .cb_check = kafka_check,
-    .cb_start = kafka_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "kafka",
+            .description = "Sends snapshots to a Kafka topic as SkyWalking's OAP kafka-fetcher reads them "
+                           "(docs/kafka.md).",
+            .ctx_size = sizeof(kafka_ctx),
+            .options = kafka_options,
+            .cb_check = kafka_check,
+            .cb_start = kafka_start,
+            .cb_destroy = kafka_destroy,
+        },
     .cb_export = kafka_export,
     .cb_flush = kafka_flush,
     .cb_interrupt = kafka_interrupt,
-    .cb_destroy = kafka_destroy,
 };

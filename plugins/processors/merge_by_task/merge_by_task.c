@@ -605,13 +605,17 @@ static void merge_destroy(void *ctx)
 }
 
 const cn_processor_plugin cn_processor_merge_by_task = {
-    .type = "merge_by_task",
-    .description = "Groups snapshots by task across agents, orders each segment by sequence, drops duplicates.",
-    .ctx_size = sizeof(merge_ctx),
-    .options = merge_options,
-    .cb_start = merge_start,
+    .base =
+        {
+            .kind = CN_PROCESSOR,
+            .type = "merge_by_task",
+            .description = "Groups snapshots by task across agents, orders each segment by sequence, drops duplicates.",
+            .ctx_size = sizeof(merge_ctx),
+            .options = merge_options,
+            .cb_start = merge_start,
+            .cb_destroy = merge_destroy,
+        },
     .cb_process = merge_process,
     .cb_tick = merge_tick,
     .cb_drain = merge_drain,
-    .cb_destroy = merge_destroy,
 };

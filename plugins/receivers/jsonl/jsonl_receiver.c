@@ -318,7 +318,8 @@ static void jsonl_stop(void *ctx)
 
 static void jsonl_destroy(void *ctx) { jsonl_stop(ctx); }
 
-const cn_receiver_plugin cn_receiver_jsonl = {
+const cn_plugin cn_receiver_jsonl = {
+    .kind = CN_RECEIVER,
     .type = "jsonl",
     .description = "Snapshot files in the file exporter's jsonl form, taken from a directory.",
     .ctx_size = sizeof(jsonl_receiver),

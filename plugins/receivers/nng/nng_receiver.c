@@ -1257,7 +1257,8 @@ static void nng_destroy(void *ctx)
     rx->listeners = NULL;
 }
 
-const cn_receiver_plugin cn_receiver_nng = {
+const cn_plugin cn_receiver_nng = {
+    .kind = CN_RECEIVER,
     .type = "nng",
     .description = "Snapshot batches and task queries from canopy agents over nng REQ/REP (ipc://, tcp://, "
                    "tls+tcp://).",
