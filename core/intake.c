@@ -23,7 +23,20 @@ struct cn_intake {
     uint8_t *done;     /* ring: done[seq & (cap - 1)] for seq in [cursor, end) */
     size_t cap;
     atomic_bool frozen;
+    /* Batches whose release still calls back here. A batch can outlive its
+     * service by a moment (a receiver a reload kept drops its reference after
+     * the hand-over), so the last of them frees a closed intake. */
+    size_t tracked;
+    bool closed;
 };
+
+static void intake_free(cn_intake *in)
+{
+    pthread_mutex_destroy(&in->lock);
+    free(in->done);
+    free(in->name);
+    free(in);
+}
 
 cn_intake *cn_intake_open(const cn_spool_options *opts, const char *name, const char *labels)
 {
@@ -51,11 +64,15 @@ void cn_intake_close(cn_intake *in)
 {
     if (!in)
         return;
+    atomic_store(&in->frozen, true); /* nothing done from now on: it is replayed */
     cn_spool_close(in->log);
-    pthread_mutex_destroy(&in->lock);
-    free(in->done);
-    free(in->name);
-    free(in);
+    pthread_mutex_lock(&in->lock);
+    in->log = NULL;
+    in->closed = true;
+    bool last = in->tracked == 0;
+    pthread_mutex_unlock(&in->lock);
+    if (last)
+        intake_free(in);
 }
 
 /* Makes room in the ring for seq. Caller holds the lock. */
@@ -80,11 +97,17 @@ static int ring_cover(cn_intake *in, uint64_t seq)
 static void record_done(void *arg, uint64_t seq)
 {
     cn_intake *in = arg;
-    if (atomic_load(&in->frozen))
-        return;
     pthread_mutex_lock(&in->lock);
+    in->tracked--;
+    if (in->closed) {
+        bool last = in->tracked == 0;
+        pthread_mutex_unlock(&in->lock);
+        if (last)
+            intake_free(in);
+        return;
+    }
     uint64_t before = in->cursor;
-    if (seq >= in->cursor && seq < in->end) {
+    if (!atomic_load(&in->frozen) && seq >= in->cursor && seq < in->end) {
         in->done[seq & (in->cap - 1)] = 1;
         while (in->cursor < in->end && in->done[in->cursor & (in->cap - 1)]) {
             in->done[in->cursor & (in->cap - 1)] = 0;
@@ -106,6 +129,7 @@ static int track(cn_intake *in, cn_batch *b, uint64_t seq)
         in->done[seq & (in->cap - 1)] = 0;
         if (seq + 1 > in->end)
             in->end = seq + 1;
+        in->tracked++;
     }
     pthread_mutex_unlock(&in->lock);
     if (rc == 0) {
@@ -150,6 +174,9 @@ size_t cn_intake_replay(cn_intake *in, void (*push)(void *arg, cn_batch *b), voi
         free(data);
         if (!b) {
             cn_warn(in->name, "intake record %llu cannot be replayed (%s); skipped", (unsigned long long)seq, why);
+            pthread_mutex_lock(&in->lock);
+            in->tracked++; /* as if a batch held it, so that record_done counts right */
+            pthread_mutex_unlock(&in->lock);
             record_done(in, seq);
             continue;
         }

@@ -8,6 +8,7 @@
  * others in their memory queues. Nothing here knows a receiver's wire format
  * or an exporter's sink.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -188,7 +189,23 @@ void cn_pipeline_replay(cn_pipeline *p)
         cn_intake_replay(p->intake, replay_push, p);
 }
 
+/* Process-wide: a receiver kept by a reload moves from one service to the next under it. */
+static pthread_rwlock_t swap_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+void cn_service_swap_begin(void) { pthread_rwlock_wrlock(&swap_lock); }
+void cn_service_swap_end(void) { pthread_rwlock_unlock(&swap_lock); }
+
+static cn_submit_result submit(cn_component *receiver, cn_batch *batch);
+
 cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch)
+{
+    pthread_rwlock_rdlock(&swap_lock);
+    cn_submit_result r = submit(receiver, batch);
+    pthread_rwlock_unlock(&swap_lock);
+    return r;
+}
+
+static cn_submit_result submit(cn_component *receiver, cn_batch *batch)
 {
     cn_service *svc = receiver->svc;
     if (!atomic_load(&svc->accepting))

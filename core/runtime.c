@@ -14,7 +14,7 @@ static int start_kind(cn_service *svc, cn_kind kind)
 {
     for (size_t i = 0; i < svc->n_components; i++) {
         cn_component *c = svc->components[i];
-        if (c->kind != kind || (kind == CN_RECEIVER && c->n_feeds == 0))
+        if (c->kind != kind || c->started || (kind == CN_RECEIVER && c->n_feeds == 0))
             continue;
         if (c->plugin->cb_start && c->plugin->cb_start(c->ctx, c) != 0) {
             cn_error(c->id, "failed to start");
@@ -29,7 +29,7 @@ static void stop_kind(cn_service *svc, cn_kind kind)
 {
     for (size_t i = svc->n_components; i-- > 0;) {
         cn_component *c = svc->components[i];
-        if (c->kind == kind && c->started && c->plugin->cb_stop)
+        if (c->kind == kind && c->started && !c->keep && c->plugin->cb_stop)
             c->plugin->cb_stop(c->ctx);
     }
 }

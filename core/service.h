@@ -64,6 +64,7 @@ struct cn_component {
     void *ctx;
     cn_service *svc;
     bool started;
+    bool keep; /* a receiver that a reload hands over running (reload.c) */
     const cn_plugin *plugin;
     /* receivers: the pipelines fed */
     cn_pipeline **feeds;
@@ -134,6 +135,17 @@ struct cn_service {
     cn_ratelimit memory_log;
     atomic_bool stopping;
 };
+
+/*
+ * Reload (reload.c): hands the running service `old` over to `new` (built and
+ * checked, not started): receivers with unchanged config keep running, the
+ * rest of `old` stops as at shutdown and is freed. Returns new, which the
+ * caller then starts with cn_service_start.
+ */
+cn_service *cn_service_reload(cn_service *old, cn_service *new);
+/* Receivers hand batches over under the read side of this; a reload swaps them under the write side. */
+void cn_service_swap_begin(void);
+void cn_service_swap_end(void);
 
 /* Builds and checks the whole graph. Returns NULL when d holds errors. Takes doc. */
 cn_service *cn_service_build(cn_document *doc, cn_diag *d);

@@ -52,6 +52,8 @@ typedef struct cn_document {
 /* Parses YAML text; `file` names it in errors. Returns NULL after adding errors. */
 cn_document *cn_document_parse(const char *file, const char *text, size_t len, cn_diag *d);
 cn_document *cn_document_load(const char *path, cn_diag *d);
+/* A deep copy (NULL when out of memory), e.g. to rebuild a config that is about to be replaced. */
+cn_document *cn_document_copy(const cn_document *doc);
 void cn_document_free(cn_document *doc);
 
 /* Looks up a key in a MAP node; NULL when absent or node is not a map. */

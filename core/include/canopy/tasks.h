@@ -41,7 +41,7 @@ typedef enum cn_task_state {
 
 typedef struct cn_task_registry cn_task_registry;
 
-/* Called (outside the registry lock) when an agent asks or reports. */
+/* Called (outside the registry lock) when an agent asks or reports; must not call cn_tasks_listen. */
 typedef struct cn_task_listener {
     void *arg;
     void (*on_query)(void *arg, const char *service, const char *instance, int64_t last_command_time);
@@ -75,6 +75,8 @@ void cn_tasks_report_finish(cn_task_registry *r, const char *service, const char
                             const char *task_id);
 /* Registers a listener (copied). */
 int cn_tasks_listen(cn_task_registry *r, const cn_task_listener *l);
+/* Removes the listeners whose arg is `arg`; none of their callbacks runs after it returns. */
+void cn_tasks_unlisten(cn_task_registry *r, void *arg);
 
 /*
  * A task as the command agents run: SkyWalking's ProfileTaskQuery with its

@@ -686,7 +686,6 @@ static int tasks_start(void *ctx, cn_component *self)
     }
     if (pthread_create(&t->thread, NULL, task_thread, t) != 0) {
         cn_error(id, "cannot start the task source thread");
-        /* The listener stays registered; stop makes it inert. */
         pthread_mutex_lock(&t->lock);
         t->stop = true;
         pthread_mutex_unlock(&t->lock);
@@ -704,6 +703,9 @@ static void tasks_stop(void *ctx)
     sw_tasks *t = ctx;
     if (!t->lock_ok)
         return;
+    /* A reload keeps the registry: our callbacks must not outlive this context. */
+    if (t->reg)
+        cn_tasks_unlisten(t->reg, t);
     pthread_mutex_lock(&t->lock);
     t->stop = true;
     /* Cut short a call to a hung OAP instead of waiting out its deadline. */
