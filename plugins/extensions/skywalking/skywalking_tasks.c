@@ -550,6 +550,10 @@ static void *task_thread(void *arg)
             sw_instance *in = cn_dict_get(t->instances, polls[i].key);
             if (in && cursors && cursors[i] > in->cursor)
                 in->cursor = cursors[i];
+            /* poll_interval counts from the end of a call: a call slow to leave must not
+             * bring the next one closer than poll_interval at the OAP. */
+            if (in)
+                in->last_poll_ms = now;
             poll_clear(&polls[i]);
         }
         for (size_t i = 0; i < n_fins; i++) {
