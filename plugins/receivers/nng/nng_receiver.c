@@ -39,10 +39,11 @@ typedef struct nng_receiver nng_receiver;
 typedef struct conn_state {
     pthread_mutex_t lock;
     cn_dict *pipes; /* ids of the pipes counted against max_connections */
+    cn_dict *unreaped; /* ids of closed pipes nng has not released (prune_closed_connections) */
     int64_t max_connections;
     char id[64];    /* component id, for logs */
-    cn_metric *open, *refused, *accepted;
-    cn_ratelimit log;
+    cn_metric *open, *refused, *accepted, *unreaped_gauge;
+    cn_ratelimit log, unreaped_log;
     atomic_bool abandoned; /* set when close_socket gave up: callbacks do nothing */
 } conn_state;
 
@@ -740,8 +741,68 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_lock(&cs->lock);
         if (cn_dict_remove(cs->pipes, key) != NULL)
             cn_metric_set(cs->open, (int64_t)cn_dict_size(cs->pipes));
+        else if (cn_dict_remove(cs->unreaped, key) != NULL)
+            cn_metric_set(cs->unreaped_gauge, (int64_t)cn_dict_size(cs->unreaped));
         pthread_mutex_unlock(&cs->lock);
     }
+}
+
+/*
+ * nng 1.5.2 can stop releasing closed connections for good: its one pipe
+ * reaper thread waits forever on a pipe closed while its TCP transport was
+ * between the header and the body of a message (fixed in nng 1.6, "tcp:
+ * finish receive aio on close"; docs/security.md). A hostile peer that
+ * pipelines requests and hangs up does that within seconds. No closed
+ * connection then gets REM_POST, so they would count against max_connections
+ * forever and shut every agent out while the flood goes on. A TCP connection
+ * whose peer address is gone (getpeername fails: the socket is closed) stops
+ * counting and is shown as unreaped instead; its file descriptor stays open
+ * until the process ends, which the gauge and the log make visible.
+ */
+static void prune_closed_connections(conn_state *cs)
+{
+    pthread_mutex_lock(&cs->lock);
+    size_t n = cn_dict_size(cs->pipes), got = 0, pos = 0;
+    uint32_t *ids = n ? malloc(n * sizeof *ids) : NULL;
+    const char *key;
+    void *value;
+    while (ids && got < n && cn_dict_next(cs->pipes, &pos, &key, &value))
+        ids[got++] = (uint32_t)strtoul(key, NULL, 10);
+    pthread_mutex_unlock(&cs->lock);
+    /* Asked outside the lock: nng takes its own locks, and pipe_event takes ours under them. */
+    size_t dead = 0;
+    for (size_t i = 0; i < got; i++) {
+        nng_pipe p = NNG_PIPE_INITIALIZER;
+        p.id = ids[i];
+        nng_sockaddr sa;
+        int rv = nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa);
+        /* ENOENT: already released (REM_POST uncounts it); ipc:// addresses never fail. */
+        if (rv != 0 && rv != NNG_ENOENT)
+            ids[dead++] = ids[i];
+    }
+    size_t pruned = 0, unreaped;
+    pthread_mutex_lock(&cs->lock);
+    for (size_t i = 0; i < dead; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "%u", (unsigned)ids[i]);
+        if (cn_dict_remove(cs->pipes, k) != NULL) {
+            pruned++;
+            cn_dict_put(cs->unreaped, k, cs); /* no memory: it is just not shown */
+        }
+    }
+    unreaped = cn_dict_size(cs->unreaped);
+    if (pruned) {
+        cn_metric_set(cs->open, (int64_t)cn_dict_size(cs->pipes));
+        cn_metric_set(cs->unreaped_gauge, (int64_t)unreaped);
+    }
+    pthread_mutex_unlock(&cs->lock);
+    free(ids);
+    if (pruned)
+        cn_log_limited(&cs->unreaped_log, CN_LOG_WARN, cs->id,
+                       "%zu closed connection(s) were not released by nng (%zu in all; a known nng 1.5.2 wedge, "
+                       "see docs/security.md): they no longer count against max_connections, but their file "
+                       "descriptors stay open until the collector restarts",
+                       pruned, unreaped);
 }
 
 static conn_state *conn_state_new(nng_receiver *rx)
@@ -749,8 +810,10 @@ static conn_state *conn_state_new(nng_receiver *rx)
     conn_state *cs = calloc(1, sizeof *cs);
     if (!cs)
         return NULL;
-    if (!(cs->pipes = cn_dict_new(64)) || pthread_mutex_init(&cs->lock, NULL) != 0) {
+    if (!(cs->pipes = cn_dict_new(64)) || !(cs->unreaped = cn_dict_new(16)) ||
+        pthread_mutex_init(&cs->lock, NULL) != 0) {
         cn_dict_free(cs->pipes, NULL);
+        cn_dict_free(cs->unreaped, NULL);
         free(cs);
         return NULL;
     }
@@ -762,7 +825,12 @@ static conn_state *conn_state_new(nng_receiver *rx)
                               "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
     cs->refused = cn_counter("canopy_receiver_connections_refused_total",
                              "Connections closed at once because max_connections was reached.", labels);
+    cs->unreaped_gauge = cn_gauge("canopy_receiver_unreaped_connections",
+                                  "Closed agent connections nng has not released, holding a file descriptor each "
+                                  "(an nng 1.5.2 wedge, docs/security.md; restart the collector when it grows).",
+                                  labels);
     cs->log.interval_ms = 5000;
+    cs->unreaped_log.interval_ms = 10000;
     return cs;
 }
 
@@ -1010,6 +1078,7 @@ static void stats_cb(void *arg)
     if (nng_aio_result(rx->stats_aio) != 0)
         return; /* stopped */
     reap_slow_readers(rx);
+    prune_closed_connections(rx->conns);
     /* nng_stats_get copies every statistic (each connection has some): once a second is plenty. */
     if (++rx->stats_ticks % 2 == 0) {
         collect_listener_stats(rx);
