@@ -12,7 +12,6 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <grp.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -22,12 +21,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "canopy/plugin.h"
 #include "dedup.h"
+#include "pem.h"
 
 typedef struct nng_receiver nng_receiver;
 
@@ -298,48 +297,17 @@ static const cn_node *opt_at(const cn_node *node, const char *name, const cn_nod
     return n ? n : fallback;
 }
 
-/*
- * Opens a PEM file for reading: a regular file only, so that a path such as
- * /dev/zero or a FIFO cannot make validate (or start) read forever or block.
- */
-static FILE *open_pem(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    struct stat st;
-    int err = 0;
-    if (fstat(fd, &st) != 0)
-        err = errno;
-    else if (!S_ISREG(st.st_mode))
-        err = EINVAL;
-    else if (st.st_size > (1 << 20)) /* a certificate chain is a few KiB */
-        err = EFBIG;
-    if (err) {
-        close(fd);
-        errno = err;
-        return NULL;
-    }
-    FILE *f = fdopen(fd, "r");
-    if (!f)
-        close(fd);
-    return f;
-}
-
 /* Whether a PEM file is readable and holds a block whose label contains `what`. */
 static int check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what)
 {
-    FILE *f = open_pem(path);
-    if (!f) {
+    char *text = cn_pem_read(path, NULL);
+    if (!text) {
         cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path,
                       errno == EINVAL ? "not a regular file" : strerror(errno));
         return -1;
     }
-    char line[256];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f))
-        found = strncmp(line, "-----BEGIN ", 11) == 0 && strstr(line, what) != NULL;
-    fclose(f);
+    bool found = cn_pem_has_block(text, what);
+    cn_pem_free_secret(text); /* it may be the private key */
     if (!found) {
         cn_diag_error(d, at, "tls.%s: %s holds no PEM \"%s\" block", key, path, what);
         return -1;
@@ -839,56 +807,20 @@ static void conn_state_free(conn_state *cs)
     if (!cs)
         return;
     cn_dict_free(cs->pipes, NULL);
+    cn_dict_free(cs->unreaped, NULL);
     pthread_mutex_destroy(&cs->lock);
     free(cs);
 }
 
 /* ---- listeners ------------------------------------------------------------------------------ */
 
-/* Reads a whole (small) PEM file; NULL with errno set on failure. */
-static char *read_pem(const char *path)
-{
-    FILE *f = open_pem(path);
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 1 >= cap) {
-            cap = cap ? cap * 2 : 8192;
-            /* A certificate chain is a few KiB; anything huge is not one. */
-            char *grown = cap <= (1u << 20) ? realloc(buf, cap) : NULL;
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                errno = cap > (1u << 20) ? EFBIG : ENOMEM;
-                return NULL;
-            }
-            buf = grown;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        if (got == 0)
-            break;
-        len += got;
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(buf);
-        errno = EIO;
-        return NULL;
-    }
-    buf[len] = '\0';
-    return buf;
-}
-
 /* The server TLS config shared by every tls+tcp:// listener. */
 static int make_tls_config(nng_receiver *rx)
 {
     const char *id = cn_component_id(rx->self);
     const nng_receiver_tls *t = &rx->tls;
-    char *cert = read_pem(t->cert_file);
-    char *key = cert ? read_pem(t->key_file) : NULL;
+    char *cert = cn_pem_read(t->cert_file, NULL);
+    char *key = cert ? cn_pem_read(t->key_file, NULL) : NULL;
     if (!cert || !key) {
         cn_error(id, "tls: cannot read %s: %s", cert ? t->key_file : t->cert_file, strerror(errno));
         free(cert);
@@ -914,9 +846,7 @@ static int make_tls_config(nng_receiver *rx)
         step = "require TLS 1.2";
         rv = nng_tls_config_version(rx->tls_config, NNG_TLS_1_2, NNG_TLS_1_2);
     }
-    /* The key must not linger in freed memory. */
-    memset(key, 0, strlen(key));
-    free(key);
+    cn_pem_free_secret(key); /* the key must not linger in freed memory */
     free(cert);
     if (rv != 0) {
         cn_error(id, "tls: cannot %s: %s", step, nng_strerror(rv));
