@@ -21,6 +21,7 @@
 
 #include "canopy/log.h"
 #include "canopy/metrics.h"
+#include "fsutil.h"
 #include "spool.h"
 
 #define RECORD_MAGIC 0x50534E43u /* "CNSP" read as little endian */
@@ -125,22 +126,6 @@ static uint32_t record_crc(const record_header *h, const void *payload)
 static void seg_path(const cn_spool *s, uint64_t first_seq, char *out, size_t len)
 {
     snprintf(out, len, "%s/seg-%020" PRIu64 ".log", s->o.directory, first_seq);
-}
-
-static int mkdirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return -1;
-    for (char *p = buf + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0750) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    }
-    return mkdir(buf, 0750) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 static int seg_push(cn_spool *s, uint64_t first_seq)
@@ -420,7 +405,7 @@ cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const ch
                               "Torn or corrupt records found (and skipped) when the spool was opened.", labels);
     s->log.interval_ms = 10000;
     s->cursor_log.interval_ms = 10000;
-    if (!s->o.directory || !s->name || mkdirs(s->o.directory) != 0 || list_segments(s) != 0) {
+    if (!s->o.directory || !s->name || cn_mkdirs(s->o.directory, 0750) != 0 || list_segments(s) != 0) {
         cn_error(name, "spool %s: cannot open: %s", opts->directory, strerror(errno));
         cn_spool_close(s);
         return NULL;

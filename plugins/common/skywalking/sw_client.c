@@ -21,6 +21,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "pem.h"
 #include "skywalking/v3/profile.pb-c.h"
 #include "skywalking/sw_client.h"
 
@@ -72,46 +73,11 @@ bool sw_status_retryable(const sw_rpc_status *st)
 
 static char *read_pem(const char *path, const char *what)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cn_error(SW_LOG, "cannot open tls.%s %s: %s", what, path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
-        if (cap - len - 1 == 0) {
-            if (cap >= (16u << 20)) {
-                cn_error(SW_LOG, "tls.%s %s is larger than 16 MiB; not a PEM file?", what, path);
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    if (buf && ferror(f)) {
-        cn_error(SW_LOG, "cannot read tls.%s %s: %s", what, path, strerror(errno));
-        free(buf);
-        buf = NULL;
-    } else if (buf) {
-        buf[len] = '\0';
-    } else if (!ferror(f)) {
-        cn_error(SW_LOG, "out of memory reading tls.%s %s", what, path);
-    }
-    fclose(f);
-    return buf;
+    char *text = cn_pem_read(path, NULL);
+    if (!text)
+        cn_error(SW_LOG, "cannot read tls.%s %s: %s", what, path,
+                 errno == EINVAL ? "not a regular file" : strerror(errno));
+    return text;
 }
 
 static int make_credentials(sw_client *c)
@@ -139,11 +105,7 @@ static int make_credentials(sw_client *c)
 out:
     free(ca);
     free(cert);
-    if (key) {
-        /* A private key should not linger in freed heap memory. */
-        memset(key, 0, strlen(key));
-        free(key);
-    }
+    cn_pem_free_secret(key); /* a private key should not linger in freed heap memory */
     return rc;
 }
 

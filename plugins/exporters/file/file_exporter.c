@@ -20,6 +20,7 @@
 
 #include "canopy/dict.h"
 #include "canopy/plugin.h"
+#include "fsutil.h"
 #include "json_cache.h"
 
 enum { FSYNC_NEVER, FSYNC_INTERVAL, FSYNC_ALWAYS };
@@ -81,27 +82,6 @@ static int file_check(void *ctx, cn_component *self, cn_diag *d)
     return 0;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *path, int mode)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 static void flush_all(file_ctx *f, bool sync)
 {
     size_t pos = 0;
@@ -122,7 +102,7 @@ static int file_start(void *ctx, cn_component *self)
 {
     file_ctx *f = ctx;
     f->self = self;
-    if (make_dirs(f->directory, f->dir_mode) != 0) {
+    if (cn_mkdirs(f->directory, f->dir_mode) != 0) {
         cn_error(cn_component_id(self), "cannot create directory %s: %s", f->directory, strerror(errno));
         return -1;
     }

@@ -12,7 +12,6 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <grp.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -22,12 +21,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "canopy/plugin.h"
 #include "dedup.h"
+#include "pem.h"
 
 typedef struct nng_receiver nng_receiver;
 
@@ -39,10 +38,11 @@ typedef struct nng_receiver nng_receiver;
 typedef struct conn_state {
     pthread_mutex_t lock;
     cn_dict *pipes; /* ids of the pipes counted against max_connections */
+    cn_dict *unreaped; /* ids of closed pipes nng has not released (prune_closed_connections) */
     int64_t max_connections;
     char id[64];    /* component id, for logs */
-    cn_metric *open, *refused, *accepted;
-    cn_ratelimit log;
+    cn_metric *open, *refused, *accepted, *unreaped_gauge;
+    cn_ratelimit log, unreaped_log;
     atomic_bool abandoned; /* set when close_socket gave up: callbacks do nothing */
 } conn_state;
 
@@ -297,48 +297,17 @@ static const cn_node *opt_at(const cn_node *node, const char *name, const cn_nod
     return n ? n : fallback;
 }
 
-/*
- * Opens a PEM file for reading: a regular file only, so that a path such as
- * /dev/zero or a FIFO cannot make validate (or start) read forever or block.
- */
-static FILE *open_pem(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    struct stat st;
-    int err = 0;
-    if (fstat(fd, &st) != 0)
-        err = errno;
-    else if (!S_ISREG(st.st_mode))
-        err = EINVAL;
-    else if (st.st_size > (1 << 20)) /* a certificate chain is a few KiB */
-        err = EFBIG;
-    if (err) {
-        close(fd);
-        errno = err;
-        return NULL;
-    }
-    FILE *f = fdopen(fd, "r");
-    if (!f)
-        close(fd);
-    return f;
-}
-
 /* Whether a PEM file is readable and holds a block whose label contains `what`. */
 static int check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what)
 {
-    FILE *f = open_pem(path);
-    if (!f) {
+    char *text = cn_pem_read(path, NULL);
+    if (!text) {
         cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path,
                       errno == EINVAL ? "not a regular file" : strerror(errno));
         return -1;
     }
-    char line[256];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f))
-        found = strncmp(line, "-----BEGIN ", 11) == 0 && strstr(line, what) != NULL;
-    fclose(f);
+    bool found = cn_pem_has_block(text, what);
+    cn_pem_free_secret(text); /* it may be the private key */
     if (!found) {
         cn_diag_error(d, at, "tls.%s: %s holds no PEM \"%s\" block", key, path, what);
         return -1;
@@ -718,8 +687,68 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_lock(&cs->lock);
         if (cn_dict_remove(cs->pipes, key) != NULL)
             cn_metric_set(cs->open, (int64_t)cn_dict_size(cs->pipes));
+        else if (cn_dict_remove(cs->unreaped, key) != NULL)
+            cn_metric_set(cs->unreaped_gauge, (int64_t)cn_dict_size(cs->unreaped));
         pthread_mutex_unlock(&cs->lock);
     }
+}
+
+/*
+ * nng 1.5.2 can stop releasing closed connections for good: its one pipe
+ * reaper thread waits forever on a pipe closed while its TCP transport was
+ * between the header and the body of a message (fixed in nng 1.6, "tcp:
+ * finish receive aio on close"; docs/security.md). A hostile peer that
+ * pipelines requests and hangs up does that within seconds. No closed
+ * connection then gets REM_POST, so they would count against max_connections
+ * forever and shut every agent out while the flood goes on. A TCP connection
+ * whose peer address is gone (getpeername fails: the socket is closed) stops
+ * counting and is shown as unreaped instead; its file descriptor stays open
+ * until the process ends, which the gauge and the log make visible.
+ */
+static void prune_closed_connections(conn_state *cs)
+{
+    pthread_mutex_lock(&cs->lock);
+    size_t n = cn_dict_size(cs->pipes), got = 0, pos = 0;
+    uint32_t *ids = n ? malloc(n * sizeof *ids) : NULL;
+    const char *key;
+    void *value;
+    while (ids && got < n && cn_dict_next(cs->pipes, &pos, &key, &value))
+        ids[got++] = (uint32_t)strtoul(key, NULL, 10);
+    pthread_mutex_unlock(&cs->lock);
+    /* Asked outside the lock: nng takes its own locks, and pipe_event takes ours under them. */
+    size_t dead = 0;
+    for (size_t i = 0; i < got; i++) {
+        nng_pipe p = NNG_PIPE_INITIALIZER;
+        p.id = ids[i];
+        nng_sockaddr sa;
+        int rv = nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa);
+        /* ENOENT: already released (REM_POST uncounts it); ipc:// addresses never fail. */
+        if (rv != 0 && rv != NNG_ENOENT)
+            ids[dead++] = ids[i];
+    }
+    size_t pruned = 0, unreaped;
+    pthread_mutex_lock(&cs->lock);
+    for (size_t i = 0; i < dead; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "%u", (unsigned)ids[i]);
+        if (cn_dict_remove(cs->pipes, k) != NULL) {
+            pruned++;
+            cn_dict_put(cs->unreaped, k, cs); /* no memory: it is just not shown */
+        }
+    }
+    unreaped = cn_dict_size(cs->unreaped);
+    if (pruned) {
+        cn_metric_set(cs->open, (int64_t)cn_dict_size(cs->pipes));
+        cn_metric_set(cs->unreaped_gauge, (int64_t)unreaped);
+    }
+    pthread_mutex_unlock(&cs->lock);
+    free(ids);
+    if (pruned)
+        cn_log_limited(&cs->unreaped_log, CN_LOG_WARN, cs->id,
+                       "%zu closed connection(s) were not released by nng (%zu in all; a known nng 1.5.2 wedge, "
+                       "see docs/security.md): they no longer count against max_connections, but their file "
+                       "descriptors stay open until the collector restarts",
+                       pruned, unreaped);
 }
 
 static conn_state *conn_state_new(nng_receiver *rx)
@@ -727,8 +756,10 @@ static conn_state *conn_state_new(nng_receiver *rx)
     conn_state *cs = calloc(1, sizeof *cs);
     if (!cs)
         return NULL;
-    if (!(cs->pipes = cn_dict_new(64)) || pthread_mutex_init(&cs->lock, NULL) != 0) {
+    if (!(cs->pipes = cn_dict_new(64)) || !(cs->unreaped = cn_dict_new(16)) ||
+        pthread_mutex_init(&cs->lock, NULL) != 0) {
         cn_dict_free(cs->pipes, NULL);
+        cn_dict_free(cs->unreaped, NULL);
         free(cs);
         return NULL;
     }
@@ -740,7 +771,12 @@ static conn_state *conn_state_new(nng_receiver *rx)
                               "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
     cs->refused = cn_counter("canopy_receiver_connections_refused_total",
                              "Connections closed at once because max_connections was reached.", labels);
+    cs->unreaped_gauge = cn_gauge("canopy_receiver_unreaped_connections",
+                                  "Closed agent connections nng has not released, holding a file descriptor each "
+                                  "(an nng 1.5.2 wedge, docs/security.md; restart the collector when it grows).",
+                                  labels);
     cs->log.interval_ms = 5000;
+    cs->unreaped_log.interval_ms = 10000;
     return cs;
 }
 
@@ -749,56 +785,20 @@ static void conn_state_free(conn_state *cs)
     if (!cs)
         return;
     cn_dict_free(cs->pipes, NULL);
+    cn_dict_free(cs->unreaped, NULL);
     pthread_mutex_destroy(&cs->lock);
     free(cs);
 }
 
 /* ---- listeners ------------------------------------------------------------------------------ */
 
-/* Reads a whole (small) PEM file; NULL with errno set on failure. */
-static char *read_pem(const char *path)
-{
-    FILE *f = open_pem(path);
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 1 >= cap) {
-            cap = cap ? cap * 2 : 8192;
-            /* A certificate chain is a few KiB; anything huge is not one. */
-            char *grown = cap <= (1u << 20) ? realloc(buf, cap) : NULL;
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                errno = cap > (1u << 20) ? EFBIG : ENOMEM;
-                return NULL;
-            }
-            buf = grown;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        if (got == 0)
-            break;
-        len += got;
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(buf);
-        errno = EIO;
-        return NULL;
-    }
-    buf[len] = '\0';
-    return buf;
-}
-
 /* The server TLS config shared by every tls+tcp:// listener. */
 static int make_tls_config(nng_receiver *rx)
 {
     const char *id = cn_component_id(rx->self);
     const nng_receiver_tls *t = &rx->tls;
-    char *cert = read_pem(t->cert_file);
-    char *key = cert ? read_pem(t->key_file) : NULL;
+    char *cert = cn_pem_read(t->cert_file, NULL);
+    char *key = cert ? cn_pem_read(t->key_file, NULL) : NULL;
     if (!cert || !key) {
         cn_error(id, "tls: cannot read %s: %s", cert ? t->key_file : t->cert_file, strerror(errno));
         free(cert);
@@ -824,9 +824,7 @@ static int make_tls_config(nng_receiver *rx)
         step = "require TLS 1.2";
         rv = nng_tls_config_version(rx->tls_config, NNG_TLS_1_2, NNG_TLS_1_2);
     }
-    /* The key must not linger in freed memory. */
-    memset(key, 0, strlen(key));
-    free(key);
+    cn_pem_free_secret(key); /* the key must not linger in freed memory */
     free(cert);
     if (rv != 0) {
         cn_error(id, "tls: cannot %s: %s", step, nng_strerror(rv));
@@ -988,6 +986,7 @@ static void stats_cb(void *arg)
     if (nng_aio_result(rx->stats_aio) != 0)
         return; /* stopped */
     reap_slow_readers(rx);
+    prune_closed_connections(rx->conns);
     /* nng_stats_get copies every statistic (each connection has some): once a second is plenty. */
     if (++rx->stats_ticks % 2 == 0) {
         collect_listener_stats(rx);
