@@ -6,14 +6,12 @@
 #include <nng/nng.h>
 #include <nng/supplemental/http/http.h>
 
-#include "canopy/profiles.h"
 #include "service.h"
 
 typedef struct cn_admin {
     cn_service *svc;
     nng_http_server *server;
     nng_url *url;
-    cn_profiles *profiles; /* the shared store, held for the server's life */
     bool loopback_only;
     cn_metric *requests, *client_errors, *server_errors;
 } cn_admin;

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "canopy/batch.h"
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 
 /* Room for "[truncated]" nodes past max_nodes, so a cut stack still lands under its deepest frame. */
 #define RESERVE(max) ((max) / 16 + 16)
