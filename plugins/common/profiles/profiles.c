@@ -293,6 +293,16 @@ void cn_profiles_free(cn_profiles *p)
     free(p);
 }
 
+/* Brings the nodes gauge up to date with t's tree: once per task of a chunk, not per snapshot. */
+static void count_nodes(cn_profiles *p, prof_task *t)
+{
+    size_t nodes = cn_calltree_node_count(t->tree);
+    if (nodes != t->nodes_counted) {
+        cn_metric_add(p->m_nodes, (int64_t)nodes - (int64_t)t->nodes_counted);
+        t->nodes_counted = nodes;
+    }
+}
+
 static void end_locked(cn_profiles *p, prof_task *t)
 {
     if (!t->ended_at)
@@ -322,6 +332,8 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
         /* merge_by_task chunks hold one task; others may mix them. */
         const char *tid = chunk->task_id ? chunk->task_id : cn_ref_task(r);
         if (!t || (tid != task_str && strcmp(tid, task_str) != 0)) {
+            if (t)
+                count_nodes(p, t); /* before task_get, which may forget it */
             t = task_get(p, tid);
             task_str = tid;
             seg_str = NULL;
@@ -393,12 +405,9 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             t->last_ms = tm;
         t->snapshots++;
         added++;
-        size_t nodes = cn_calltree_node_count(t->tree);
-        if (nodes != t->nodes_counted) {
-            cn_metric_add(p->m_nodes, (int64_t)(nodes - t->nodes_counted));
-            t->nodes_counted = nodes;
-        }
     }
+    if (t)
+        count_nodes(p, t);
     if (chunk->task_final && chunk->task_id) {
         prof_task *ft = cn_dict_get(p->tasks, chunk->task_id);
         if (ft)
