@@ -327,8 +327,12 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
          * (the snapshot, then its frame indices), or each costs two cache misses in a row. */
         if (i + 8 < chunk->n)
             __builtin_prefetch(chunk->refs[i + 8].snap);
-        if (i + 4 < chunk->n)
-            __builtin_prefetch(chunk->refs[i + 4].snap->frames);
+        if (i + 4 < chunk->n) {
+            /* 20 frames are 80 bytes: two cache lines */
+            const uint32_t *ahead = chunk->refs[i + 4].snap->frames;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch((const char *)ahead + 64);
+        }
         /* merge_by_task chunks hold one task; others may mix them. */
         const char *tid = chunk->task_id ? chunk->task_id : cn_ref_task(r);
         if (!t || (tid != task_str && strcmp(tid, task_str) != 0)) {
