@@ -3,8 +3,12 @@
  *
  *   GET  /healthz /readyz /metrics
  *   GET  /api/v1/tasks   POST /api/v1/tasks   GET|DELETE /api/v1/tasks/{id}
- *   GET  /api/v1/tasks/{id}/flamegraph.svg | profile.pb.gz | folded
- *   GET  /ui             the web page (embedded at build time)
+ *   GET  /api/v1/tasks/{id}/<view>   a render by the registered task views
+ *   GET  /ui             the web UI of the registered task views
+ *
+ * Task views (canopy/task_views.h) are what an exporter (the live one)
+ * registers: the admin API serves their figures, renders and UI files as
+ * bytes and knows no profile format.
  *
  * A listen address in use is logged as an error but does not stop the
  * collector: data keeps flowing without the admin API.
@@ -17,7 +21,7 @@
  *
  * The server (admin_http.c) runs on a thread of its own, never behind the
  * receivers' work; everything the handlers read is thread safe
- * (metrics, the task registry, the profile store, atomic exporter flags).
+ * (metrics, the task registry, the registered views, atomic exporter flags).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,9 +31,6 @@
 #include "admin.h"
 #include "admin_internal.h"
 
-/* The web UI, embedded by core/ui/CMakeLists.txt. */
-extern const char cn_ui_index_html[], cn_ui_app_js[], cn_ui_style_css[];
-extern const size_t cn_ui_index_html_len, cn_ui_app_js_len, cn_ui_style_css_len;
 
 /* ---- replies ------------------------------------------------------------------ */
 
@@ -252,14 +253,14 @@ static void handle_ui(cn_http_exchange *x, void *arg)
         cn_admin_reply(a, x, 405, "text/plain", "method not allowed\n", 19, "Allow", "GET");
         return;
     }
-    if (strcmp(path, "/ui") == 0 || strcmp(path, "/ui/") == 0 || strcmp(path, "/ui/index.html") == 0)
-        cn_admin_reply(a, x, 200, "text/html; charset=utf-8", cn_ui_index_html, cn_ui_index_html_len, NULL, NULL);
-    else if (strcmp(path, "/ui/app.js") == 0)
-        cn_admin_reply(a, x, 200, "text/javascript; charset=utf-8", cn_ui_app_js, cn_ui_app_js_len, NULL, NULL);
-    else if (strcmp(path, "/ui/style.css") == 0)
-        cn_admin_reply(a, x, 200, "text/css; charset=utf-8", cn_ui_style_css, cn_ui_style_css_len, NULL, NULL);
+    cn_view_body body = {0};
+    const cn_service *svc = a->svc;
+    if (svc->views && svc->views->asset && svc->views->asset(svc->views_arg, path + 3, &body) == CN_VIEW_OK)
+        cn_admin_reply(a, x, 200, body.content_type, body.data, body.len, NULL, NULL);
     else
         cn_admin_reply(a, x, 404, "text/plain", "not found\n", 10, NULL, NULL);
+    if (body.owned)
+        free((void *)body.data);
 }
 
 static void handle_root(cn_http_exchange *x, void *arg)
@@ -297,7 +298,6 @@ static void admin_free(cn_admin *a)
     if (!a)
         return;
     cn_http_server_stop(a->server);
-    cn_profiles_shared_release(a->profiles);
     free(a);
 }
 
@@ -329,10 +329,6 @@ int cn_admin_start(cn_service *svc)
     a->requests = cn_counter("canopy_admin_requests_total", "Requests to the admin HTTP API.", "");
     a->client_errors = cn_counter("canopy_admin_client_errors_total", "Admin API requests answered 4xx.", "");
     a->server_errors = cn_counter("canopy_admin_server_errors_total", "Admin API requests answered 5xx.", "");
-    if (!(a->profiles = cn_profiles_shared_acquire(NULL))) {
-        admin_free(a);
-        return -1;
-    }
     char err[256];
     int rv = cn_http_server_start(&a->server, listen, routes, sizeof routes / sizeof routes[0], a, err, sizeof err);
     if (rv == CN_HTTP_BAD_ADDRESS) {

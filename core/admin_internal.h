@@ -5,13 +5,11 @@
 #include <jansson.h>
 
 #include "admin_http.h"
-#include "canopy/profiles.h"
 #include "service.h"
 
 typedef struct cn_admin {
     cn_service *svc;
     cn_http_server *server;
-    cn_profiles *profiles; /* the shared store, held for the server's life */
     bool loopback_only;
     cn_metric *requests, *client_errors, *server_errors;
 } cn_admin;

@@ -1,13 +1,15 @@
 /*
- * /api/v1/tasks: the task registry and the per-task profiles as JSON, task
- * creation and cancellation, and the live renders of a task's call tree.
+ * /api/v1/tasks: the task registry and the registered task views' figures
+ * (canopy/task_views.h) as JSON, task creation and cancellation, and the
+ * views' renders of a task.
  *
  *   GET    /api/v1/tasks                      {"tasks": [task, ...]}
  *   POST   /api/v1/tasks                      {service, endpoint, duration, min_duration_threshold,
  *                                              dump_period, max_sampling_count[, id]} -> 201 task
  *   GET    /api/v1/tasks/{id}                 task
  *   DELETE /api/v1/tasks/{id}                 cancels it -> task
- *   GET    /api/v1/tasks/{id}/flamegraph.svg[?width=N]  | /profile.pb.gz | /folded
+ *   GET    /api/v1/tasks/{id}/{view}[?query]  a render by the registered views
+ *                                              (the live exporter: flamegraph.svg, profile.pb.gz, folded)
  *
  * Durations are strings ("5m", "10ms") or numbers of milliseconds.
  */
@@ -26,11 +28,13 @@ static const char *source_name(cn_task_source s)
     return s == CN_TASK_STATIC ? "static" : s == CN_TASK_ADMIN ? "admin" : s == CN_TASK_OAP ? "oap" : "unknown";
 }
 
-static json_t *links(const char *id)
+/* The registered views' links of a task, its id percent-encoded. */
+static json_t *links(const cn_service *svc, const char *id)
 {
+    json_t *o = json_object();
     char *enc = malloc(strlen(id) * 3 + 1), *w = enc;
-    if (!enc)
-        return json_object();
+    if (!enc || !o || !svc->views)
+        goto out;
     for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
         bool plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
                      *p == '_' || *p == '.' || *p == '~';
@@ -40,16 +44,39 @@ static json_t *links(const char *id)
             w += sprintf(w, "%%%02X", *p);
     }
     *w = '\0';
-    char svg[600], pprof[600], folded[600];
-    snprintf(svg, sizeof svg, "/api/v1/tasks/%s/flamegraph.svg", enc);
-    snprintf(pprof, sizeof pprof, "/api/v1/tasks/%s/profile.pb.gz", enc);
-    snprintf(folded, sizeof folded, "/api/v1/tasks/%s/folded", enc);
+    for (const cn_task_link *l = svc->views->links; l && l->name; l++) {
+        char url[600];
+        snprintf(url, sizeof url, "/api/v1/tasks/%s/%s", enc, l->view);
+        json_object_set_new(o, l->name, json_string(url));
+    }
+out:
     free(enc);
-    return json_pack("{s:s, s:s, s:s}", "flamegraph", svg, "pprof", pprof, "folded", folded);
+    return o;
 }
 
-/* A task as JSON: registry fields when known (t may be NULL), profile figures when any (info may be NULL). */
-static json_t *task_json(const cn_task *t, const cn_profile_info *info, int64_t now)
+void cn_task_figures_clear(cn_task_figures *f)
+{
+    free(f->task_id);
+    free(f->service);
+    memset(f, 0, sizeof *f);
+}
+
+int cn_component_serve_views(cn_component *self, const cn_task_views *views, void *arg)
+{
+    cn_service *svc = self->svc;
+    if (svc->views) {
+        cn_error(self->id, "%s already serves the admin API's task views; only one component per service can",
+                 svc->views_owner);
+        return -1;
+    }
+    svc->views = views;
+    svc->views_arg = arg;
+    svc->views_owner = self->id;
+    return 0;
+}
+
+/* A task as JSON: registry fields when known (t may be NULL), the views' figures when any (info may be NULL). */
+static json_t *task_json(const cn_service *svc, const cn_task *t, const cn_task_figures *info, int64_t now)
 {
     const char *id = t ? t->id : info->task_id;
     json_t *o = json_object();
@@ -87,7 +114,7 @@ static json_t *task_json(const cn_task *t, const cn_profile_info *info, int64_t 
     json_object_set_new(o, "truncated_snapshots", json_integer(info ? info->truncated : 0));
     json_object_set_new(o, "first_snapshot_time", info && info->first_ms ? json_integer(info->first_ms) : json_null());
     json_object_set_new(o, "last_snapshot_time", info && info->last_ms ? json_integer(info->last_ms) : json_null());
-    json_object_set_new(o, "links", links(id));
+    json_object_set_new(o, "links", links(svc, id));
     return o;
 }
 
@@ -95,30 +122,31 @@ static void list_tasks(cn_admin *a, cn_http_exchange *x)
 {
     int64_t now = cn_now_ms();
     cn_task *tasks = NULL;
-    cn_profile_info *infos = NULL;
-    size_t n = cn_tasks_list(a->svc->tasks, &tasks);
-    size_t m = cn_profiles_list(a->profiles, &infos);
+    cn_task_figures *infos = NULL;
+    const cn_service *svc = a->svc;
+    size_t n = cn_tasks_list(svc->tasks, &tasks);
+    size_t m = svc->views ? svc->views->list(svc->views_arg, &infos) : 0;
     bool *matched = calloc(m ? m : 1, sizeof *matched);
     json_t *arr = json_array();
     bool ok = matched && arr;
     for (size_t i = 0; ok && i < n; i++) {
-        const cn_profile_info *info = NULL;
+        const cn_task_figures *info = NULL;
         for (size_t j = 0; j < m; j++)
             if (!matched[j] && strcmp(infos[j].task_id, tasks[i].id) == 0) {
                 info = &infos[j];
                 matched[j] = true;
                 break;
             }
-        ok = json_array_append_new(arr, task_json(&tasks[i], info, now)) == 0;
+        ok = json_array_append_new(arr, task_json(svc, &tasks[i], info, now)) == 0;
     }
     for (size_t j = 0; ok && j < m; j++)
         if (!matched[j])
-            ok = json_array_append_new(arr, task_json(NULL, &infos[j], now)) == 0;
+            ok = json_array_append_new(arr, task_json(svc, NULL, &infos[j], now)) == 0;
     for (size_t i = 0; i < n; i++)
         cn_task_clear(&tasks[i]);
     free(tasks);
     for (size_t j = 0; j < m; j++)
-        cn_profile_info_clear(&infos[j]);
+        cn_task_figures_clear(&infos[j]);
     free(infos);
     free(matched);
     if (!ok) {
@@ -132,18 +160,19 @@ static void list_tasks(cn_admin *a, cn_http_exchange *x)
 static void get_task(cn_admin *a, cn_http_exchange *x, const char *id, uint16_t status)
 {
     cn_task t = {0};
-    cn_profile_info info = {0};
-    bool known = cn_tasks_get(a->svc->tasks, id, &t) == 0;
-    bool has_profile = cn_profiles_info(a->profiles, id, &info) == 0;
+    cn_task_figures info = {0};
+    const cn_service *svc = a->svc;
+    bool known = cn_tasks_get(svc->tasks, id, &t) == 0;
+    bool has_profile = svc->views && svc->views->figures(svc->views_arg, id, &info) == CN_VIEW_OK;
     if (!known && !has_profile) {
         cn_admin_reply_error(a, x, 404, "no task %s", id);
         return;
     }
-    json_t *o = task_json(known ? &t : NULL, has_profile ? &info : NULL, cn_now_ms());
+    json_t *o = task_json(svc, known ? &t : NULL, has_profile ? &info : NULL, cn_now_ms());
     if (known)
         cn_task_clear(&t);
     if (has_profile)
-        cn_profile_info_clear(&info);
+        cn_task_figures_clear(&info);
     cn_admin_reply_json(a, x, o ? status : 500, o ? o : json_pack("{s:s}", "error", "out of memory"));
 }
 
@@ -296,72 +325,27 @@ static void cancel_task(cn_admin *a, cn_http_exchange *x, const char *id)
 
 /* ---- renders ------------------------------------------------------------------ */
 
-typedef enum render_kind { RENDER_SVG, RENDER_PPROF, RENDER_FOLDED } render_kind;
-
-static int query_int(const char *query, const char *key, int def)
+static void render(cn_admin *a, cn_http_exchange *x, const char *id, const char *view, const char *query)
 {
-    size_t klen = strlen(key);
-    for (const char *p = query; p && *p;) {
-        if (strncmp(p, key, klen) == 0 && p[klen] == '=')
-            return atoi(p + klen + 1);
-        p = strchr(p, '&');
-        if (p)
-            p++;
-    }
-    return def;
-}
-
-static void render(cn_admin *a, cn_http_exchange *x, const char *id, render_kind kind, const char *query)
-{
-    cn_task t = {0};
-    cn_profile_info info = {0};
-    bool known = cn_tasks_get(a->svc->tasks, id, &t) == 0;
-    cn_calltree *tree = cn_profiles_clone(a->profiles, id, &info);
-    bool empty = false;
-    if (!tree) {
-        if (!known) {
-            cn_admin_reply_error(a, x, 404, "no task %s", id);
-            return;
-        }
-        /* A task with no snapshot yet draws as an empty profile, so the UI can poll it. */
-        tree = cn_calltree_new(1);
-        empty = true;
-    }
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *out = tree ? open_memstream(&buf, &len) : NULL;
-    int rc = -1;
-    if (out) {
-        cn_profile_meta meta = {.task_id = id,
-                                .service = known ? t.service : info.service,
-                                .endpoint = known ? t.endpoint : NULL,
-                                .start_ms = empty ? 0 : info.first_ms,
-                                .end_ms = empty ? 0 : info.last_ms,
-                                .period_ms = known ? t.dump_period_ms : 0,
-                                .agents = empty ? 0 : info.agents};
-        rc = kind == RENDER_SVG     ? cn_calltree_write_svg(tree, &meta, query_int(query, "width", 1200), out)
-             : kind == RENDER_PPROF ? cn_calltree_write_pprof(tree, &meta, out)
-                                    : cn_calltree_write_folded(tree, out);
-        if (fclose(out) != 0)
-            rc = -1;
-    }
-    if (rc != 0 || !buf) {
+    const cn_service *svc = a->svc;
+    cn_view_body body = {0};
+    int rc = svc->views ? svc->views->render(svc->views_arg, id, view, query, &body) : CN_VIEW_NOT_FOUND;
+    if (rc == CN_VIEW_NOT_FOUND) {
+        if (svc->views)
+            cn_admin_reply_error(a, x, 404, "no task %s or no view %s", id, view);
+        else
+            cn_admin_reply_error(a, x, 404, "no task views: configure the live exporter to render tasks");
+    } else if (rc != CN_VIEW_OK) {
         cn_admin_reply_error(a, x, 500, "out of memory while rendering task %s", id);
-    } else if (kind == RENDER_PPROF) {
-        char disp[400], name[300];
-        cn_profile_file_name(id, ".pb.gz", name, sizeof name);
-        snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", name);
-        cn_admin_reply(a, x, 200, "application/octet-stream", buf, len, "Content-Disposition", disp);
+    } else if (body.attachment[0]) {
+        char disp[400];
+        snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", body.attachment);
+        cn_admin_reply(a, x, 200, body.content_type, body.data, body.len, "Content-Disposition", disp);
     } else {
-        cn_admin_reply(a, x, 200, kind == RENDER_SVG ? "image/svg+xml" : "text/plain; charset=utf-8", buf, len,
-                       NULL, NULL);
+        cn_admin_reply(a, x, 200, body.content_type, body.data, body.len, NULL, NULL);
     }
-    free(buf);
-    cn_calltree_free(tree);
-    if (known)
-        cn_task_clear(&t);
-    if (!empty)
-        cn_profile_info_clear(&info);
+    if (body.owned)
+        free((void *)body.data);
 }
 
 /* ---- routing ------------------------------------------------------------------ */
@@ -386,27 +370,25 @@ void cn_admin_tasks(cn_admin *a, cn_http_exchange *x, const char *rest, const ch
             method_not_allowed(a, x, "GET, POST");
         return;
     }
-    /* "/{id}" or "/{id}/{view}"; an id never holds '/' (valid_id), but one from an OAP might: take the last part. */
+    /* "/{id}" or "/{id}/{view}"; an id never holds '/' (valid_id), but one from an OAP might: a last
+     * part that is a registered view's name is the view. */
     char id[MAX_ID_LEN * 2 + 1];
-    const char *start = rest + 1, *slash = strrchr(start, '/');
-    static const char *const views[] = {"flamegraph.svg", "profile.pb.gz", "folded"};
-    int view = -1;
-    if (slash)
-        for (int i = 0; i < 3; i++)
-            if (strcmp(slash + 1, views[i]) == 0)
-                view = i;
-    size_t n = view >= 0 ? (size_t)(slash - start) : strlen(start);
+    const char *start = rest + 1, *slash = strrchr(start, '/'), *view = NULL;
+    for (const cn_task_link *l = a->svc->views && slash ? a->svc->views->links : NULL; l && l->name && !view; l++)
+        if (strcmp(slash + 1, l->view) == 0)
+            view = l->view;
+    size_t n = view ? (size_t)(slash - start) : strlen(start);
     if (n == 0 || n >= sizeof id) {
         cn_admin_reply_error(a, x, 404, "not found");
         return;
     }
     memcpy(id, start, n);
     id[n] = '\0';
-    if (view >= 0) {
+    if (view) {
         if (!get)
             method_not_allowed(a, x, "GET");
         else
-            render(a, x, id, view == 0 ? RENDER_SVG : view == 1 ? RENDER_PPROF : RENDER_FOLDED, query);
+            render(a, x, id, view, query);
         return;
     }
     if (get)

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 
 #include "canopy/plugin.h"
+#include "canopy/task_views.h"
 #include "delivered.h"
 #include "intake.h"
 #include "queue.h"
@@ -132,6 +133,10 @@ struct cn_service {
     atomic_bool accepting;
     cn_metric *memory_refused, *live_bytes;
     void *admin; /* admin HTTP server state, owned by admin.c */
+    /* What the admin API shows about tasks (canopy/task_views.h); set by one exporter's cb_start. */
+    const cn_task_views *views;
+    void *views_arg;
+    const char *views_owner; /* the component id that registered them */
     cn_ratelimit memory_log;
     atomic_bool stopping;
 };

@@ -35,6 +35,7 @@ processors:
   merge_by_task:
     flush_interval: 200ms
 exporters:
+  live: {}
   folded:
     directory: @DIR@/out
   pprof:
@@ -55,7 +56,7 @@ service:
     profiles:
       receivers: [nng]
       processors: [merge_by_task]
-      exporters: [folded, pprof, flamegraph, file, folded/broken]
+      exporters: [live, folded, pprof, flamegraph, file, folded/broken]
 """
 
 SVG = "{http://www.w3.org/2000/svg}"

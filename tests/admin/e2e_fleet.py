@@ -29,6 +29,7 @@ processors:
   merge_by_task:
     flush_interval: 200ms
 exporters:
+  live: {}
   file:
     directory: @DIR@/jsonl
   folded:
@@ -45,7 +46,7 @@ service:
     profiles:
       receivers: [nng]
       processors: [merge_by_task]
-      exporters: [file, folded, pprof, flamegraph]
+      exporters: [live, file, folded, pprof, flamegraph]
 """
 
 HANDLER = os.path.join(fleet.EXAMPLE, "app.py") + ".checkout: "

@@ -35,7 +35,7 @@ processors:
   merge_by_task:
     flush_interval: 200ms
 exporters:
-  discard: {}
+  live: {}
 service:
   telemetry:
     http:
@@ -44,7 +44,7 @@ service:
     profiles:
       receivers: [nng]
       processors: [merge_by_task]
-      exporters: [discard]
+      exporters: [live]
 """
 
 

@@ -1,13 +1,13 @@
 #!/usr/bin/python3
 """Reproduction: with a spool on, the live call trees (admin API, /ui, the
-flame graphs) count every snapshot twice.
+flame graphs) counted every snapshot twice.
 
 The spooled exporter runs each batch read back from its spool through a
 private copy of the pipeline's processors (core/exporter_spool.c,
-cn_processor_clone). The copy of merge_by_task starts like the pipeline's
-own and acquires the shared profile store too (aggregate.enabled defaults to
-true), so both feed it: canopy_profile_snapshots_total and the task's
-"snapshots" are twice what was sent. Without a spool they match.
+cn_processor_clone). merge_by_task used to feed a process-wide profile
+store from both copies. The call trees now belong to the live exporter,
+which sees each chunk of its pipeline once, whatever the file exporter's
+spool does.
 
 Exit 0 when the live store counts each snapshot once."""
 import os
@@ -25,7 +25,8 @@ def main(args):
         out = os.path.join(wd, "out")
         url = "ipc://%s/canopy.sock" % wd
         admin = sl.free_port()
-        cfg = sl.config(url, admin, {"file": sl.file_yaml(out) + "\n" + sl.spool_yaml(os.path.join(wd, "spool"))})
+        cfg = sl.config(url, admin, {"file": sl.file_yaml(out) + "\n" + sl.spool_yaml(os.path.join(wd, "spool")),
+                                     "live": "    max_tasks: 32"})
         col = sl.Collector(args.build_dir, wd, cfg)
         try:
             col.start(admin)

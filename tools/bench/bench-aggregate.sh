@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of the per-task call trees (merge_by_task's `aggregate`) and the
+# The cost of the live exporter's per-task call trees and the
 # time to render a 100k-snapshot task; prints a Markdown table.
 #   tools/bench/bench-aggregate.sh BUILD_DIR
 set -euo pipefail

@@ -3,8 +3,10 @@
 
 In one run, with the same loadgen and the same encoded batches:
   raw      loadgen -> canopy-rawsink (nng REQ/REP, reply without decoding)
-  discard  loadgen -> canopy: nng -> merge_by_task -> discard (live call trees off)
-  agg      the same with merge_by_task's live call trees on (issue 6's aggregate)
+  discard  loadgen -> canopy: nng -> merge_by_task -> discard (no live call trees)
+  live     the same plus the live exporter's call trees, as the default config has
+           (a --baseline-bin build older than the live exporter gets
+           merge_by_task's `aggregate` instead)
   jsonl    loadgen -> canopy: nng -> merge_by_task -> file (jsonl), written to the
            work directory (a tmpfs by default: --work-dir to change)
 Every round runs each case once, in that order. Prints the median
@@ -30,8 +32,7 @@ receivers:
 processors:
   merge_by_task:
     flush_interval: 1s
-    aggregate: {{enabled: {aggregate}}}
-exporters:
+{merge_extra}exporters:
 {exporter}
 service:
   shutdown_timeout: 5m
@@ -95,12 +96,23 @@ def bench_raw(args, work):
     return res, 0
 
 
-def bench_collector(args, work, name, exporter, exporter_id, aggregate=False, bin_dir=None):
+def has_live_exporter(bin_dir):
+    out = subprocess.run([os.path.join(bin_dir, "canopy"), "components"], stdout=subprocess.PIPE, text=True)
+    return any(line.split()[:1] == ["live"] for line in out.stdout.splitlines())
+
+
+def bench_collector(args, work, name, exporter, exporter_id, live=False, bin_dir=None):
+    """live: with the live call trees; a baseline build (bin_dir) that predates
+    the live exporter keeps them in merge_by_task's `aggregate` (on by default)."""
     url = "ipc://%s/%s.sock" % (work, name)
     cfg = os.path.join(work, name + ".yaml")
+    merge_extra = ""
+    if bin_dir and not has_live_exporter(bin_dir):
+        merge_extra = "    aggregate: {enabled: %s}\n" % ("true" if live else "false")
+    elif live:
+        exporter, exporter_id = "  live: {}\n" + exporter, "live, " + exporter_id
     with open(cfg, "w") as f:
-        f.write(CONFIG.format(url=url, exporter=exporter, exporter_id=exporter_id,
-                              aggregate="true" if aggregate else "false"))
+        f.write(CONFIG.format(url=url, exporter=exporter, exporter_id=exporter_id, merge_extra=merge_extra))
     log = open(os.path.join(work, name + ".log"), "w")
     col = subprocess.Popen([os.path.join(bin_dir or args.bin, "canopy"), "run", "-c", cfg, "--log-level", "warn"],
                            stdout=log, stderr=log)
@@ -134,8 +146,8 @@ def main():
         ("raw nng REQ/REP (rawsink, no decode)", lambda: bench_raw(args, work)),
         ("canopy: nng -> merge_by_task -> discard",
          lambda: bench_collector(args, work, "discard", "  discard:\n", "discard")),
-        ("canopy: same, with the live call trees (aggregate) on",
-         lambda: bench_collector(args, work, "discard_agg", "  discard:\n", "discard", aggregate=True)),
+        ("canopy: same, with the live call trees (default config)",
+         lambda: bench_collector(args, work, "discard_live", "  discard:\n", "discard", live=True)),
         ("canopy: nng -> merge_by_task -> file (jsonl)",
          lambda: bench_collector(args, work, "jsonl",
                                  "  file:\n    directory: %s/out\n    fsync: never\n" % work, "file")),
@@ -143,6 +155,9 @@ def main():
     if args.baseline_bin:
         cases.insert(2, ("baseline (%s): nng -> merge_by_task -> discard" % args.baseline_bin,
                          lambda: bench_collector(args, work, "baseline", "  discard:\n", "discard",
+                                                 bin_dir=args.baseline_bin)))
+        cases.insert(4, ("baseline (%s): same, with the live call trees (default config)" % args.baseline_bin,
+                         lambda: bench_collector(args, work, "baseline_live", "  discard:\n", "discard", live=True,
                                                  bin_dir=args.baseline_bin)))
     # Cases interleave round by round, and each case's ratio to raw is taken
     # within its round: on a shared machine the load drifts over minutes, and

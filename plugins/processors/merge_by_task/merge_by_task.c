@@ -21,9 +21,9 @@
 #include <string.h>
 
 #include "canopy/dict.h"
+#include "canopy/lru.h"
 #include "canopy/seqset.h"
 #include "canopy/plugin.h"
-#include "canopy/profiles.h"
 
 typedef struct pending_snap {
     int32_t seq;
@@ -38,7 +38,7 @@ typedef struct merge_segment {
     bool dirty;              /* on the task's dirty list */
     struct merge_segment *next_dirty;
     int64_t last_seen_ms;    /* monotonic */
-    struct merge_segment *older, *newer; /* the task's list by last_seen_ms */
+    cn_lru_link lru;         /* on the task's list by last_seen_ms */
     const char *id;          /* the task's dict's copy of the key */
 } merge_segment;
 
@@ -46,19 +46,13 @@ typedef struct merge_task {
     char *id;
     cn_dict *segments;       /* segment id -> merge_segment */
     merge_segment *dirty;    /* segments with pending snapshots */
-    merge_segment *oldest, *newest; /* every segment, least recently seen first */
+    cn_lru seen;             /* every segment, least recently seen first */
     size_t n_pending;
     cn_batch **batches;      /* one reference each, for the pending snapshots */
     size_t n_batches, cap_batches;
     cn_batch *last_batch;
     int64_t last_flush_ms, last_data_ms; /* monotonic */
 } merge_task;
-
-/* aggregate: the live call tree per task that the admin API renders (canopy/profiles.h). */
-typedef struct merge_aggregate {
-    bool enabled;
-    int64_t max_tasks, max_nodes, max_segments;
-} merge_aggregate;
 
 typedef struct merge_ctx {
     /* options */
@@ -68,9 +62,7 @@ typedef struct merge_ctx {
     int64_t max_segments_per_task;
     int64_t segment_idle_timeout;
     int64_t task_idle_timeout;
-    merge_aggregate aggregate;
     /* runtime */
-    cn_profiles *profiles; /* the shared store, fed at every flush; NULL when aggregate is off */
     cn_component *self;
     cn_task_registry *registry;
     cn_dict *tasks; /* task id -> merge_task */
@@ -104,27 +96,6 @@ static const cn_option merge_options[] = {
     {CN_OPT_DURATION, "task_idle_timeout", "1m", offsetof(merge_ctx, task_idle_timeout),
      "A task the registry does not know ends after no snapshot for this long.", .min = 1000,
      .max = 7 * 24 * 3600 * 1000LL},
-    {CN_OPT_MAP, "aggregate", NULL, offsetof(merge_ctx, aggregate),
-     "A merged call tree per task across agents and segments (sample counts and SkyWalking durations), kept "
-     "live for the admin API (/api/v1/tasks/{id}/flamegraph.svg, /folded, /profile.pb.gz) and the web UI. "
-     "Shared by every merge_by_task in the process (the last one started sets the limits): when the same "
-     "snapshots flow through two pipelines, enable it in one only, or they are counted twice.",
-     .sub = (const cn_option[]){
-         {CN_OPT_BOOL, "enabled", "true", offsetof(merge_aggregate, enabled),
-          "Keep the per-task call trees (costs a hash probe per frame at each flush)."},
-         {CN_OPT_INT, "max_tasks", "32", offsetof(merge_aggregate, max_tasks),
-          "Tasks kept; when full, the task that ended first is forgotten, and snapshots of a new task are "
-          "dropped from the trees (counted) while every held task is still live.",
-          .min = 1, .max = 100000},
-         {CN_OPT_INT, "max_nodes", "20000", offsetof(merge_aggregate, max_nodes),
-          "Call tree nodes per task (about 200 bytes each with its signature; an app's profile has a few "
-          "thousand). A stack needing more is cut and counted under a \"[truncated]\" frame.",
-          .min = 16, .max = 100000000},
-         {CN_OPT_INT, "max_segments", "10000", offsetof(merge_aggregate, max_segments),
-          "Segments per task followed for durations; the least recently seen are forgotten first (their next "
-          "snapshot starts a new run).",
-          .min = 16, .max = 100000000},
-         CN_OPT_END}},
     CN_OPT_END};
 
 /* ---- state --------------------------------------------------------------------- */
@@ -166,43 +137,16 @@ static merge_task *task_get(merge_ctx *m, const char *id, int64_t now)
     return t;
 }
 
-static void lru_unlink(merge_task *t, merge_segment *s)
-{
-    if (s->older)
-        s->older->newer = s->newer;
-    else
-        t->oldest = s->newer;
-    if (s->newer)
-        s->newer->older = s->older;
-    else
-        t->newest = s->older;
-    s->older = s->newer = NULL;
-}
-
-static void lru_append(merge_task *t, merge_segment *s)
-{
-    s->older = t->newest;
-    s->newer = NULL;
-    if (t->newest)
-        t->newest->newer = s;
-    else
-        t->oldest = s;
-    t->newest = s;
-}
-
 /* Marks s as seen now: it moves to the new end of the list. */
 static void segment_touch(merge_task *t, merge_segment *s, int64_t now)
 {
     s->last_seen_ms = now;
-    if (t->newest != s) {
-        lru_unlink(t, s);
-        lru_append(t, s);
-    }
+    cn_lru_touch(&t->seen, &s->lru);
 }
 
 static void segment_forget(merge_ctx *m, merge_task *t, merge_segment *s)
 {
-    lru_unlink(t, s);
+    cn_lru_unlink(&t->seen, &s->lru);
     cn_dict_remove(t->segments, s->id);
     segment_free(s);
     cn_metric_add(m->live_segments, -1);
@@ -218,9 +162,9 @@ static void segment_forget(merge_ctx *m, merge_task *t, merge_segment *s)
 static void evict_segments(merge_ctx *m, merge_task *t)
 {
     size_t quota = cn_dict_size(t->segments) / 10 + 1, evicted = 0;
-    merge_segment *s = t->oldest;
+    merge_segment *s = CN_LRU_ENTRY(t->seen.oldest, merge_segment, lru);
     while (s && evicted < quota) {
-        merge_segment *newer = s->newer;
+        merge_segment *newer = CN_LRU_ENTRY(s->lru.newer, merge_segment, lru);
         if (!s->dirty) {
             segment_forget(m, t, s);
             evicted++;
@@ -250,7 +194,7 @@ static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, i
         return NULL;
     }
     s->last_seen_ms = now;
-    lru_append(t, s);
+    cn_lru_push(&t->seen, &s->lru);
     cn_metric_inc(m->live_segments);
     return s;
 }
@@ -313,8 +257,6 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
         for (size_t i = 0; i < t->n_batches; i++)
             cn_batch_unref(t->batches[i]);
         t->n_batches = 0;
-        if (final && m->profiles)
-            cn_profiles_end_task(m->profiles, t->id);
         return;
     }
     /* The chunk takes over the batch references. */
@@ -324,8 +266,6 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
     t->n_batches = t->cap_batches = 0;
     c->task_final = final;
     cn_metric_inc(m->flushes);
-    if (m->profiles)
-        cn_profiles_submit(m->profiles, cn_chunk_ref(c));
     cn_emit(out, c);
 }
 
@@ -481,9 +421,9 @@ static void merge_process(void *ctx, cn_chunk *in, cn_emitter *out)
 /* Forgets segments idle past segment_idle_timeout: they are at the old end of the list. */
 static void sweep_segments(merge_ctx *m, merge_task *t, int64_t now)
 {
-    merge_segment *s = t->oldest;
+    merge_segment *s = CN_LRU_ENTRY(t->seen.oldest, merge_segment, lru);
     while (s && now - s->last_seen_ms >= m->segment_idle_timeout) {
-        merge_segment *newer = s->newer;
+        merge_segment *newer = CN_LRU_ENTRY(s->lru.newer, merge_segment, lru);
         if (!s->dirty)
             segment_forget(m, t, s);
         s = newer;
@@ -576,14 +516,6 @@ static int merge_start(void *ctx, cn_component *self)
     m->flushes = cn_counter("canopy_merge_flushes_total", "Chunks handed on.", l);
     m->limit_log.interval_ms = 10000;
     m->next_sweep_ms = cn_mono_ms() + 10000;
-    if (m->aggregate.enabled) {
-        cn_profiles_limits limits = CN_PROFILES_DEFAULT_LIMITS;
-        limits.max_tasks = m->aggregate.max_tasks;
-        limits.max_nodes = m->aggregate.max_nodes;
-        limits.max_segments = m->aggregate.max_segments;
-        if (!(m->profiles = cn_profiles_shared_acquire(&limits)))
-            return -1;
-    }
     return 0;
 }
 
@@ -597,7 +529,6 @@ static void merge_destroy(void *ctx)
             task_free(value);
         cn_dict_free(m->tasks, NULL);
     }
-    cn_profiles_shared_release(m->profiles);
     free(m->task_of);
     free(m->segment_of);
     free(m->segment_task);

@@ -8,25 +8,26 @@
  * under the lock) and render outside the lock, so rendering never stalls the
  * pipeline.
  *
- * One store is shared by the process: merge_by_task feeds it and the admin
- * API reads it (cn_profiles_shared_acquire). The profile exporters (folded,
- * pprof, flamegraph) each keep their own store through cn_profile_files.
+ * Every store has one owner: the live exporter keeps one for the admin API,
+ * and the profile exporters (folded, pprof, flamegraph) each keep their own
+ * through cn_profile_files. Nothing is shared across components.
  *
  * Everything is bounded: tasks kept (ended ones are forgotten first), nodes
  * per task, segments per task, agents per task. What does not fit is counted
  * in metrics.
  */
-#ifndef CANOPY_PROFILES_H
-#define CANOPY_PROFILES_H
+#ifndef CN_PLUGINS_PROFILES_H
+#define CN_PLUGINS_PROFILES_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "canopy/batch.h"
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 #include "canopy/plugin.h"
 #include "canopy/common.h"
+#include "canopy/task_views.h"
 #include "canopy/tasks.h"
 
 typedef struct cn_profiles cn_profiles;
@@ -45,49 +46,22 @@ cn_profiles *cn_profiles_new(const cn_profiles_limits *limits, const char *label
 void cn_profiles_free(cn_profiles *p);
 
 /*
- * The process-wide store read by the admin API. The first acquire creates it;
- * limits (when not NULL) replace the current ones for tasks created from then
- * on. Every acquire is matched by a release; the last one frees it.
- */
-cn_profiles *cn_profiles_shared_acquire(const cn_profiles_limits *limits);
-void cn_profiles_shared_release(cn_profiles *p);
-/* The shared store when someone holds it, else NULL (no reference taken: only for metrics and tests). */
-cn_profiles *cn_profiles_shared_peek(void);
-
-/*
  * Adds a chunk's snapshots, best in merge_by_task order (grouped by segment,
  * ascending sequence). Snapshots of a task the store has no room for are
  * counted and dropped. A task_final chunk marks its task ended.
  */
 void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk);
-/* Queues a chunk (taking the caller's reference) to be added on the store's own
- * thread, so a pipeline never waits for its call trees. When the builder falls
- * behind, the chunk is left out of the trees and counted. */
-void cn_profiles_submit(cn_profiles *p, cn_chunk *chunk);
 /* Marks a task ended (as a task_final chunk does). */
 void cn_profiles_end_task(cn_profiles *p, const char *task_id);
 /* Forgets a task. Returns -1 when unknown. */
 int cn_profiles_remove(cn_profiles *p, const char *task_id);
 
-typedef struct cn_profile_info {
-    char *task_id;
-    char *service;       /* of the first agent seen; NULL if none */
-    int64_t snapshots;   /* added */
-    int64_t agents;      /* distinct instances (at most max_agents) */
-    int64_t segments;    /* distinct segments seen */
-    int64_t nodes;
-    int64_t truncated;   /* snapshots cut by the node limit */
-    int64_t first_ms, last_ms; /* epoch ms of the earliest and latest snapshot */
-    bool ended;
-} cn_profile_info;
-
-void cn_profile_info_clear(cn_profile_info *i);
 /* Fills *out. Returns -1 when the task is unknown. */
-int cn_profiles_info(cn_profiles *p, const char *task_id, cn_profile_info *out);
-/* Every task, oldest first; free each with cn_profile_info_clear, then the array. */
-size_t cn_profiles_list(cn_profiles *p, cn_profile_info **out);
+int cn_profiles_info(cn_profiles *p, const char *task_id, cn_task_figures *out);
+/* Every task, oldest first; free each with cn_task_figures_clear, then the array. */
+size_t cn_profiles_list(cn_profiles *p, cn_task_figures **out);
 /* A read-only clone of the task's tree (free with cn_calltree_free); NULL when unknown or out of memory. */
-cn_calltree *cn_profiles_clone(cn_profiles *p, const char *task_id, cn_profile_info *info);
+cn_calltree *cn_profiles_clone(cn_profiles *p, const char *task_id, cn_task_figures *info);
 
 /* ---- files per task, for the profile exporters ------------------------------ */
 
@@ -127,48 +101,48 @@ void cn_profile_files_flush(cn_profile_files *f);
 void cn_profile_files_free(cn_profile_files *f);
 
 /*
- * What the folded, pprof and flamegraph exporters share: their context, their
- * common options (CN_PROFILE_EXPORTER_OPTIONS) and every callback but the
- * start, which names the file suffix and the renderer.
+ * The part of a folded, pprof or flamegraph exporter's context they have in
+ * common. Each plugin's context starts with it (so the shared callbacks below
+ * can take the plugin's ctx), declares its options with
+ * CN_PROFILE_FILE_OPTIONS and adds its own (the flamegraph's width).
  */
-typedef struct cn_profile_exporter {
+typedef struct cn_profile_file_exporter {
     char *directory;
     int64_t interval;
     int dir_mode;
     int64_t max_tasks, max_nodes, max_segments;
-    int64_t width; /* flamegraph only */
     cn_profile_files *files;
-} cn_profile_exporter;
+} cn_profile_file_exporter;
 
-#define CN_PROFILE_EXPORTER_OPTIONS(suffix)                                                                        \
-    {CN_OPT_STR, "directory", NULL, offsetof(cn_profile_exporter, directory),                                     \
+/* The options of a cn_profile_file_exporter that is member `base` of a plugin's context type ctx. */
+#define CN_PROFILE_FILE_OPTIONS(ctx, suffix)                                                                       \
+    {CN_OPT_STR, "directory", NULL, offsetof(ctx, base.directory),                                                \
      "Where <taskId>" suffix " files are written; created if missing.", .required = true},                         \
-        {CN_OPT_DURATION, "interval", "0s", offsetof(cn_profile_exporter, interval),                              \
+        {CN_OPT_DURATION, "interval", "0s", offsetof(ctx, base.interval),                                         \
          "Also rewrite each running task's file this often (0: only when the task ends).", .min = 0,              \
          .max = 24 * 3600 * 1000LL},                                                                               \
-        {CN_OPT_MODE, "directory_mode", "0755", offsetof(cn_profile_exporter, dir_mode),                          \
-         "Mode of directories created."},                                                                          \
-        {CN_OPT_INT, "max_tasks", "16", offsetof(cn_profile_exporter, max_tasks),                                 \
+        {CN_OPT_MODE, "directory_mode", "0755", offsetof(ctx, base.dir_mode), "Mode of directories created."},    \
+        {CN_OPT_INT, "max_tasks", "16", offsetof(ctx, base.max_tasks),                                            \
          "Tasks held at once; ended ones are forgotten first (after their file is written). Snapshots of "       \
          "tasks past this, while every held task is still running, are dropped and counted.",                    \
          .min = 1, .max = 100000},                                                                                 \
-        {CN_OPT_INT, "max_nodes", "20000", offsetof(cn_profile_exporter, max_nodes),                              \
+        {CN_OPT_INT, "max_nodes", "20000", offsetof(ctx, base.max_nodes),                                         \
          "Call tree nodes per task (about 200 bytes each with its signature); a stack needing more is cut "       \
          "under a \"[truncated]\" frame and counted.",                                                             \
          .min = 16, .max = 100000000},                                                                             \
-        {CN_OPT_INT, "max_segments", "10000", offsetof(cn_profile_exporter, max_segments),                        \
+        {CN_OPT_INT, "max_segments", "10000", offsetof(ctx, base.max_segments),                                   \
          "Segments per task followed for durations; the least recently seen are forgotten first.", .min = 16,    \
          .max = 100000000}
 
-/* Opens the exporter's files: for the plugin's cb_start. */
-int cn_profile_exporter_start(cn_profile_exporter *x, cn_component *self, const char *suffix,
-                              cn_profile_render_fn render);
-/* The other callbacks, usable as they are in a cn_exporter_plugin. */
-int cn_profile_exporter_check(void *ctx, cn_component *self, cn_diag *d);
-cn_status cn_profile_exporter_export(void *ctx, const cn_chunk *chunk);
-void cn_profile_exporter_tick(void *ctx, int64_t now_mono_ms);
-void cn_profile_exporter_flush(void *ctx);
-void cn_profile_exporter_destroy(void *ctx);
+/* Opens the exporter's files: for the plugin's cb_start. render_arg is handed to render. */
+int cn_profile_file_exporter_start(cn_profile_file_exporter *x, cn_component *self, const char *suffix,
+                                   cn_profile_render_fn render, void *render_arg);
+/* The other callbacks, for a context that starts with a cn_profile_file_exporter. */
+int cn_profile_file_exporter_check(void *ctx, cn_component *self, cn_diag *d);
+cn_status cn_profile_file_exporter_export(void *ctx, const cn_chunk *chunk);
+void cn_profile_file_exporter_tick(void *ctx, int64_t now_mono_ms);
+void cn_profile_file_exporter_flush(void *ctx);
+void cn_profile_file_exporter_destroy(void *ctx);
 
 /* A task id made safe as a file name: [A-Za-z0-9._-] kept, the rest '_', never starting with '.'. */
 void cn_profile_file_name(const char *task_id, const char *suffix, char *out, size_t len);

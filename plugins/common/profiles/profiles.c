@@ -12,17 +12,18 @@
 #include <string.h>
 
 #include "canopy/dict.h"
+#include "canopy/lru.h"
 #include "canopy/log.h"
 #include "canopy/metrics.h"
-#include "canopy/profiles.h"
-#include "queue.h"
+#include "profiles/profiles.h"
 
 #define SIG_UNSET UINT32_MAX
 #define SIG_FAILED (UINT32_MAX - 1)
 
 typedef struct prof_segment {
     cn_calltree_run run;
-    uint64_t touch;
+    cn_lru_link lru;  /* on its task's list, least recently seen first */
+    const char *id;   /* the task's dict's copy of the key */
 } prof_segment;
 
 typedef struct prof_task {
@@ -30,10 +31,10 @@ typedef struct prof_task {
     char *service;
     cn_calltree *tree;
     cn_dict *segments; /* segment id -> prof_segment */
+    cn_lru seen;       /* the segments, least recently seen first */
     cn_dict *agents;   /* instance -> non-NULL */
     cn_profiles_limits limits; /* as when the task was created */
     int64_t snapshots, segments_seen, first_ms, last_ms;
-    uint64_t touch;
     uint64_t order;    /* creation order, for listing */
     uint64_t ended_at; /* order of its end among ends; 0 while live */
     size_t nodes_counted; /* what the nodes gauge holds for it */
@@ -60,19 +61,7 @@ struct cn_profiles {
     cn_metric *m_tasks, *m_nodes, *m_snapshots, *m_truncated, *m_dropped, *m_evicted_tasks, *m_evicted_segments,
         *m_agents_over;
     cn_ratelimit drop_log;
-    /* The feeder: chunks submitted by a pipeline are added on this store's own thread,
-     * so keeping call trees never slows the pipeline (cn_profiles_submit). */
-    pthread_mutex_t feed_lock;
-    cn_queue feed;
-    pthread_t feeder;
-    bool feeder_started;
-    cn_metric *m_backlog_dropped;
-    cn_ratelimit backlog_log;
 };
-
-static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
-static cn_profiles *shared_store;
-static int shared_refs;
 
 /* ---- tasks --------------------------------------------------------------------- */
 
@@ -149,43 +138,15 @@ static prof_task *task_get(cn_profiles *p, const char *id)
 /* At max_segments, the least recently seen tenth is forgotten: only their duration runs are lost. */
 static void evict_segments(cn_profiles *p, prof_task *t)
 {
-    size_t n = cn_dict_size(t->segments), pos = 0, k = 0;
-    uint64_t *ages = malloc((n ? n : 1) * sizeof *ages);
-    char **victims = malloc((n / 10 + 1) * sizeof *victims);
-    const char *key;
-    void *v;
-    if (!ages || !victims)
-        goto out;
-    while (cn_dict_next(t->segments, &pos, NULL, &v))
-        ages[k++] = ((prof_segment *)v)->touch;
-    /* The cutoff is the tenth smallest touch: nth_element by partial selection is overkill here. */
-    uint64_t cutoff = 0;
-    size_t want = n / 10 + 1;
-    for (size_t round = 0; round < want && round < k; round++) {
-        size_t min = round;
-        for (size_t i = round + 1; i < k; i++)
-            if (ages[i] < ages[min])
-                min = i;
-        uint64_t tmp = ages[round];
-        ages[round] = ages[min];
-        ages[min] = tmp;
-        cutoff = ages[round];
-        if (round > 64) /* bounded work: good enough for a rough LRU */
-            break;
+    size_t quota = cn_dict_size(t->segments) / 10 + 1, evicted = 0;
+    while (evicted < quota && t->seen.oldest) {
+        prof_segment *s = CN_LRU_ENTRY(t->seen.oldest, prof_segment, lru);
+        cn_lru_unlink(&t->seen, &s->lru);
+        cn_dict_remove(t->segments, s->id);
+        segment_free(s);
+        evicted++;
     }
-    size_t n_victims = 0;
-    pos = 0;
-    while (n_victims < want && cn_dict_next(t->segments, &pos, &key, &v))
-        if (((prof_segment *)v)->touch <= cutoff && (victims[n_victims] = strdup(key)))
-            n_victims++;
-    for (size_t i = 0; i < n_victims; i++) {
-        segment_free(cn_dict_remove(t->segments, victims[i]));
-        free(victims[i]);
-    }
-    cn_metric_add(p->m_evicted_segments, (int64_t)n_victims);
-out:
-    free(ages);
-    free(victims);
+    cn_metric_add(p->m_evicted_segments, (int64_t)evicted);
 }
 
 static prof_segment *segment_get(cn_profiles *p, prof_task *t, const char *id)
@@ -196,10 +157,11 @@ static prof_segment *segment_get(cn_profiles *p, prof_task *t, const char *id)
     if ((int64_t)cn_dict_size(t->segments) >= t->limits.max_segments)
         evict_segments(p, t);
     s = calloc(1, sizeof *s);
-    if (!s || cn_dict_put(t->segments, id, s) != 0) {
+    if (!s || !(s->id = cn_dict_put_key(t->segments, id, s))) {
         free(s);
         return NULL; /* counted without durations */
     }
+    cn_lru_push(&t->seen, &s->lru);
     t->segments_seen++;
     return s;
 }
@@ -307,13 +269,7 @@ cn_profiles *cn_profiles_new(const cn_profiles_limits *limits, const char *label
                                        "duration run.", l);
     p->m_agents_over = cn_counter("canopy_profile_agents_over_limit_total",
                                   "New agent instances not counted because a task reached max_agents.", l);
-    p->m_backlog_dropped = cn_counter("canopy_profile_backlog_dropped_snapshots_total",
-                                      "Snapshots left out of the call trees because the tree builder fell behind "
-                                      "the pipeline.",
-                                      l);
     p->drop_log.interval_ms = 10000;
-    p->backlog_log.interval_ms = 10000;
-    pthread_mutex_init(&p->feed_lock, NULL);
     return p;
 }
 
@@ -321,13 +277,6 @@ void cn_profiles_free(cn_profiles *p)
 {
     if (!p)
         return;
-    if (p->feeder_started) {
-        /* The feeder applies what is still queued, then exits. */
-        cn_queue_close(&p->feed);
-        pthread_join(p->feeder, NULL);
-        cn_queue_destroy(&p->feed);
-    }
-    pthread_mutex_destroy(&p->feed_lock);
     size_t pos = 0;
     void *v;
     while (cn_dict_next(p->tasks, &pos, NULL, &v)) {
@@ -344,41 +293,14 @@ void cn_profiles_free(cn_profiles *p)
     free(p);
 }
 
-cn_profiles *cn_profiles_shared_acquire(const cn_profiles_limits *limits)
+/* Brings the nodes gauge up to date with t's tree: once per task of a chunk, not per snapshot. */
+static void count_nodes(cn_profiles *p, prof_task *t)
 {
-    pthread_mutex_lock(&shared_lock);
-    if (!shared_store)
-        shared_store = cn_profiles_new(limits, "store=\"live\"");
-    else if (limits) {
-        pthread_mutex_lock(&shared_store->lock);
-        shared_store->limits = *limits;
-        pthread_mutex_unlock(&shared_store->lock);
+    size_t nodes = cn_calltree_node_count(t->tree);
+    if (nodes != t->nodes_counted) {
+        cn_metric_add(p->m_nodes, (int64_t)nodes - (int64_t)t->nodes_counted);
+        t->nodes_counted = nodes;
     }
-    cn_profiles *p = shared_store;
-    if (p)
-        shared_refs++;
-    pthread_mutex_unlock(&shared_lock);
-    return p;
-}
-
-void cn_profiles_shared_release(cn_profiles *p)
-{
-    if (!p)
-        return;
-    pthread_mutex_lock(&shared_lock);
-    if (p == shared_store && --shared_refs == 0) {
-        cn_profiles_free(shared_store);
-        shared_store = NULL;
-    }
-    pthread_mutex_unlock(&shared_lock);
-}
-
-cn_profiles *cn_profiles_shared_peek(void)
-{
-    pthread_mutex_lock(&shared_lock);
-    cn_profiles *p = shared_store;
-    pthread_mutex_unlock(&shared_lock);
-    return p;
 }
 
 static void end_locked(cn_profiles *p, prof_task *t)
@@ -405,11 +327,17 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
          * (the snapshot, then its frame indices), or each costs two cache misses in a row. */
         if (i + 8 < chunk->n)
             __builtin_prefetch(chunk->refs[i + 8].snap);
-        if (i + 4 < chunk->n)
-            __builtin_prefetch(chunk->refs[i + 4].snap->frames);
+        if (i + 4 < chunk->n) {
+            /* 20 frames are 80 bytes: two cache lines */
+            const uint32_t *ahead = chunk->refs[i + 4].snap->frames;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch((const char *)ahead + 64);
+        }
         /* merge_by_task chunks hold one task; others may mix them. */
         const char *tid = chunk->task_id ? chunk->task_id : cn_ref_task(r);
         if (!t || (tid != task_str && strcmp(tid, task_str) != 0)) {
+            if (t)
+                count_nodes(p, t); /* before task_get, which may forget it */
             t = task_get(p, tid);
             task_str = tid;
             seg_str = NULL;
@@ -473,7 +401,7 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
         if (cn_calltree_add(t->tree, p->frames, nf, seg ? &seg->run : NULL, r->snap->sequence, r->snap->time_ms) != 0)
             truncated++;
         if (seg)
-            seg->touch = ++t->touch;
+            cn_lru_touch(&t->seen, &seg->lru);
         int64_t tm = r->snap->time_ms;
         if (!t->first_ms || tm < t->first_ms)
             t->first_ms = tm;
@@ -481,12 +409,9 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             t->last_ms = tm;
         t->snapshots++;
         added++;
-        size_t nodes = cn_calltree_node_count(t->tree);
-        if (nodes != t->nodes_counted) {
-            cn_metric_add(p->m_nodes, (int64_t)(nodes - t->nodes_counted));
-            t->nodes_counted = nodes;
-        }
     }
+    if (t)
+        count_nodes(p, t);
     if (chunk->task_final && chunk->task_id) {
         prof_task *ft = cn_dict_get(p->tasks, chunk->task_id);
         if (ft)
@@ -516,49 +441,6 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
     }
 }
 
-/* Room for this many chunks waiting for the feeder; each holds its batches. */
-#define FEED_QUEUE 16
-
-static void *feeder_main(void *arg)
-{
-    cn_profiles *p = arg;
-    for (;;) {
-        cn_chunk *c = cn_queue_pop(&p->feed, 1000);
-        if (c) {
-            cn_profiles_add_chunk(p, c);
-            cn_chunk_unref(c);
-        } else if (cn_queue_drained(&p->feed)) {
-            return NULL;
-        }
-    }
-}
-
-void cn_profiles_submit(cn_profiles *p, cn_chunk *chunk)
-{
-    pthread_mutex_lock(&p->feed_lock);
-    if (!p->feeder_started) {
-        if (cn_queue_init(&p->feed, FEED_QUEUE) == 0) {
-            if (pthread_create(&p->feeder, NULL, feeder_main, p) == 0)
-                p->feeder_started = true;
-            else
-                cn_queue_destroy(&p->feed);
-        }
-    }
-    bool started = p->feeder_started;
-    pthread_mutex_unlock(&p->feed_lock);
-    if (started && cn_queue_try_push(&p->feed, chunk) == 0)
-        return;
-    /* A final chunk must still end its task, even when its snapshots are dropped. */
-    if (chunk->task_final && chunk->task_id)
-        cn_profiles_end_task(p, chunk->task_id);
-    cn_metric_add(p->m_backlog_dropped, (int64_t)chunk->n);
-    cn_log_limited(&p->backlog_log, CN_LOG_WARN, "profiles",
-                   "call trees fell behind the pipeline: %zu snapshots of task %s left out of the live flame graph "
-                   "(the exporters still get them)",
-                   chunk->n, chunk->task_id ? chunk->task_id : "?");
-    cn_chunk_unref(chunk);
-}
-
 void cn_profiles_end_task(cn_profiles *p, const char *task_id)
 {
     pthread_mutex_lock(&p->lock);
@@ -578,20 +460,13 @@ int cn_profiles_remove(cn_profiles *p, const char *task_id)
     return t ? 0 : -1;
 }
 
-void cn_profile_info_clear(cn_profile_info *i)
-{
-    free(i->task_id);
-    free(i->service);
-    memset(i, 0, sizeof *i);
-}
-
-static int info_fill(const prof_task *t, cn_profile_info *out)
+static int info_fill(const prof_task *t, cn_task_figures *out)
 {
     memset(out, 0, sizeof *out);
     out->task_id = strdup(t->id);
     out->service = cn_strdup(t->service);
     if (!out->task_id || (t->service && !out->service)) {
-        cn_profile_info_clear(out);
+        cn_task_figures_clear(out);
         return -1;
     }
     out->snapshots = t->snapshots;
@@ -605,7 +480,7 @@ static int info_fill(const prof_task *t, cn_profile_info *out)
     return 0;
 }
 
-int cn_profiles_info(cn_profiles *p, const char *task_id, cn_profile_info *out)
+int cn_profiles_info(cn_profiles *p, const char *task_id, cn_task_figures *out)
 {
     pthread_mutex_lock(&p->lock);
     prof_task *t = cn_dict_get(p->tasks, task_id);
@@ -620,13 +495,13 @@ static int cmp_order(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-size_t cn_profiles_list(cn_profiles *p, cn_profile_info **out)
+size_t cn_profiles_list(cn_profiles *p, cn_task_figures **out)
 {
     *out = NULL;
     pthread_mutex_lock(&p->lock);
     size_t n = cn_dict_size(p->tasks), k = 0, pos = 0;
     prof_task **tasks = malloc((n ? n : 1) * sizeof *tasks);
-    cn_profile_info *infos = calloc(n ? n : 1, sizeof *infos);
+    cn_task_figures *infos = calloc(n ? n : 1, sizeof *infos);
     void *v;
     if (tasks && infos) {
         while (cn_dict_next(p->tasks, &pos, NULL, &v))
@@ -650,7 +525,7 @@ size_t cn_profiles_list(cn_profiles *p, cn_profile_info **out)
     return k;
 }
 
-cn_calltree *cn_profiles_clone(cn_profiles *p, const char *task_id, cn_profile_info *info)
+cn_calltree *cn_profiles_clone(cn_profiles *p, const char *task_id, cn_task_figures *info)
 {
     pthread_mutex_lock(&p->lock);
     prof_task *t = cn_dict_get(p->tasks, task_id);

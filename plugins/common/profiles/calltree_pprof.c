@@ -11,7 +11,7 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 #include "canopy/dict.h"
 #include "pprof/profile.pb-c.h"
 

@@ -17,8 +17,8 @@
  * Renderers (folded stacks, gzipped pprof, interactive SVG flame graph) write
  * a tree to a FILE; they never change it.
  */
-#ifndef CANOPY_CALLTREE_H
-#define CANOPY_CALLTREE_H
+#ifndef CN_PLUGINS_CALLTREE_H
+#define CN_PLUGINS_CALLTREE_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -11,7 +11,7 @@
 #include <zlib.h>
 #include <cmocka.h>
 
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 #include "pprof/profile.pb-c.h"
 
 /* Adds a stack given as NULL-terminated signatures. */

@@ -1,7 +1,8 @@
 /*
  * The per-task profile store: chunks from batches, agents and segments,
- * task end and eviction at max_tasks, merge_by_task feeding the shared
- * store, and the per-task files of the profile exporters.
+ * task end and eviction at max_tasks, merge_by_task feeding the live
+ * exporter, whose views the admin API reads, and the per-task files of the
+ * profile exporters.
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -9,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "canopy/profiles.h"
+#include "profiles/profiles.h"
 #include "testutil.h"
 
 #define F(...) {__VA_ARGS__, NULL}
@@ -60,7 +61,7 @@ static void test_store(void **state)
     cn_profiles_add_chunk(p, mixed);
     cn_chunk *cb = task_chunk("t1", b, false);
     cn_profiles_add_chunk(p, cb);
-    cn_profile_info info;
+    cn_task_figures info;
     assert_int_equal(cn_profiles_info(p, "t1", &info), 0);
     assert_int_equal(info.snapshots, 5);
     assert_int_equal(info.agents, 2);
@@ -69,7 +70,7 @@ static void test_store(void **state)
     assert_int_equal(info.last_ms, 1020);
     assert_string_equal(info.service, "shop");
     assert_false(info.ended);
-    cn_profile_info_clear(&info);
+    cn_task_figures_clear(&info);
     /* seg-1 ran 0,1 (chunk one) then 2 (chunk two): one run of 20 ms across chunks. */
     cn_calltree *t = cn_profiles_clone(p, "t1", NULL);
     assert_non_null(t);
@@ -81,19 +82,19 @@ static void test_store(void **state)
     assert_int_equal(work_duration, 20);
     cn_calltree_free(t);
 
-    cn_profile_info *list;
+    cn_task_figures *list;
     size_t n = cn_profiles_list(p, &list);
     assert_int_equal(n, 2);
     assert_string_equal(list[0].task_id, "t1"); /* oldest first */
     for (size_t i = 0; i < n; i++)
-        cn_profile_info_clear(&list[i]);
+        cn_task_figures_clear(&list[i]);
     free(list);
 
     cn_chunk *final = task_chunk("t2", NULL, true);
     cn_profiles_add_chunk(p, final);
     assert_int_equal(cn_profiles_info(p, "t2", &info), 0);
     assert_true(info.ended);
-    cn_profile_info_clear(&info);
+    cn_task_figures_clear(&info);
     assert_int_equal(cn_profiles_remove(p, "t2"), 0);
     assert_int_equal(cn_profiles_remove(p, "t2"), -1);
     cn_chunk_unref(final);
@@ -116,14 +117,14 @@ static void test_max_tasks(void **state)
     cn_profiles_add_chunk(p, c1);
     /* t1 is live: t2 has no room and is dropped, counted. */
     cn_profiles_add_chunk(p, c2);
-    cn_profile_info info;
+    cn_task_figures info;
     assert_int_equal(cn_profiles_info(p, "t2", &info), -1);
     assert_int_equal(cn_metric_value("canopy_profile_dropped_snapshots_total", "store=\"unit-max\"") - dropped0, 1);
     /* Once t1 ended, it makes room for t2. */
     cn_profiles_add_chunk(p, end1);
     cn_profiles_add_chunk(p, c2);
     assert_int_equal(cn_profiles_info(p, "t2", &info), 0);
-    cn_profile_info_clear(&info);
+    cn_task_figures_clear(&info);
     assert_int_equal(cn_profiles_info(p, "t1", &info), -1);
     cn_chunk_unref(c1);
     cn_chunk_unref(c2);
@@ -132,63 +133,68 @@ static void test_max_tasks(void **state)
     cn_profiles_free(p);
 }
 
+/* Hands every chunk merge_by_task emits to an exporter, as the pipeline's fan-out does. */
 typedef struct sink {
     cn_emitter base;
+    cn_component *exporter;
     size_t chunks;
 } sink;
 
 static void sink_emit(cn_emitter *e, cn_chunk *c)
 {
-    ((sink *)e)->chunks++;
+    sink *s = (sink *)e;
+    s->chunks++;
+    assert_int_equal(cn_exporter_of(s->exporter)->cb_export(s->exporter->ctx, c), CN_OK);
     cn_chunk_unref(c);
 }
 
-static void test_merge_feeds_shared_store(void **state)
+static void test_merge_feeds_live_views(void **state)
 {
     (void)state;
     static const char yaml[] = "receivers:\n  nng:\n    listen: [ipc:///tmp/canopy-unit-prof.sock]\n"
                                "processors:\n  merge_by_task:\n    flush_interval: 1h\n"
-                               "    aggregate: {max_nodes: 1000}\n"
-                               "exporters:\n  discard:\n"
+                               "exporters:\n  live:\n    max_nodes: 1000\n"
                                "service:\n  pipelines:\n    p:\n      receivers: [nng]\n"
-                               "      processors: [merge_by_task]\n      exporters: [discard]\n";
+                               "      processors: [merge_by_task]\n      exporters: [live]\n";
     cn_diag d = {0};
     cn_service *svc = test_service(yaml, &d);
     diag_print(&d);
     assert_non_null(svc);
-    cn_component *merge = svc->pipelines[0]->processors[0];
-    assert_null(cn_profiles_shared_peek());
+    cn_component *merge = svc->pipelines[0]->processors[0], *live = NULL;
+    for (size_t i = 0; i < svc->n_components; i++)
+        if (svc->components[i]->kind == CN_EXPORTER)
+            live = svc->components[i];
+    assert_non_null(live);
+    assert_null(svc->views);
     assert_int_equal(merge->plugin->cb_start(merge->ctx, merge), 0);
-    cn_profiles *shared = cn_profiles_shared_peek();
-    assert_non_null(shared);
-    sink out = {.base.emit = sink_emit};
+    assert_int_equal(live->plugin->cb_start(live->ctx, live), 0);
+    /* The live exporter registered its views with this service's admin API, and only one may. */
+    assert_non_null(svc->views);
+    assert_int_equal(cn_component_serve_views(live, svc->views, svc->views_arg), -1);
+    sink out = {.base.emit = sink_emit, .exporter = live};
     cn_batch *a = batch_of("1@h", 0, snaps_a, 4), *b = batch_of("2@h", 0, snaps_b, 2);
     cn_processor_of(merge)->cb_process(merge->ctx, cn_chunk_from_batch(a), &out.base);
     cn_processor_of(merge)->cb_process(merge->ctx, cn_chunk_from_batch(b), &out.base);
     cn_batch_unref(a);
     cn_batch_unref(b);
-    cn_profile_info info;
-    /* Nothing flushed yet: the store is fed at flush, as the exporters are. */
-    assert_int_equal(cn_profiles_info(shared, "t1", &info), -1);
+    cn_task_figures info;
+    /* Nothing flushed yet: the exporter is fed at flush. */
+    assert_int_equal(svc->views->figures(svc->views_arg, "t1", &info), CN_VIEW_NOT_FOUND);
     cn_processor_of(merge)->cb_drain(merge->ctx, &out.base);
     assert_int_equal(out.chunks, 2);
-    /* The store's own thread adds what merge_by_task submits: wait for it. */
-    for (int i = 0; i < 400; i++) {
-        if (cn_profiles_info(shared, "t1", &info) == 0) {
-            bool done = info.snapshots == 5;
-            cn_profile_info_clear(&info);
-            if (done)
-                break;
-        }
-        usleep(5000);
-    }
-    assert_int_equal(cn_profiles_info(shared, "t1", &info), 0);
+    assert_int_equal(svc->views->figures(svc->views_arg, "t1", &info), CN_VIEW_OK);
     assert_int_equal(info.snapshots, 5);
     assert_int_equal(info.agents, 2);
-    cn_profile_info_clear(&info);
+    cn_task_figures_clear(&info);
+    /* Renders by view name; an unknown view or task is not found. */
+    cn_view_body body = {0};
+    assert_int_equal(svc->views->render(svc->views_arg, "t1", "folded", NULL, &body), CN_VIEW_OK);
+    assert_string_equal(body.content_type, "text/plain; charset=utf-8");
+    assert_true(body.owned && body.len > 0);
+    free((void *)body.data);
+    assert_int_equal(svc->views->render(svc->views_arg, "t1", "nope", NULL, &body), CN_VIEW_NOT_FOUND);
+    assert_int_equal(svc->views->render(svc->views_arg, "t9", "folded", NULL, &body), CN_VIEW_NOT_FOUND);
     cn_service_free(svc);
-    /* The last holder released it. */
-    assert_null(cn_profiles_shared_peek());
     cn_diag_free(&d);
 }
 
@@ -277,7 +283,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store),
         cmocka_unit_test(test_max_tasks),
-        cmocka_unit_test(test_merge_feeds_shared_store),
+        cmocka_unit_test(test_merge_feeds_live_views),
         cmocka_unit_test(test_profile_files),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

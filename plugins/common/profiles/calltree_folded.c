@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 
 /* ';' separates frames and a line break ends the record: neither may appear inside one.
  * Written in runs between such characters: stacks are long and repeat their prefixes. */

@@ -1,9 +1,9 @@
 /* The life cycle the folded, pprof and flamegraph exporters share (canopy/profiles.h). */
-#include "canopy/profiles.h"
+#include "profiles/profiles.h"
 
-int cn_profile_exporter_check(void *ctx, cn_component *self, cn_diag *d)
+int cn_profile_file_exporter_check(void *ctx, cn_component *self, cn_diag *d)
 {
-    cn_profile_exporter *x = ctx;
+    cn_profile_file_exporter *x = ctx;
     if (x->directory && !x->directory[0]) {
         cn_diag_error(d, cn_options_node(cn_component_node(self), "directory"), "directory must not be empty");
         return -1;
@@ -11,8 +11,8 @@ int cn_profile_exporter_check(void *ctx, cn_component *self, cn_diag *d)
     return 0;
 }
 
-int cn_profile_exporter_start(cn_profile_exporter *x, cn_component *self, const char *suffix,
-                              cn_profile_render_fn render)
+int cn_profile_file_exporter_start(cn_profile_file_exporter *x, cn_component *self, const char *suffix,
+                                   cn_profile_render_fn render, void *render_arg)
 {
     cn_profile_files_config cfg = {
         .component = cn_component_id(self),
@@ -24,7 +24,7 @@ int cn_profile_exporter_start(cn_profile_exporter *x, cn_component *self, const 
         .limits = {.max_tasks = x->max_tasks, .max_nodes = x->max_nodes, .max_segments = x->max_segments,
                    .max_agents = 10000},
         .render = render,
-        .render_arg = x,
+        .render_arg = render_arg,
         .registry = cn_component_tasks(self),
     };
     if (!(x->files = cn_profile_files_new(&cfg)))
@@ -33,26 +33,26 @@ int cn_profile_exporter_start(cn_profile_exporter *x, cn_component *self, const 
     return 0;
 }
 
-cn_status cn_profile_exporter_export(void *ctx, const cn_chunk *chunk)
+cn_status cn_profile_file_exporter_export(void *ctx, const cn_chunk *chunk)
 {
-    return cn_profile_files_export(((cn_profile_exporter *)ctx)->files, chunk);
+    return cn_profile_files_export(((cn_profile_file_exporter *)ctx)->files, chunk);
 }
 
-void cn_profile_exporter_tick(void *ctx, int64_t now_mono_ms)
+void cn_profile_file_exporter_tick(void *ctx, int64_t now_mono_ms)
 {
-    cn_profile_files_tick(((cn_profile_exporter *)ctx)->files, now_mono_ms);
+    cn_profile_files_tick(((cn_profile_file_exporter *)ctx)->files, now_mono_ms);
 }
 
-void cn_profile_exporter_flush(void *ctx)
+void cn_profile_file_exporter_flush(void *ctx)
 {
-    cn_profile_exporter *x = ctx;
+    cn_profile_file_exporter *x = ctx;
     if (x->files)
         cn_profile_files_flush(x->files);
 }
 
-void cn_profile_exporter_destroy(void *ctx)
+void cn_profile_file_exporter_destroy(void *ctx)
 {
-    cn_profile_exporter *x = ctx;
+    cn_profile_file_exporter *x = ctx;
     cn_profile_files_free(x->files);
     x->files = NULL;
 }

@@ -13,8 +13,8 @@
 #include "canopy/dict.h"
 #include "canopy/log.h"
 #include "canopy/metrics.h"
-#include "canopy/profiles.h"
 #include "fsutil.h"
+#include "profiles/profiles.h"
 
 struct cn_profile_files {
     char *component, *directory, *suffix;
@@ -95,12 +95,12 @@ void cn_profile_files_free(cn_profile_files *f)
 /* Renders the task to a temporary file, then renames it into place. 0: written, 1: no data, -1: failed. */
 static int write_task(cn_profile_files *f, const char *task_id)
 {
-    cn_profile_info info;
+    cn_task_figures info;
     cn_calltree *tree = cn_profiles_clone(f->store, task_id, &info);
     if (!tree) {
         if (cn_profiles_info(f->store, task_id, &info) != 0)
             return 1; /* no snapshot ever came: nothing to write */
-        cn_profile_info_clear(&info);
+        cn_task_figures_clear(&info);
         return -1; /* out of memory: retried */
     }
     cn_task task = {0};
@@ -150,7 +150,7 @@ static int write_task(cn_profile_files *f, const char *task_id)
     }
     if (known)
         cn_task_clear(&task);
-    cn_profile_info_clear(&info);
+    cn_task_figures_clear(&info);
     cn_calltree_free(tree);
     return rc;
 }

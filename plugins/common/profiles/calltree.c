@@ -8,10 +8,18 @@
 #include <string.h>
 
 #include "canopy/batch.h"
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 
 /* Room for "[truncated]" nodes past max_nodes, so a cut stack still lands under its deepest frame. */
 #define RESERVE(max) ((max) / 16 + 16)
+/*
+ * A new tree takes room for up to this many nodes at once (or max_nodes and
+ * the reserve, when fewer): growing by doubling copied the node array and
+ * rehashed the child table several times while a task's tree filled, about
+ * half of what adding a snapshot cost. Big blocks come from mmap, so pages a
+ * small tree never touches cost no memory.
+ */
+#define PRESIZE_NODES 32768
 
 struct cn_calltree {
     size_t max_nodes;
@@ -58,14 +66,19 @@ cn_calltree *cn_calltree_new(size_t max_nodes)
     t->max_nodes = max_nodes ? max_nodes : 1;
     t->first_root = CN_CALLTREE_NONE;
     t->truncated_sig = CN_CALLTREE_NONE;
+    size_t want = t->max_nodes + RESERVE(t->max_nodes);
+    t->cap_nodes = want < PRESIZE_NODES ? want : PRESIZE_NODES;
     t->cap_table = 256;
+    while (t->cap_table < 2 * t->cap_nodes)
+        t->cap_table *= 2;
+    t->nodes = malloc(t->cap_nodes * sizeof *t->nodes);
     t->keys = calloc(t->cap_table, sizeof *t->keys);
     t->vals = malloc(t->cap_table * sizeof *t->vals);
     t->cap_sig_index = 256;
     t->sig_hash = malloc(t->cap_sig_index * sizeof *t->sig_hash);
     t->sig_slot = calloc(t->cap_sig_index, sizeof *t->sig_slot);
     t->arena = cn_arena_new(16 * 1024);
-    if (!t->keys || !t->vals || !t->sig_hash || !t->sig_slot || !t->arena) {
+    if (!t->nodes || !t->keys || !t->vals || !t->sig_hash || !t->sig_slot || !t->arena) {
         cn_calltree_free(t);
         return NULL;
     }

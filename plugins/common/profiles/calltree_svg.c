@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "canopy/calltree.h"
+#include "profiles/calltree.h"
 
 #define FRAME_H 16
 #define FONT_SIZE 12
