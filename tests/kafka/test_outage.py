@@ -15,6 +15,7 @@ import kafkalib  # noqa: E402
 from kafkalib import check, log, oaplib  # noqa: E402
 
 OUTAGE_S = 20
+SHUTDOWN_S = "4s"
 
 
 def main(args):
@@ -30,7 +31,7 @@ def main(args):
             canopy = env.collector({
                 "kafka": kafkalib.kafka_exporter_yaml(mock.bootstrap, timeout="8s") + "\n"
                 + oaplib.retry_yaml(initial="200ms", max_interval="2s", max_elapsed="0s"),
-            }, flush_interval="200ms")
+            }, flush_interval="200ms", shutdown_timeout=SHUTDOWN_S)
             canopy.start(env.admin_port)
             totals, errors = [], []
             stop = threading.Event()
@@ -73,7 +74,19 @@ def main(args):
             log("0 lost: %d snapshots in %d segments; %s exports retried; %d duplicates (harmless: the OAP "
                 "stores a snapshot under taskId_segmentId_sequence, a second copy overwrites the first)"
                 % (total, summary["segments"], retried, summary["duplicates"]))
-            check(canopy.stop() == 0, "canopy failed to stop")
+
+            # Shutdown with every broker down: the flush waits for librdkafka's queue only until
+            # service.shutdown_timeout, then gives up, and says what it left.
+            mock.command("down -1")
+            r = env.loadgen(agents=1, batches=5, batch_size=50, depth=12, tasks=1)
+            check(r["sent"] == r["acked"], "loadgen not acked with the brokers down: %r" % r)
+            time.sleep(1)
+            t0 = time.time()
+            canopy.stop(timeout=30)
+            took = time.time() - t0
+            check(took < 4 + 3, "canopy took %.1f s to stop with shutdown_timeout %s" % (took, SHUTDOWN_S))
+            check("not acknowledged" in canopy.log(), "what shutdown left behind is not logged")
+            log("shutdown with the brokers down took %.1f s (shutdown_timeout %s)" % (took, SHUTDOWN_S))
         finally:
             env.close()
             mock.stop()
