@@ -20,7 +20,8 @@ void kafka_stats_metrics(kafka_ctx *k)
     k->m_in_flight_msgs = cn_gauge("canopy_kafka_in_flight_messages",
                                    "Messages sent to the brokers and not yet answered, over all brokers", l);
     k->m_tx_bytes = cn_gauge("canopy_kafka_sent_bytes",
-                             "Bytes sent to the brokers since start, compressed and framed (txmsg_bytes)", l);
+                             "Request bytes written to the brokers since start: on the wire, compressed "
+                             "(tx_bytes)", l);
     k->m_tx_msgs = cn_gauge("canopy_kafka_sent_messages",
                             "Messages sent to the brokers since start, resends included (txmsgs): past the "
                             "delivered count, retriable errors librdkafka fixed itself", l);
@@ -61,7 +62,7 @@ int kafka_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
         return 0; /* 0: librdkafka frees json */
     cn_metric_set(k->m_queued_msgs, json_int(root, "msg_cnt"));
     cn_metric_set(k->m_queued_bytes, json_int(root, "msg_size"));
-    cn_metric_set(k->m_tx_bytes, json_int(root, "txmsg_bytes"));
+    cn_metric_set(k->m_tx_bytes, json_int(root, "tx_bytes"));
     int64_t in_flight = 0;
     const char *name;
     json_t *b;
