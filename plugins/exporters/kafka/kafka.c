@@ -16,7 +16,7 @@
 
 #include "kafka.h"
 
-static const char *const format_choices[] = {"skywalking", NULL};
+static const char *const format_choices[] = {"skywalking", "jsonl", NULL};
 /* librdkafka's own names for compression.type. */
 static const char *const compression_choices[] = {"none", "gzip", "lz4", "zstd", "snappy", NULL};
 
@@ -33,7 +33,8 @@ static const cn_option kafka_options[] = {
     {.type = CN_OPT_ENUM, .name = "format", .default_value = "skywalking", .offset = offsetof(kafka_ctx, format),
      .choices = format_choices,
      .description = "skywalking: each record is one serialized skywalking.v3.ThreadSnapshot, key "
-                    "taskId+sequence, as the OAP's kafka-fetcher reads them."},
+                    "taskId+sequence, as the OAP's kafka-fetcher reads them; jsonl: each record is the file "
+                    "exporter's JSON line of the snapshot (without the newline), key taskId."},
     {.type = CN_OPT_ENUM, .name = "compression", .default_value = "lz4", .offset = offsetof(kafka_ctx, compression),
      .choices = compression_choices,
      .description = "Compression of each produced batch (librdkafka's compression.type); docs/performance.md "
@@ -360,14 +361,19 @@ static int kafka_start(void *vctx, cn_component *self)
         return -1;
     }
     k->sync_ok = true;
+    if (k->format == KAFKA_FORMAT_JSONL && !(k->json = json_cache_new())) {
+        cn_error(k->id, "out of memory");
+        return -1;
+    }
     if (!(k->full_topic = join_topic(k->namespace_, k->topic))) {
         cn_error(k->id, "out of memory");
         return -1;
     }
     if (kafka_producer_open(k) != 0)
         return -1;
-    cn_info(k->id, "producing to topic %s on %s (%s, compression %s, timeout %lld ms)", k->full_topic,
-            k->brokers.v[0], "acks=all, idempotent unless producer: says otherwise",
+    cn_info(k->id, "producing %s records to topic %s on %s (%s, compression %s, timeout %lld ms)",
+            format_choices[k->format], k->full_topic, k->brokers.v[0],
+            "acks=all, idempotent unless producer: says otherwise",
             compression_choices[k->compression], (long long)k->timeout_ms);
     return 0;
 }
@@ -394,6 +400,10 @@ static void kafka_destroy(void *vctx)
     free(k->states);
     k->states = NULL;
     cn_sw_snapshot_encoder_free(&k->snap_enc);
+    json_cache_free(k->json);
+    k->json = NULL;
+    free(k->line.data);
+    k->line.data = NULL;
     if (k->sync_ok) {
         pthread_cond_destroy(&k->reported);
         pthread_mutex_destroy(&k->lock);

@@ -104,11 +104,35 @@ out:
     return rc;
 }
 
-/* The Java agent's record key: taskId + sequence, as plain concatenation. */
-static int record_key(const cn_snap_ref *r, char *buf, size_t len)
+/*
+ * The record key: for ThreadSnapshots, taskId + sequence as plain
+ * concatenation, as the Java agent's KafkaProfileSnapshotSender writes it;
+ * for JSON lines, the task id.
+ */
+static int record_key(const kafka_ctx *k, const cn_snap_ref *r, char *buf, size_t len)
 {
-    int n = snprintf(buf, len, "%s%d", cn_ref_task(r), r->snap->sequence);
+    int n = k->format == KAFKA_FORMAT_JSONL ? snprintf(buf, len, "%s", cn_ref_task(r))
+                                            : snprintf(buf, len, "%s%d", cn_ref_task(r), r->snap->sequence);
     return n < 0 || (size_t)n >= len ? -1 : n;
+}
+
+/* The record value, in a buffer librdkafka frees (RD_KAFKA_MSG_F_FREE); NULL when out of memory. */
+static uint8_t *record_value(kafka_ctx *k, const cn_snap_ref *r, size_t *len)
+{
+    uint8_t *value = NULL;
+    if (k->format == KAFKA_FORMAT_JSONL) {
+        k->line.len = 0;
+        if (cn_jsonl_line(k->json, r, &k->line) != 0)
+            return NULL;
+        *len = k->line.len - 1; /* a record needs no line end */
+        if ((value = malloc(*len)))
+            memcpy(value, k->line.data, *len);
+        return value;
+    }
+    *len = cn_sw_snapshot_prepare(&k->snap_enc, r);
+    if (*len && (value = malloc(*len)))
+        cn_sw_snapshot_pack(&k->snap_enc, value);
+    return value;
 }
 
 static void wait_reports(kafka_ctx *k, int64_t deadline_ms, bool until_none_in_flight)
@@ -137,15 +161,14 @@ static void wait_reports(kafka_ctx *k, int64_t deadline_ms, bool until_none_in_f
 static int produce_one(kafka_ctx *k, const cn_snap_ref *r, size_t i, rd_kafka_resp_err_t *err)
 {
     char key[1024];
-    int key_len = record_key(r, key, sizeof key);
-    size_t len = cn_sw_snapshot_prepare(&k->snap_enc, r);
-    uint8_t *value = len ? malloc(len) : NULL;
+    int key_len = record_key(k, r, key, sizeof key);
+    size_t len = 0;
+    uint8_t *value = key_len < 0 ? NULL : record_value(k, r, &len);
     if (!value || key_len < 0) {
         free(value);
         *err = key_len < 0 ? RD_KAFKA_RESP_ERR__INVALID_ARG : RD_KAFKA_RESP_ERR__FAIL; /* out of memory */
         return -1;
     }
-    cn_sw_snapshot_pack(&k->snap_enc, value);
     pthread_mutex_lock(&k->lock);
     k->states[i] = KAFKA_MSG_IN_FLIGHT; /* before producing: the report may come at once */
     k->in_flight++;
@@ -188,7 +211,7 @@ cn_status kafka_export(void *vctx, const cn_chunk *chunk)
         if (recover_from_fatal(k) != 0)
             return CN_RETRY;
     }
-    if (begin_chunk(k, chunk) != 0)
+    if (begin_chunk(k, chunk) != 0 || (k->json && json_cache_begin(k->json, chunk) != 0))
         return CN_RETRY;
 
     int64_t deadline = cn_mono_ms() + k->timeout_ms + KAFKA_REPORT_SLACK_MS;
