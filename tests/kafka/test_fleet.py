@@ -36,16 +36,9 @@ def main(args):
                  "skywalking": oaplib.sw_exporter_yaml([oap.target])},
                 tasks="  skywalking:\n    exporter: skywalking\n    poll_interval: 1s\n", flush_interval="300ms")
             canopy.start(env.admin_port)
-            now = int(time.time() * 1000)
-            task = oap.create_task(service="shop", endpointName="/checkout", duration=1, dumpPeriod=10,
-                                   minDurationThreshold=0, maxSamplingCount=9,
-                                   startTime=now - (60 - TASK_LEFT_S) * 1000)
+            task = oap.create_ending_task(TASK_LEFT_S)
             fleet.start()
-
-            def notified():
-                n = {t["taskId"]: t["notified"] for t in oap.get("/tasks")}[task["taskId"]]
-                return len(n) >= WORKERS and n
-            oaplib.wait_for("the task to reach all %d workers" % WORKERS, notified, 20)
+            oap.wait_notified(task["taskId"], WORKERS)
             time.sleep(1.0)  # the workers' next command poll brings the task from canopy's registry
 
             log("%d /checkout requests served" % fleet.drive("/checkout", seconds=6))

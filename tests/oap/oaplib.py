@@ -41,6 +41,29 @@ def free_port():
     return port
 
 
+def stop_process(proc, timeout, ask=None):
+    """Stops a child we started: ask(proc) (SIGTERM by default), then SIGKILL
+    after timeout seconds."""
+    if not proc or proc.poll() is not None:
+        return
+    try:
+        if ask:
+            ask(proc)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
+def close_file(f):
+    """Closes f when there is one; returns None, for `self.f = close_file(self.f)`."""
+    if f:
+        f.close()
+    return None
+
+
 def wait_for(what, fn, timeout, interval=0.2):
     """Polls fn() until it returns a true value; returns it or raises."""
     deadline = time.time() + timeout
@@ -117,17 +140,9 @@ class Standin:
         return self
 
     def stop(self, timeout=15):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self.proc = None
-        if getattr(self, "logf", None):
-            self.logf.close()
-            self.logf = None
+        self.logf = close_file(getattr(self, "logf", None))
 
     def get(self, path):
         return http_json(self.control + path)
@@ -147,6 +162,20 @@ class Standin:
 
     def create_task(self, **kw):
         return self.post("/tasks", kw)
+
+    def create_ending_task(self, ends_in_s, service="shop", endpoint="/checkout"):
+        """A 1-minute task that started (60 - ends_in_s) s ago, so it ends soon:
+        its finish reports come within the test."""
+        now = int(time.time() * 1000)
+        return self.create_task(service=service, endpointName=endpoint, duration=1, dumpPeriod=10,
+                                minDurationThreshold=0, maxSamplingCount=9, startTime=now - (60 - ends_in_s) * 1000)
+
+    def wait_notified(self, task_id, instances, timeout=20):
+        """Waits until `instances` agent instances asked for the task; returns {instance: times}."""
+        def notified():
+            n = {t["taskId"]: t["notified"] for t in self.get("/tasks")}[task_id]
+            return len(n) >= instances and n
+        return wait_for("the task to reach all %d agent instances" % instances, notified, timeout)
 
 
 # ---- collector ------------------------------------------------------------------
@@ -576,17 +605,9 @@ class Fleet:
         return done[0]
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
         self.proc = None
-        if getattr(self, "logf", None):
-            self.logf.close()
-            self.logf = None
+        self.logf = close_file(getattr(self, "logf", None))
 
 
 class SteadyLoad:
