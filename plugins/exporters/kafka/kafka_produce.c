@@ -199,7 +199,10 @@ static int recover_from_fatal(kafka_ctx *k)
     k->in_flight = 0;
     k->generation++; /* reports purged from the old producer no longer count */
     pthread_mutex_unlock(&k->lock);
-    return kafka_producer_open(k);
+    if (kafka_producer_open(k) != 0)
+        return -1;
+    cn_info(k->id, "producer rebuilt after a fatal error; unacknowledged snapshots are sent again");
+    return 0;
 }
 
 cn_status kafka_export(void *vctx, const cn_chunk *chunk)
