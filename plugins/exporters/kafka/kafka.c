@@ -333,6 +333,8 @@ static void make_metrics(kafka_ctx *k)
     k->m_failed = cn_counter("canopy_kafka_messages_failed_total",
                              "Delivery reports with an error (the snapshot is sent again unless the "
                              "error is permanent)", l);
+    k->m_failed_bytes = cn_counter("canopy_kafka_bytes_failed_total",
+                                   "Value bytes of the snapshots whose delivery report had an error", l);
     k->m_given_up = cn_counter("canopy_kafka_messages_dropped_total",
                                "Snapshots dropped after an error no retry can fix (e.g. too large, not authorized)", l);
     k->m_queue_full = cn_counter("canopy_kafka_queue_full_total",

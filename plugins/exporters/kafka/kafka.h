@@ -88,6 +88,7 @@ typedef struct kafka_ctx {
     cn_metric *m_delivered;
     cn_metric *m_delivered_bytes;
     cn_metric *m_failed;
+    cn_metric *m_failed_bytes;
     cn_metric *m_given_up;
     cn_metric *m_queue_full;
     cn_metric *m_chunks_retry;

@@ -59,6 +59,7 @@ void kafka_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
         cn_metric_add(k->m_delivered_bytes, (int64_t)m->len);
     } else {
         cn_metric_inc(k->m_failed);
+        cn_metric_add(k->m_failed_bytes, (int64_t)m->len);
         if (permanent)
             cn_metric_inc(k->m_given_up);
     }
