@@ -177,6 +177,23 @@ static rd_kafka_conf_t *build_conf(kafka_ctx *k, cn_component *self, cn_diag *d)
                 cn_error(k->id, "producer.%s: %s", key, why);
         }
     }
+    /*
+     * librdkafka checks this combination only when the producer is created;
+     * say it at validate time, where the user set acks.
+     */
+    char idem[16] = "", acks[16] = "";
+    size_t idem_len = sizeof idem, acks_len = sizeof acks;
+    if (!bad && rd_kafka_conf_get(conf, "enable.idempotence", idem, &idem_len) == RD_KAFKA_CONF_OK &&
+        rd_kafka_conf_get(conf, "acks", acks, &acks_len) == RD_KAFKA_CONF_OK && strcmp(idem, "true") == 0 &&
+        strcmp(acks, "-1") != 0 && strcmp(acks, "all") != 0) {
+        bad = true;
+        const cn_node *at = cn_node_get(pnode, "acks");
+        if (d)
+            cn_diag_error(d, at ? at : node, "producer.acks: %s needs enable.idempotence: \"false\" "
+                                             "(canopy turns the idempotent producer on by default)", acks);
+        else
+            cn_error(k->id, "producer.acks: %s needs enable.idempotence: \"false\"", acks);
+    }
     if (bad)
         goto fail;
     free(servers);
