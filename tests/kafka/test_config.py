@@ -53,6 +53,11 @@ def main(args):
         check(re.search(r"%s:8:7: producer\.no\.such\.property: .*No such configuration property" % re.escape(path),
                         out), "no FILE:LINE:COL error with librdkafka's message:\n" + out)
 
+        bad = GOOD.replace('linger.ms: "20"', 'linger.ms: "20"\n      no.such.one: "1"\n      also.unknown: "2"')
+        _, rc, out = validate(bin_, wd, "two.yaml", bad)
+        check(rc != 0 and "no.such.one" in out and "also.unknown" in out,
+              "validate does not report every bad property:\n" + out)
+
         bad = GOOD.replace('linger.ms: "20"', 'linger.ms: "soon"')
         path, rc, out = validate(bin_, wd, "value.yaml", bad)
         log("bad value: " + out.strip())
