@@ -385,10 +385,16 @@ static int kafka_start(void *vctx, cn_component *self)
     }
     if (kafka_producer_open(k) != 0)
         return -1;
-    cn_info(k->id, "producing %s records to topic %s on %s (%s, compression %s, timeout %lld ms)",
-            format_choices[k->format], k->full_topic, k->brokers.v[0],
-            "acks=all, idempotent unless producer: says otherwise",
-            compression_choices[k->compression], (long long)k->timeout_ms);
+    /* What librdkafka will do, after `producer:` had its say. */
+    char acks[16] = "?", idem[16] = "?", codec[16] = "?";
+    size_t acks_len = sizeof acks, idem_len = sizeof idem, codec_len = sizeof codec;
+    const rd_kafka_conf_t *conf = rd_kafka_conf(k->rk);
+    rd_kafka_conf_get(conf, "acks", acks, &acks_len);
+    rd_kafka_conf_get(conf, "enable.idempotence", idem, &idem_len);
+    rd_kafka_conf_get(conf, "compression.codec", codec, &codec_len);
+    cn_info(k->id, "producing %s records to topic %s on %s (acks=%s, idempotent=%s, compression %s, timeout %lld ms)",
+            format_choices[k->format], k->full_topic, k->brokers.v[0], strcmp(acks, "-1") == 0 ? "all" : acks, idem,
+            codec, (long long)k->timeout_ms);
     return 0;
 }
 
