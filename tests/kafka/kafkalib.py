@@ -55,18 +55,12 @@ class Mock:
         self.command("topic %s %d" % (name, partitions))
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        def quit_(proc):
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+        oaplib.stop_process(self.proc, 10, ask=quit_)
         self.proc = None
-        if getattr(self, "logf", None):
-            self.logf.close()
-            self.logf = None
+        self.logf = oaplib.close_file(getattr(self, "logf", None))
 
 
 def snapshot_stubs(workdir):

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """`canopy validate` on Kafka exporter configs: a good one passes; an unknown
-`producer:` property, a bad value and a bad topic are errors at
-FILE:LINE:COL, with librdkafka's own message for the property."""
+`producer:` property, a bad value, acks without all under the idempotent
+producer and a bad topic are errors at FILE:LINE:COL, with librdkafka's own
+message for the property."""
 import os
 import re
 import subprocess
@@ -52,6 +53,11 @@ def main(args):
         check(re.search(r"%s:8:7: producer\.no\.such\.property: .*No such configuration property" % re.escape(path),
                         out), "no FILE:LINE:COL error with librdkafka's message:\n" + out)
 
+        bad = GOOD.replace('linger.ms: "20"', 'linger.ms: "20"\n      no.such.one: "1"\n      also.unknown: "2"')
+        _, rc, out = validate(bin_, wd, "two.yaml", bad)
+        check(rc != 0 and "no.such.one" in out and "also.unknown" in out,
+              "validate does not report every bad property:\n" + out)
+
         bad = GOOD.replace('linger.ms: "20"', 'linger.ms: "soon"')
         path, rc, out = validate(bin_, wd, "value.yaml", bad)
         log("bad value: " + out.strip())
@@ -62,6 +68,14 @@ def main(args):
         path, rc, out = validate(bin_, wd, "topic.yaml", bad)
         check(rc != 0 and "prod/eu-skywalking-profilings" in out and "%s:4:" % path in out,
               "a namespace that makes an invalid topic is not an error:\n" + out)
+
+        bad = GOOD.replace('      security.protocol: plaintext\n', '      acks: "1"\n')
+        path, rc, out = validate(bin_, wd, "acks.yaml", bad)
+        check(rc != 0 and re.search(r"%s:8:\d+: producer\.acks: 1 needs enable\.idempotence" % re.escape(path), out),
+              "acks=1 with the idempotent producer on is not a validate error:\n" + out)
+        ok = GOOD.replace('      security.protocol: plaintext\n', '      acks: "1"\n      enable.idempotence: "false"\n')
+        _, rc, out = validate(bin_, wd, "acks-ok.yaml", ok)
+        check(rc == 0, "acks=1 without idempotence failed to validate:\n" + out)
 
         bad = GOOD.replace('      security.protocol: plaintext\n', '      bootstrap.servers: "x:1"\n')
         _, rc, out = validate(bin_, wd, "servers.yaml", bad)

@@ -8,7 +8,13 @@ arrives once, and no delivery failure reaches canopy's counters.
 A permanent one (INVALID_RECORD: the brokers refuse the bytes, which sending
 again cannot fix): the snapshots of the refused produce requests are counted
 in canopy_kafka_messages_dropped_total and logged, and every other snapshot
-arrives."""
+arrives.
+
+A fatal one for the idempotent producer (OUT_OF_ORDER_SEQUENCE_NUMBER): the
+exporter logs and counts it, builds a new producer, and every snapshot
+arrives; duplicates are reported (reports purged with the old producer may
+hide deliveries) and harmless for the OAP, which stores a snapshot under
+taskId_segmentId_sequence."""
 import os
 import sys
 
@@ -17,7 +23,7 @@ import kafkalib  # noqa: E402
 from kafkalib import check, log, oaplib  # noqa: E402
 
 
-def run(args, wd, ThreadSnapshot, errors, name):
+def run(args, wd, ThreadSnapshot, errors, name, count_resends=True):
     env = oaplib.Env(args, os.path.join(wd, name))
     os.makedirs(env.wd, exist_ok=True)
     mock = kafkalib.Mock(args.build_dir, env.wd).start()
@@ -40,18 +46,19 @@ def run(args, wd, ThreadSnapshot, errors, name):
         delivered, dropped = oaplib.wait_for("every snapshot delivered or dropped", settled, 60)
         decoded = kafkalib.decode_all(kafkalib.consume(mock.bootstrap, kafkalib.TOPIC, expect=int(delivered)),
                                       ThreadSnapshot)
-        summary = kafkalib.check_snapshots(decoded, allow_duplicates=False) if not dropped else None
+        summary = kafkalib.check_snapshots(decoded, allow_duplicates=not count_resends) if not dropped else None
         unique = len({(s.taskId, s.traceSegmentId, s.sequence) for _, s in decoded})
         failed = canopy.metric("canopy_kafka_messages_failed_total")
+        fatal = canopy.metric("canopy_kafka_fatal_errors_total")
         # Resends show as messages sent past those reported, once the statistics refresh (500 ms).
         def sent():
             n = canopy.metric("canopy_kafka_sent_messages") or 0
             return n >= total and n
-        resent = oaplib.wait_for("librdkafka's statistics", sent, 10) - delivered - dropped
+        resent = oaplib.wait_for("librdkafka's statistics", sent, 10) - delivered - dropped if count_resends else None
         text = canopy.log()
         check(canopy.stop() == 0, "canopy failed to stop")
         return {"total": total, "delivered": delivered, "dropped": dropped, "unique": unique,
-                "failed": failed, "resent": resent, "log": text, "summary": summary}
+                "failed": failed, "fatal": fatal, "resent": resent, "log": text, "summary": summary}
     finally:
         env.close()
         mock.stop()
@@ -81,6 +88,14 @@ def main(args):
               "a partly delivered chunk was counted as dropped whole by the core")
         log("permanent error: %d snapshots dropped, counted and logged; the other %d arrived"
             % (r["dropped"], r["unique"]))
+
+        r = run(args, wd, ThreadSnapshot, ["OUT_OF_ORDER_SEQUENCE_NUMBER"], "fatal", count_resends=False)
+        check(r["fatal"] >= 1, "the fatal error was not counted")
+        check("producer rebuilt" in r["log"], "the producer was not rebuilt")
+        check(r["unique"] == r["total"] and r["dropped"] == 0,
+              "fatal error: %d of %d arrived, %d dropped" % (r["unique"], r["total"], r["dropped"]))
+        log("fatal error: counted, producer rebuilt, all %d snapshots arrived (%d duplicates, harmless: the OAP "
+            "stores a snapshot under taskId_segmentId_sequence)" % (r["total"], r["summary"]["duplicates"]))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Duplicates are counted and reported: the OAP stores a snapshot under
 taskId_segmentId_sequence, so a second copy would overwrite the first."""
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,35 +32,16 @@ def main(args):
                 + oaplib.retry_yaml(initial="200ms", max_interval="2s", max_elapsed="0s"),
             }, flush_interval="200ms", shutdown_timeout=SHUTDOWN_S)
             canopy.start(env.admin_port)
-            totals, errors = [], []
-            stop = threading.Event()
-
-            def load():
-                while not stop.is_set():
-                    try:
-                        r = env.loadgen(agents=2, batches=10, batch_size=50, depth=12, tasks=3)
-                        if r["sent"] != r["acked"]:
-                            errors.append("loadgen not fully acked during the outage: %r" % r)
-                        totals.append(int(r["snapshots"]))
-                    except Exception as e:  # noqa: BLE001 - reported below
-                        errors.append(str(e))
-                        return
-                    stop.wait(0.5)
-
-            th = threading.Thread(target=load)
-            th.start()
+            load = oaplib.SteadyLoad(env)
             time.sleep(3)
-            log("all brokers down for %d s (%d snapshots sent so far)" % (OUTAGE_S, sum(totals)))
+            log("all brokers down for %d s (%d snapshots sent so far)" % (OUTAGE_S, load.total()))
             mock.command("down -1")
             t_down = time.time()
             time.sleep(OUTAGE_S)
             mock.command("up -1")
-            log("brokers up after %.1f s; %d snapshots sent so far" % (time.time() - t_down, sum(totals)))
+            log("brokers up after %.1f s; %d snapshots sent so far" % (time.time() - t_down, load.total()))
             time.sleep(3)
-            stop.set()
-            th.join(60)
-            check(not errors, "load failed: %s" % errors[:3])
-            total = sum(totals)
+            total = load.stop()
             oaplib.wait_metric(canopy, "canopy_kafka_messages_delivered_total", lambda v: v >= total,
                                "canopy to have %d delivery reports" % total, 90)
             decoded = kafkalib.decode_all(kafkalib.consume(mock.bootstrap, kafkalib.TOPIC, expect=total),

@@ -42,8 +42,9 @@ def one(args, wd, mock, compression, agents, batches, batch_size, depth):
     os.makedirs(sub)
     env = oaplib.Env(args, sub)
     topic = "canopy-" + compression
-    mock.topic(topic, 3)
-    mock.topic("baseline-" + compression, 3)
+    # 16 partitions: the mock keeps only a few MB per partition, and the baseline reads canopy's records back.
+    mock.topic(topic, 16)
+    mock.topic("baseline-" + compression, 16)
     canopy = env.collector({
         "kafka": kafkalib.kafka_exporter_yaml(mock.bootstrap, extra="    topic: %s\n    compression: %s"
                                               % (topic, compression)).replace("stats_interval: 500ms",
@@ -85,7 +86,7 @@ def main():
     for b in ("canopy", "canopy-loadgen", "canopy-kafka-mock", "canopy-kafka-baseline"):
         if not os.access(os.path.join(args.build_dir, "bin", b), os.X_OK):
             sys.exit("kafka_bench: %s is not built (make build)" % b)
-    agents, batches, batch_size, depth = (4, 25, 100, 20) if args.quick else (8, 100, 256, 20)
+    agents, batches, batch_size, depth = (4, 25, 100, 20) if args.quick else (8, 50, 128, 20)
     rows = []
     with tempfile.TemporaryDirectory(prefix="canopy-kafka-bench-") as wd:
         mock = kafkalib.Mock(args.build_dir, wd).start()

@@ -56,8 +56,11 @@ static int set(rd_kafka_conf_t *conf, const char *k, const char *v)
 static record *read_topic(const char *brokers, const char *topic, size_t want, size_t *n_out)
 {
     char err[256];
+    /* A group of its own per topic: no rebalance waits on the member that read another topic. */
+    char group[512];
+    snprintf(group, sizeof group, "canopy-kafka-baseline-%s", topic);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (set(conf, "bootstrap.servers", brokers) || set(conf, "group.id", "canopy-kafka-baseline") ||
+    if (set(conf, "bootstrap.servers", brokers) || set(conf, "group.id", group) ||
         set(conf, "auto.offset.reset", "earliest") || set(conf, "enable.auto.commit", "false")) {
         rd_kafka_conf_destroy(conf);
         return NULL;
@@ -76,7 +79,9 @@ static record *read_topic(const char *brokers, const char *topic, size_t want, s
     size_t n = 0, cap = 1024;
     record *recs = malloc(cap * sizeof *recs);
     double last = now_s();
-    while (recs && (want ? n < want : now_s() - last < 3.0)) {
+    /* Until `want` records came, or the topic was idle for 3 s (10 s with `want`: a short read is an error). */
+    double idle = want ? 10.0 : 3.0;
+    while (recs && (!want || n < want) && now_s() - last < idle) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
         if (!m)
             continue;
@@ -165,8 +170,8 @@ int main(int argc, char **argv)
     }
     size_t n = 0;
     record *recs = read_topic(brokers, from, count, &n);
-    if (!recs || n == 0) {
-        fprintf(stderr, "canopy-kafka-baseline: no record read from %s\n", from);
+    if (!recs || n == 0 || (count && n < count)) {
+        fprintf(stderr, "canopy-kafka-baseline: read %zu records of %s, wanted %zu\n", n, from, count);
         free(recs);
         return 1;
     }

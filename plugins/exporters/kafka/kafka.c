@@ -9,6 +9,7 @@
  * delivery reports are in kafka_produce.c, statistics in kafka_stats.c.
  */
 #include <ctype.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 
 #include "kafka.h"
 
-static const char *const format_choices[] = {"skywalking", NULL};
+static const char *const format_choices[] = {"skywalking", "jsonl", NULL};
 /* librdkafka's own names for compression.type. */
 static const char *const compression_choices[] = {"none", "gzip", "lz4", "zstd", "snappy", NULL};
 
@@ -33,7 +34,8 @@ static const cn_option kafka_options[] = {
     {.type = CN_OPT_ENUM, .name = "format", .default_value = "skywalking", .offset = offsetof(kafka_ctx, format),
      .choices = format_choices,
      .description = "skywalking: each record is one serialized skywalking.v3.ThreadSnapshot, key "
-                    "taskId+sequence, as the OAP's kafka-fetcher reads them."},
+                    "taskId+sequence, as the OAP's kafka-fetcher reads them; jsonl: each record is the file "
+                    "exporter's JSON line of the snapshot (without the newline), key taskId."},
     {.type = CN_OPT_ENUM, .name = "compression", .default_value = "lz4", .offset = offsetof(kafka_ctx, compression),
      .choices = compression_choices,
      .description = "Compression of each produced batch (librdkafka's compression.type); docs/performance.md "
@@ -93,9 +95,36 @@ static char *join_topic(const char *namespace_, const char *topic)
     return out;
 }
 
-static int conf_put(rd_kafka_conf_t *conf, const char *key, const char *value, char *err, size_t err_len)
+/* A problem with the producer's settings: a config error at `at` (validate), or a log line (run). */
+static void CN_PRINTF(4, 5) conf_problem(const kafka_ctx *k, cn_diag *d, const cn_node *at, const char *fmt, ...)
 {
-    return rd_kafka_conf_set(conf, key, value, err, err_len) == RD_KAFKA_CONF_OK ? 0 : -1;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (d)
+        cn_diag_error(d, at, "%s", msg);
+    else
+        cn_error(k->id, "%s", msg);
+}
+
+/* "a:1,b:2": librdkafka's bootstrap.servers. */
+static char *join_brokers(const cn_strlist *brokers)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < brokers->n; i++)
+        len += strlen(brokers->v[i]) + 1;
+    char *out = malloc(len);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (size_t i = 0; i < brokers->n; i++) {
+        if (i)
+            strcat(out, ",");
+        strcat(out, brokers->v[i]);
+    }
+    return out;
 }
 
 /*
@@ -106,94 +135,78 @@ static int conf_put(rd_kafka_conf_t *conf, const char *key, const char *value, c
 static rd_kafka_conf_t *build_conf(kafka_ctx *k, cn_component *self, cn_diag *d)
 {
     const cn_node *node = cn_component_node(self);
-    char err[512], num[32], *servers = NULL;
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (!conf)
+    const cn_node *pnode = cn_node_get(node, "producer");
+    char err[512], timeout[32], max_msgs[32], max_kb[32], stats[32];
+    char *servers = join_brokers(&k->brokers);
+    rd_kafka_conf_t *conf = servers ? rd_kafka_conf_new() : NULL;
+    if (!conf) {
+        conf_problem(k, d, node, "out of memory");
+        free(servers);
         return NULL;
-
-    size_t len = 1;
-    for (size_t i = 0; i < k->brokers.n; i++)
-        len += strlen(k->brokers.v[i]) + 1;
-    if (!(servers = malloc(len)))
-        goto fail_oom;
-    servers[0] = '\0';
-    for (size_t i = 0; i < k->brokers.n; i++) {
-        if (i)
-            strcat(servers, ",");
-        strcat(servers, k->brokers.v[i]);
     }
-    struct {
-        const char *key;
-        const char *value;
-    } ours[8];
-    size_t n = 0;
-    ours[n].key = "bootstrap.servers", ours[n++].value = servers;
-    ours[n].key = "client.id", ours[n++].value = "canopy";
-    /* Delivery as docs/kafka.md promises: every in-sync replica, no duplicates from librdkafka's retries. */
-    ours[n].key = "acks", ours[n++].value = "all";
-    ours[n].key = "enable.idempotence", ours[n++].value = "true";
-    ours[n].key = "compression.type", ours[n++].value = compression_choices[k->compression];
-    char timeout[32], max_msgs[32], max_kb[32];
     snprintf(timeout, sizeof timeout, "%lld", (long long)k->timeout_ms);
-    ours[n].key = "message.timeout.ms", ours[n++].value = timeout;
     snprintf(max_msgs, sizeof max_msgs, "%lld", (long long)k->max_queued_messages);
-    ours[n].key = "queue.buffering.max.messages", ours[n++].value = max_msgs;
     snprintf(max_kb, sizeof max_kb, "%lld", (long long)(k->max_queued_bytes / 1024));
-    ours[n].key = "queue.buffering.max.kbytes", ours[n++].value = max_kb;
-    for (size_t i = 0; i < n; i++) {
-        if (conf_put(conf, ours[i].key, ours[i].value, err, sizeof err) != 0) {
-            if (d)
-                cn_diag_error(d, node, "exporter %s: librdkafka refused %s=%s: %s", k->id, ours[i].key,
-                              ours[i].value, err);
-            else
-                cn_error(k->id, "librdkafka refused %s=%s: %s", ours[i].key, ours[i].value, err);
-            goto fail;
+    snprintf(stats, sizeof stats, "%lld", (long long)k->stats_interval_ms);
+    const struct {
+        const char *key, *value;
+    } ours[] = {
+        {"bootstrap.servers", servers},
+        {"client.id", "canopy"},
+        /* Delivery as docs/kafka.md promises: every in-sync replica, no duplicates from librdkafka's retries. */
+        {"acks", "all"},
+        {"enable.idempotence", "true"},
+        {"compression.type", compression_choices[k->compression]},
+        {"message.timeout.ms", timeout},
+        {"queue.buffering.max.messages", max_msgs},
+        {"queue.buffering.max.kbytes", max_kb},
+        {"statistics.interval.ms", stats},
+    };
+    bool bad = false;
+    for (size_t i = 0; i < CN_ARRAY_LEN(ours) && !bad; i++) {
+        if (rd_kafka_conf_set(conf, ours[i].key, ours[i].value, err, sizeof err) != RD_KAFKA_CONF_OK) {
+            conf_problem(k, d, node, "exporter %s: librdkafka refused %s=%s: %s", k->id, ours[i].key,
+                         ours[i].value, err);
+            bad = true;
         }
     }
-    snprintf(num, sizeof num, "%lld", (long long)k->stats_interval_ms);
-    if (conf_put(conf, "statistics.interval.ms", num, err, sizeof err) != 0)
-        goto fail_msg;
-
-    const cn_node *pnode = cn_node_get(node, "producer");
-    bool bad = false;
-    for (size_t i = 0; i + 1 < k->producer.n; i += 2) {
+    bool ours_ok = !bad;
+    for (size_t i = 0; i + 1 < k->producer.n && ours_ok; i += 2) { /* every bad property, not only the first */
         const char *key = k->producer.v[i], *value = k->producer.v[i + 1];
         /* i / 2 is the pair's place in the map, as set_strmap copied them in order. */
-        const cn_node *at = pnode && pnode->kind == CN_NODE_MAP && i / 2 < pnode->n ? pnode->keys[i / 2] : pnode;
-        const char *why = NULL;
+        const cn_node *at = pnode && pnode->kind == CN_NODE_MAP && i / 2 < pnode->n ? pnode->keys[i / 2] : node;
         /* Set through canopy's own options, so the docs and the logs stay true. */
         if (strcmp(key, "bootstrap.servers") == 0 || strcmp(key, "metadata.broker.list") == 0)
-            why = "set `brokers` instead";
+            conf_problem(k, d, at, "producer.%s: set `brokers` instead", key);
         else if (strcmp(key, "statistics.interval.ms") == 0)
-            why = "set `stats_interval` instead";
-        if (!why && conf_put(conf, key, value, err, sizeof err) != 0)
-            why = err;
-        if (why) {
-            bad = true;
-            if (d)
-                cn_diag_error(d, at ? at : (pnode ? pnode : node), "producer.%s: %s", key, why);
-            else
-                cn_error(k->id, "producer.%s: %s", key, why);
-        }
+            conf_problem(k, d, at, "producer.%s: set `stats_interval` instead", key);
+        else if (rd_kafka_conf_set(conf, key, value, err, sizeof err) != RD_KAFKA_CONF_OK)
+            conf_problem(k, d, at, "producer.%s: %s", key, err);
+        else
+            continue;
+        bad = true;
     }
-    if (bad)
-        goto fail;
+    /*
+     * librdkafka checks this combination only when the producer is created;
+     * say it at validate time, where the user set acks.
+     */
+    char idem[16] = "", acks[16] = "";
+    size_t idem_len = sizeof idem, acks_len = sizeof acks;
+    if (!bad && rd_kafka_conf_get(conf, "enable.idempotence", idem, &idem_len) == RD_KAFKA_CONF_OK &&
+        rd_kafka_conf_get(conf, "acks", acks, &acks_len) == RD_KAFKA_CONF_OK && strcmp(idem, "true") == 0 &&
+        strcmp(acks, "-1") != 0 && strcmp(acks, "all") != 0) {
+        const cn_node *at = cn_node_get(pnode, "acks");
+        conf_problem(k, d, at ? at : node,
+                     "producer.acks: %s needs enable.idempotence: \"false\" (canopy turns the idempotent "
+                     "producer on by default)", acks);
+        bad = true;
+    }
     free(servers);
+    if (bad) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     return conf;
-
-fail_msg:
-    if (d)
-        cn_diag_error(d, node, "exporter %s: %s", k->id, err);
-    else
-        cn_error(k->id, "%s", err);
-    goto fail;
-fail_oom:
-    if (d)
-        cn_diag_error(d, node, "out of memory");
-fail:
-    free(servers);
-    rd_kafka_conf_destroy(conf);
-    return NULL;
 }
 
 static int kafka_check(void *vctx, cn_component *self, cn_diag *d)
@@ -332,6 +345,8 @@ static void make_metrics(kafka_ctx *k)
     k->m_failed = cn_counter("canopy_kafka_messages_failed_total",
                              "Delivery reports with an error (the snapshot is sent again unless the "
                              "error is permanent)", l);
+    k->m_failed_bytes = cn_counter("canopy_kafka_bytes_failed_total",
+                                   "Value bytes of the snapshots whose delivery report had an error", l);
     k->m_given_up = cn_counter("canopy_kafka_messages_dropped_total",
                                "Snapshots dropped after an error no retry can fix (e.g. too large, not authorized)", l);
     k->m_queue_full = cn_counter("canopy_kafka_queue_full_total",
@@ -360,15 +375,26 @@ static int kafka_start(void *vctx, cn_component *self)
         return -1;
     }
     k->sync_ok = true;
+    if (k->format == KAFKA_FORMAT_JSONL && !(k->json = json_cache_new())) {
+        cn_error(k->id, "out of memory");
+        return -1;
+    }
     if (!(k->full_topic = join_topic(k->namespace_, k->topic))) {
         cn_error(k->id, "out of memory");
         return -1;
     }
     if (kafka_producer_open(k) != 0)
         return -1;
-    cn_info(k->id, "producing to topic %s on %s (%s, compression %s, timeout %lld ms)", k->full_topic,
-            k->brokers.v[0], "acks=all, idempotent unless producer: says otherwise",
-            compression_choices[k->compression], (long long)k->timeout_ms);
+    /* What librdkafka will do, after `producer:` had its say. */
+    char acks[16] = "?", idem[16] = "?", codec[16] = "?";
+    size_t acks_len = sizeof acks, idem_len = sizeof idem, codec_len = sizeof codec;
+    const rd_kafka_conf_t *conf = rd_kafka_conf(k->rk);
+    rd_kafka_conf_get(conf, "acks", acks, &acks_len);
+    rd_kafka_conf_get(conf, "enable.idempotence", idem, &idem_len);
+    rd_kafka_conf_get(conf, "compression.codec", codec, &codec_len);
+    cn_info(k->id, "producing %s records to topic %s on %s (acks=%s, idempotent=%s, compression %s, timeout %lld ms)",
+            format_choices[k->format], k->full_topic, k->brokers.v[0], strcmp(acks, "-1") == 0 ? "all" : acks, idem,
+            codec, (long long)k->timeout_ms);
     return 0;
 }
 
@@ -394,6 +420,10 @@ static void kafka_destroy(void *vctx)
     free(k->states);
     k->states = NULL;
     cn_sw_snapshot_encoder_free(&k->snap_enc);
+    json_cache_free(k->json);
+    k->json = NULL;
+    free(k->line.data);
+    k->line.data = NULL;
     if (k->sync_ok) {
         pthread_cond_destroy(&k->reported);
         pthread_mutex_destroy(&k->lock);

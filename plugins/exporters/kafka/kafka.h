@@ -15,9 +15,10 @@
 #include <librdkafka/rdkafka.h>
 
 #include "canopy/plugin.h"
+#include "jsonl/jsonl.h"
 #include "skywalking/sw_snapshot.h"
 
-enum kafka_format { KAFKA_FORMAT_SKYWALKING = 0 };
+enum kafka_format { KAFKA_FORMAT_SKYWALKING = 0, KAFKA_FORMAT_JSONL };
 
 /* What became of one message of the chunk being exported. */
 enum kafka_msg_state {
@@ -79,12 +80,15 @@ typedef struct kafka_ctx {
     size_t in_flight;    /* of the current chunk */
     rd_kafka_resp_err_t last_error;
 
-    cn_sw_snapshot_encoder snap_enc;
+    cn_sw_snapshot_encoder snap_enc; /* format skywalking */
+    json_cache *json;                /* format jsonl: the chunk's strings, JSON-encoded once */
+    cn_jsonl_buf line;
 
     /* Metrics kept by the exporter itself. */
     cn_metric *m_delivered;
     cn_metric *m_delivered_bytes;
     cn_metric *m_failed;
+    cn_metric *m_failed_bytes;
     cn_metric *m_given_up;
     cn_metric *m_queue_full;
     cn_metric *m_chunks_retry;

@@ -59,6 +59,7 @@ void kafka_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
         cn_metric_add(k->m_delivered_bytes, (int64_t)m->len);
     } else {
         cn_metric_inc(k->m_failed);
+        cn_metric_add(k->m_failed_bytes, (int64_t)m->len);
         if (permanent)
             cn_metric_inc(k->m_given_up);
     }
@@ -104,11 +105,35 @@ out:
     return rc;
 }
 
-/* The Java agent's record key: taskId + sequence, as plain concatenation. */
-static int record_key(const cn_snap_ref *r, char *buf, size_t len)
+/*
+ * The record key: for ThreadSnapshots, taskId + sequence as plain
+ * concatenation, as the Java agent's KafkaProfileSnapshotSender writes it;
+ * for JSON lines, the task id.
+ */
+static int record_key(const kafka_ctx *k, const cn_snap_ref *r, char *buf, size_t len)
 {
-    int n = snprintf(buf, len, "%s%d", cn_ref_task(r), r->snap->sequence);
+    int n = k->format == KAFKA_FORMAT_JSONL ? snprintf(buf, len, "%s", cn_ref_task(r))
+                                            : snprintf(buf, len, "%s%d", cn_ref_task(r), r->snap->sequence);
     return n < 0 || (size_t)n >= len ? -1 : n;
+}
+
+/* The record value, in a buffer librdkafka frees (RD_KAFKA_MSG_F_FREE); NULL when out of memory. */
+static uint8_t *record_value(kafka_ctx *k, const cn_snap_ref *r, size_t *len)
+{
+    uint8_t *value = NULL;
+    if (k->format == KAFKA_FORMAT_JSONL) {
+        k->line.len = 0;
+        if (cn_jsonl_line(k->json, r, &k->line) != 0)
+            return NULL;
+        *len = k->line.len - 1; /* a record needs no line end */
+        if ((value = malloc(*len)))
+            memcpy(value, k->line.data, *len);
+        return value;
+    }
+    *len = cn_sw_snapshot_prepare(&k->snap_enc, r);
+    if (*len && (value = malloc(*len)))
+        cn_sw_snapshot_pack(&k->snap_enc, value);
+    return value;
 }
 
 static void wait_reports(kafka_ctx *k, int64_t deadline_ms, bool until_none_in_flight)
@@ -137,15 +162,14 @@ static void wait_reports(kafka_ctx *k, int64_t deadline_ms, bool until_none_in_f
 static int produce_one(kafka_ctx *k, const cn_snap_ref *r, size_t i, rd_kafka_resp_err_t *err)
 {
     char key[1024];
-    int key_len = record_key(r, key, sizeof key);
-    size_t len = cn_sw_snapshot_prepare(&k->snap_enc, r);
-    uint8_t *value = len ? malloc(len) : NULL;
+    int key_len = record_key(k, r, key, sizeof key);
+    size_t len = 0;
+    uint8_t *value = key_len < 0 ? NULL : record_value(k, r, &len);
     if (!value || key_len < 0) {
         free(value);
         *err = key_len < 0 ? RD_KAFKA_RESP_ERR__INVALID_ARG : RD_KAFKA_RESP_ERR__FAIL; /* out of memory */
         return -1;
     }
-    cn_sw_snapshot_pack(&k->snap_enc, value);
     pthread_mutex_lock(&k->lock);
     k->states[i] = KAFKA_MSG_IN_FLIGHT; /* before producing: the report may come at once */
     k->in_flight++;
@@ -176,7 +200,10 @@ static int recover_from_fatal(kafka_ctx *k)
     k->in_flight = 0;
     k->generation++; /* reports purged from the old producer no longer count */
     pthread_mutex_unlock(&k->lock);
-    return kafka_producer_open(k);
+    if (kafka_producer_open(k) != 0)
+        return -1;
+    cn_info(k->id, "producer rebuilt after a fatal error; unacknowledged snapshots are sent again");
+    return 0;
 }
 
 cn_status kafka_export(void *vctx, const cn_chunk *chunk)
@@ -188,7 +215,7 @@ cn_status kafka_export(void *vctx, const cn_chunk *chunk)
         if (recover_from_fatal(k) != 0)
             return CN_RETRY;
     }
-    if (begin_chunk(k, chunk) != 0)
+    if (begin_chunk(k, chunk) != 0 || (k->json && json_cache_begin(k->json, chunk) != 0))
         return CN_RETRY;
 
     int64_t deadline = cn_mono_ms() + k->timeout_ms + KAFKA_REPORT_SLACK_MS;

@@ -20,11 +20,11 @@ void kafka_stats_metrics(kafka_ctx *k)
     k->m_in_flight_msgs = cn_gauge("canopy_kafka_in_flight_messages",
                                    "Messages sent to the brokers and not yet answered, over all brokers", l);
     k->m_tx_bytes = cn_gauge("canopy_kafka_sent_bytes",
-                             "Request bytes written to the brokers since start: on the wire, compressed "
-                             "(tx_bytes)", l);
+                             "Request bytes written to the brokers since the producer was built: on the wire, "
+                             "compressed (tx_bytes)", l);
     k->m_tx_msgs = cn_gauge("canopy_kafka_sent_messages",
-                            "Messages sent to the brokers since start, resends included (txmsgs): past the "
-                            "delivered count, retriable errors librdkafka fixed itself", l);
+                            "Messages sent to the brokers since the producer was built, resends included "
+                            "(txmsgs): past the delivered count, retriable errors librdkafka fixed itself", l);
 }
 
 static int64_t json_int(json_t *obj, const char *key)
