@@ -229,8 +229,10 @@ class Fleet:
     launcher replaces "python3 -m gunicorn" (e.g. [canopy-run, gunicorn]);
     conf=False leaves out the -c option (canopy-run installs the hooks)."""
 
-    def __init__(self, work, workers=4, env=None, args=(), agent=True, name="fleet", launcher=None, conf=True):
+    def __init__(self, work, workers=4, env=None, args=(), agent=True, name="fleet", launcher=None, conf=True,
+                 worker_class="gevent"):
         self.work = work
+        self.worker_class = worker_class
         self.launcher = list(launcher or [PYTHON, "-m", "gunicorn"])
         self.conf = conf
         self.port = free_port()
@@ -261,7 +263,7 @@ class Fleet:
         """Starts gunicorn and waits until it serves and (with wait_agent) every
         worker logged that its agent started."""
         cmd = (["chroot", FLEET_ROOT] if FLEET_ROOT else []) + self.launcher + [
-            "-k", "gevent", "-w", str(self.workers), "-b", "127.0.0.1:%d" % self.port, "-p", self.pidfile,
+            "-k", self.worker_class, "-w", str(self.workers), "-b", "127.0.0.1:%d" % self.port, "-p", self.pidfile,
             "--graceful-timeout", "5"]
         if self.agent and self.conf:
             cmd += ["-c", "python:canopy_agent.gunicorn_conf"]

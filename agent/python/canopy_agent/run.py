@@ -18,7 +18,6 @@ Settings are the agent's CANOPY_* environment variables (docs/agent.md).
 import importlib.abc
 import importlib.util
 import os
-import socket
 import sys
 
 PROG = "canopy-run"
@@ -109,26 +108,53 @@ def _patch_application(module):
     base.do_load_config = do_load_config
 
 
+_LOCAL_HOSTS = ("", "127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
+_SO_ACCEPTCON = 0x10000  # /proc/net/unix flag of a listening socket
+_TCP_LISTEN = "0A"       # /proc/net/tcp state of a listening socket
+
+
+def _unix_listening(path):
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & _SO_ACCEPTCON:
+                return True
+    return False
+
+
+def _tcp_listening(port):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
 def _collector_problem(url):
-    """Why nothing can be listening at the collector's URL, or None."""
-    if url.startswith("ipc://"):
-        path = url[len("ipc://"):]
-        family, address = socket.AF_UNIX, path
-    elif url.startswith("tcp://"):
-        host, _, port = url[len("tcp://"):].rpartition(":")
-        family, address = None, (host.strip("[]") or "127.0.0.1", int(port))
-    else:
-        return None  # tls+tcp:// and others: a probe would count as a failed handshake
+    """Why no collector can be listening at url, or None. Read from the
+    kernel's socket tables, never by connecting: a connection that goes away
+    without speaking nng's protocol is not something to do to a collector.
+    Only local URLs can be checked; others are assumed reachable."""
     try:
-        if family is None:
-            socket.create_connection(address, timeout=2).close()
+        if url.startswith("ipc://"):
+            listening = _unix_listening(url[len("ipc://"):])
+        elif url.startswith("tcp://"):
+            host, _, port = url[len("tcp://"):].rpartition(":")
+            if host.strip("[]") not in _LOCAL_HOSTS:
+                return None
+            listening = _tcp_listening(int(port))
         else:
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.settimeout(2)
-                s.connect(address)
-    except (OSError, ValueError) as e:
-        return "no collector at %s (%s)" % (url, getattr(e, "strerror", None) or e)
-    return None
+            return None  # tls+tcp:// and others
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None if listening else "no collector listening at %s" % url
 
 
 def preflight(cfg):
