@@ -11,6 +11,9 @@ virtualenvs. The example shop is profiled into a collector by
 BadEnvironment: no collector, libnng missing when the extension loads, an
 untested Python (CANOPY_TEST_PYTHON_VERSION), and greenlet mode without
 gevent. Each prints one line saying why, and the app serves unprofiled.
+
+With CANOPY_FLEET_ROOT (make test-py313) the virtualenvs, builds and fleets
+are made in that root file system (Debian 13) and the collector stays here.
 """
 
 import os
@@ -28,11 +31,18 @@ UNPROFILED = "; the app runs unprofiled"
 
 
 def run(cmd, **kw):
+    """Runs cmd where the fleets run (in CANOPY_FLEET_ROOT when set)."""
+    cmd = (["chroot", fleet.FLEET_ROOT] if fleet.FLEET_ROOT else []) + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
     if out.returncode != 0:
         raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), out.returncode, out.stdout[-3000:],
                                                           out.stderr[-3000:]))
     return out
+
+
+def built_package():
+    """The folder holding the canopy_agent built for the fleets' interpreter."""
+    return os.environ.get("CANOPY_FLEET_PYTHONPATH") or os.environ["PYTHONPATH"].split(os.pathsep)[0]
 
 
 def clean_env():
@@ -158,8 +168,7 @@ class BadEnvironment(fleet.FleetTestCase):
         # A copy of the package whose extension needs a libnng that is not
         # there: the dynamic loader refuses it as it would without libnng1.
         pkg = self.work.join("pkg")
-        shutil.copytree(os.path.join(os.environ["PYTHONPATH"].split(os.pathsep)[0], "canopy_agent"),
-                        os.path.join(pkg, "canopy_agent"))
+        shutil.copytree(os.path.join(built_package(), "canopy_agent"), os.path.join(pkg, "canopy_agent"))
         ext = [f for f in os.listdir(os.path.join(pkg, "canopy_agent")) if f.startswith("_canopy")][0]
         path = os.path.join(pkg, "canopy_agent", ext)
         with open(path, "rb") as f:
@@ -178,11 +187,12 @@ class BadEnvironment(fleet.FleetTestCase):
         run([fleet.PYTHON, "-m", "venv", "--without-pip", venv], env=clean_env())
         only = self.work.join("only")
         os.makedirs(only)
-        for name in ("gunicorn", "pkg_resources"):
-            os.symlink(os.path.join("/usr/lib/python3/dist-packages", name), os.path.join(only, name))
+        for name in ("gunicorn", "pkg_resources", "packaging"):
+            target = os.path.join("/usr/lib/python3/dist-packages", name)
+            if os.path.exists((fleet.FLEET_ROOT or "") + target):
+                os.symlink(target, os.path.join(only, name))
         python = os.path.join(venv, "bin", "python")
-        env = {"CANOPY_MODE": "greenlet", "PYTHONPATH": os.pathsep.join(
-            (only, os.environ["PYTHONPATH"].split(os.pathsep)[0], fleet.EXAMPLE))}
+        env = {"CANOPY_MODE": "greenlet", "PYTHONPATH": os.pathsep.join((only, built_package(), fleet.EXAMPLE))}
         shop = self.fleet(wait_agent=False, workers=2, conf=False, env=env, worker_class="sync",
                           launcher=self.canopy_run(python) + [python, "-m", "gunicorn"])
         self.assert_unprofiled(shop, "mode greenlet needs gevent, which cannot be imported")
