@@ -29,8 +29,8 @@ ROOT = os.path.dirname(AGENT)
 PROTO_DIR = os.path.join(ROOT, "proto")
 PROTO = "canopy/v1/canopy.proto"
 
-# Files of core/base/ (the collector's small shared library) that the agent's
-# client library uses; compiled into the extension, by name.
+# Files of core/base/ (the collector's small shared library, e.g. "pem.c")
+# that the agent's client library uses; compiled into the extension, by name.
 CORE_BASE_SOURCES = []
 
 
@@ -88,8 +88,9 @@ extension = Extension(
     "canopy_agent._canopy",
     sources=_sources(os.path.join(HERE, "src")) + _sources(os.path.join(AGENT, "src"))
     + [os.path.relpath(os.path.join(ROOT, "core", "base", n), HERE) for n in CORE_BASE_SOURCES],
+    # core/ and core/base/ so that both "base/pem.h" and "pem.h" resolve.
     include_dirs=[os.path.join(AGENT, "include"), os.path.join(AGENT, "src")]
-    + ([os.path.join(ROOT, "core", "base")] if CORE_BASE_SOURCES else []),
+    + ([os.path.join(ROOT, "core"), os.path.join(ROOT, "core", "base")] if CORE_BASE_SOURCES else []),
     define_macros=[("_GNU_SOURCE", None)],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-Wno-missing-field-initializers"],
