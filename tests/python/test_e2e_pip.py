@@ -195,7 +195,7 @@ class BadEnvironment(fleet.FleetTestCase):
         env = {"CANOPY_MODE": "greenlet", "PYTHONPATH": os.pathsep.join((only, built_package(), fleet.EXAMPLE))}
         shop = self.fleet(wait_agent=False, workers=2, conf=False, env=env, worker_class="sync",
                           launcher=self.canopy_run(python) + [python, "-m", "gunicorn"])
-        self.assert_unprofiled(shop, "mode greenlet needs gevent, which cannot be imported")
+        self.assert_unprofiled(shop, "mode greenlet needs gevent, which is not installed")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ anyway with the public frame API walker (correct everywhere, slower).
 docs/agent.md has the table of tested versions; keep it and TESTED in step.
 """
 
-import importlib
+import importlib.util
 import os
 import platform
 import sys
@@ -70,12 +70,15 @@ def check_interpreter(extension):
 
 def check_mode(mode):
     """Greenlet and sampling modes follow greenlets: they need gevent's hub
-    (gevent installed) to be of any use."""
+    (gevent installed) to be of any use. Looked up, not imported: importing
+    gevent is the app's business."""
     if mode in ("greenlet", "sampling"):
         try:
-            importlib.import_module("gevent")
-        except ImportError as e:
-            raise Unsupported("mode %s needs gevent, which cannot be imported (%s)" % (mode, e)) from None
+            found = sys.modules.get("gevent") is not None or importlib.util.find_spec("gevent") is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise Unsupported("mode %s needs gevent, which is not installed" % mode)
 
 
 def _module_version(name):
