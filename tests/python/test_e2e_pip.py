@@ -98,8 +98,17 @@ class PipPackage(ProfiledFleetCase):
         version, path = out.stdout.split()
         self.assertEqual(version, "0.1.0")
         self.assertTrue(path.startswith(self.venv + "/lib/"), path)
-        help_text = run([os.path.join(self.venv, "bin", "canopy-run"), "--help"]).stdout
+        canopy_run = os.path.join(self.venv, "bin", "canopy-run")
+        help_text = run([canopy_run, "--help"]).stdout
         self.assertIn("canopy-run gunicorn -k gevent -w 4 app:app", help_text)
+        # Not gunicorn: it runs, unprofiled, with one line saying so.
+        other = run([canopy_run, "/bin/echo", "served"])
+        self.assertEqual(other.stdout, "served\n")
+        self.assertRegex(other.stderr, r"^canopy-run: /bin/echo is not gunicorn, so it runs unprofiled .*\n$")
+        missing = subprocess.run((["chroot", fleet.FLEET_ROOT] if fleet.FLEET_ROOT else []) + [
+            canopy_run, "gunicorn-that-is-not-there"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(missing.returncode, 127, missing.stderr)
+        self.assertIn("canopy-run: cannot run gunicorn-that-is-not-there", missing.stderr)
 
     def test_canopy_run_keeps_the_apps_config(self):
         collector = self.collector = fleet.Collector(self.work, TASK).start()
