@@ -202,6 +202,9 @@ static inline void put(cn_str *out, size_t n, cx_sig *e)
 #if CX_FAST_FRAMES
 /* ---- the fast walker: _PyInterpreterFrame of 3.11 and 3.13 ---------------- */
 
+/* sig_get turns an instruction index into a byte offset with "* 2". */
+_Static_assert(sizeof(_Py_CODEUNIT) == 2, "a code unit is 2 bytes");
+
 #if CX_FAST_FRAMES == 311
 static inline _PyInterpreterFrame *fast_top(PyThreadState *tstate)
 {
