@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "docs.h"
 #include "service.h"
 
@@ -86,6 +87,21 @@ static const cn_option service_options[] = {
                    offsetof(cn_service_settings, telemetry.http),
                "Serve the admin API on a non-loopback address (anyone who reaches it can create tasks and read "
                "profiles)."},
+              {CN_OPT_MAP, "tls", NULL, offsetof(cn_http_settings, tls),
+               "HTTPS for the admin API; a non-loopback listen needs it (and a token) unless allow_insecure.",
+               .sub = (const cn_option[]){
+                   {CN_OPT_STR, "cert_file", NULL, offsetof(cn_http_settings, tls.cert_file) -
+                                                       offsetof(cn_http_settings, tls),
+                    "PEM certificate (chain) the admin API presents."},
+                   {CN_OPT_STR, "key_file", NULL, offsetof(cn_http_settings, tls.key_file) -
+                                                      offsetof(cn_http_settings, tls),
+                    "PEM private key of cert_file."},
+                   CN_OPT_END}},
+              {CN_OPT_STR, "token", NULL, offsetof(cn_http_settings, token),
+               "Bearer token every request but /healthz and /readyz must carry (Authorization: Bearer ...); "
+               "write it as ${env:VAR}, not in the file. Alternative to token_file."},
+              {CN_OPT_STR, "token_file", NULL, offsetof(cn_http_settings, token_file),
+               "File holding the bearer token (one line), readable by the collector only."},
               CN_OPT_END}},
          CN_OPT_END}},
     CN_OPT_END};
@@ -596,6 +612,7 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
         cn_diag_error(d, cn_node_get(cn_node_get(cn_node_get(service, "telemetry"), "logs"), "level"),
                       "service::telemetry::logs::level: \"%s\" is not one of debug, info, warn, error",
                       svc->settings.telemetry.logs.level);
+    cn_admin_validate(&svc->settings.telemetry.http, service, d);
 
     build_pipelines(svc, root, service, d);
     build_tasks(svc, cn_node_get(root, "tasks"), d);
