@@ -10,6 +10,9 @@
 typedef struct cn_service cn_service;
 typedef struct cn_http_settings cn_http_settings;
 
+/* service.telemetry.http's options: listen, allow_insecure, tls, token, token_file. */
+extern const cn_option cn_admin_http_options[];
+
 /* `canopy validate`'s checks of service.telemetry.http (core/admin_auth.c): a
  * non-loopback listener needs TLS and a token, or allow_insecure. */
 void cn_admin_validate(const cn_http_settings *http, const cn_node *service, cn_diag *d);

@@ -13,6 +13,7 @@
  * canopy_admin_unauthorized_total.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,31 @@ struct cn_admin_auth {
     cn_metric *unauthorized;
     nng_tls_config *tls; /* NULL: plain HTTP */
 };
+
+/* service.telemetry.http's options, nested under telemetry by service.c; offsets into cn_http_settings. */
+const cn_option cn_admin_http_options[] = {
+    {CN_OPT_STR, "listen", "127.0.0.1:8888", 0,
+     "host:port to serve on; loopback only unless allow_insecure is true."},
+    {CN_OPT_BOOL, "allow_insecure", "false",
+     offsetof(cn_http_settings, allow_insecure),
+     "Serve the admin API on a non-loopback address (anyone who reaches it can create tasks and read "
+     "profiles)."},
+    {CN_OPT_MAP, "tls", NULL, offsetof(cn_http_settings, tls),
+     "HTTPS for the admin API; a non-loopback listen needs it (and a token) unless allow_insecure.",
+     .sub = (const cn_option[]){
+         {CN_OPT_STR, "cert_file", NULL,
+          offsetof(cn_http_settings, tls.cert_file) - offsetof(cn_http_settings, tls),
+          "PEM certificate (chain) the admin API presents."},
+         {CN_OPT_STR, "key_file", NULL,
+          offsetof(cn_http_settings, tls.key_file) - offsetof(cn_http_settings, tls),
+          "PEM private key of cert_file."},
+         CN_OPT_END}},
+    {CN_OPT_STR, "token", NULL, offsetof(cn_http_settings, token),
+     "Bearer token every request but /healthz and /readyz must carry (Authorization: Bearer ...); "
+     "write it as ${env:VAR}, not in the file. Alternative to token_file."},
+    {CN_OPT_STR, "token_file", NULL, offsetof(cn_http_settings, token_file),
+     "File holding the bearer token (one line), readable by the collector only."},
+    CN_OPT_END};
 
 /* Reads a whole small file, NUL-terminated. Returns NULL with errno set (EFBIG past max). */
 static char *read_small_file(const char *path, size_t max, size_t *len)

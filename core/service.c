@@ -79,30 +79,7 @@ static const cn_option service_options[] = {
          {CN_OPT_MAP, "http", NULL, offsetof(cn_service_settings, telemetry.http) -
                                         offsetof(cn_service_settings, telemetry),
           "Admin HTTP API (/healthz, /metrics, /api/v1/tasks).",
-          .sub = (const cn_option[]){
-              {CN_OPT_STR, "listen", "127.0.0.1:8888", 0,
-               "host:port to serve on; loopback only unless allow_insecure is true."},
-              {CN_OPT_BOOL, "allow_insecure", "false",
-               offsetof(cn_service_settings, telemetry.http.allow_insecure) -
-                   offsetof(cn_service_settings, telemetry.http),
-               "Serve the admin API on a non-loopback address (anyone who reaches it can create tasks and read "
-               "profiles)."},
-              {CN_OPT_MAP, "tls", NULL, offsetof(cn_http_settings, tls),
-               "HTTPS for the admin API; a non-loopback listen needs it (and a token) unless allow_insecure.",
-               .sub = (const cn_option[]){
-                   {CN_OPT_STR, "cert_file", NULL, offsetof(cn_http_settings, tls.cert_file) -
-                                                       offsetof(cn_http_settings, tls),
-                    "PEM certificate (chain) the admin API presents."},
-                   {CN_OPT_STR, "key_file", NULL, offsetof(cn_http_settings, tls.key_file) -
-                                                      offsetof(cn_http_settings, tls),
-                    "PEM private key of cert_file."},
-                   CN_OPT_END}},
-              {CN_OPT_STR, "token", NULL, offsetof(cn_http_settings, token),
-               "Bearer token every request but /healthz and /readyz must carry (Authorization: Bearer ...); "
-               "write it as ${env:VAR}, not in the file. Alternative to token_file."},
-              {CN_OPT_STR, "token_file", NULL, offsetof(cn_http_settings, token_file),
-               "File holding the bearer token (one line), readable by the collector only."},
-              CN_OPT_END}},
+          .sub = cn_admin_http_options},
          CN_OPT_END}},
     CN_OPT_END};
 
