@@ -63,5 +63,16 @@ FUZZ_SECONDS ?= 60
 fuzz: deps
 	tests/fuzz/run-fuzz --build build-fuzz --seconds $(FUZZ_SECONDS) --jobs $(JOBS)
 
+# cmake --install of the build tree; DESTDIR stages it (packaging/CMakeLists.txt).
+PREFIX ?= /usr/local
+.PHONY: install deb
+install: build
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
+
+# The Debian package (CPack DEB, docs/deploy.md), left in $(BUILD)/.
+deb: build
+	cd $(BUILD) && cpack -G DEB
+	@ls $(BUILD)/canopy_*.deb
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -13,8 +13,9 @@
  * A listen address in use is logged as an error but does not stop the
  * collector: data keeps flowing without the admin API.
  *
- * It listens on loopback only unless service.telemetry.http.allow_insecure is
- * true: anyone who reaches it can start profiling tasks. For the same reason
+ * It listens on loopback only unless it has TLS and a bearer token
+ * (admin_auth.c) or service.telemetry.http.allow_insecure is true: anyone who
+ * reaches it can start profiling tasks. For the same reason
  * a loopback server also refuses requests whose Host is not a loopback name
  * (DNS rebinding), and POST needs Content-Type: application/json (a plain
  * cross-site form cannot send that without a CORS preflight we never allow).
@@ -129,10 +130,20 @@ static void split_host(const char *hostport, const char **host, size_t *len)
         *len = strlen(hostport);
 }
 
+bool cn_admin_listen_is_loopback(const char *listen)
+{
+    const char *host;
+    size_t len;
+    split_host(listen, &host, &len);
+    return is_loopback_host(host, len);
+}
+
 /* Returns true when the request may go on; otherwise replies. */
 static bool request_allowed(cn_admin *a, cn_http_exchange *x)
 {
     cn_metric_inc(a->requests);
+    if (!cn_admin_authorized(a, x))
+        return false;
     if (!a->loopback_only)
         return true;
     const char *hostport = cn_http_header(x, "Host");
@@ -274,15 +285,6 @@ static void handle_root(cn_http_exchange *x, void *arg)
 
 /* ---- start and stop ----------------------------------------------------------- */
 
-/* service.telemetry.http.allow_insecure, read from the document so the admin API owns its meaning. */
-static bool allow_insecure(const cn_service *svc)
-{
-    const cn_node *n = svc->doc ? cn_node_get(svc->doc->root, "service") : NULL;
-    n = cn_node_get(cn_node_get(cn_node_get(n, "telemetry"), "http"), "allow_insecure");
-    bool v = false;
-    return n && n->kind == CN_NODE_SCALAR && cn_parse_bool(n->scalar, &v) == 0 && v;
-}
-
 /* Every handler takes any method: they check it and answer 405 with an Allow header. */
 static const cn_http_route routes[] = {
     {"/", false, 0, handle_root},
@@ -298,6 +300,7 @@ static void admin_free(cn_admin *a)
     if (!a)
         return;
     cn_http_server_stop(a->server);
+    cn_admin_auth_free(a->auth);
     free(a);
 }
 
@@ -312,17 +315,18 @@ int cn_admin_start(cn_service *svc)
     if (!a)
         return -1;
     a->svc = svc;
-    const char *host;
-    size_t host_len;
-    split_host(listen, &host, &host_len);
-    bool loopback = is_loopback_host(host, host_len);
-    if (!loopback && !allow_insecure(svc)) {
+    if (!(a->auth = cn_admin_auth_new(&svc->settings.telemetry.http))) {
+        free(a);
+        return -1;
+    }
+    bool loopback = cn_admin_listen_is_loopback(listen);
+    /* validate refuses this config too; a config built without validate must not slip through. */
+    if (!loopback && !svc->settings.telemetry.http.allow_insecure && !cn_admin_auth_secure(a->auth)) {
         cn_error("admin",
                  "service.telemetry.http.listen: %s is not a loopback address; the admin API can start profiling "
-                 "tasks, so it listens on loopback only (127.0.0.1, ::1, localhost) unless "
-                 "service.telemetry.http.allow_insecure is true",
+                 "tasks, so beyond loopback it needs tls and a token, or allow_insecure: true",
                  listen);
-        free(a);
+        admin_free(a);
         return -1;
     }
     a->loopback_only = loopback;
@@ -330,7 +334,8 @@ int cn_admin_start(cn_service *svc)
     a->client_errors = cn_counter("canopy_admin_client_errors_total", "Admin API requests answered 4xx.", "");
     a->server_errors = cn_counter("canopy_admin_server_errors_total", "Admin API requests answered 5xx.", "");
     char err[256];
-    int rv = cn_http_server_start(&a->server, listen, routes, sizeof routes / sizeof routes[0], a, err, sizeof err);
+    int rv = cn_http_server_start(&a->server, listen, cn_admin_auth_tls(a->auth), routes,
+                                  sizeof routes / sizeof routes[0], a, err, sizeof err);
     if (rv == CN_HTTP_BAD_ADDRESS) {
         cn_error("admin", "service.telemetry.http.listen: %s", err);
         admin_free(a);
@@ -346,7 +351,8 @@ int cn_admin_start(cn_service *svc)
         return 0;
     }
     svc->admin = a;
-    cn_info("admin", "admin API on http://%s (web UI at /ui, metrics at /metrics)", listen);
+    cn_info("admin", "admin API on %s://%s (web UI at /ui, metrics at /metrics)%s", cn_admin_auth_scheme(a->auth),
+            listen, cn_admin_auth_secure(a->auth) ? ", bearer token required" : "");
     return 0;
 }
 

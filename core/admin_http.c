@@ -12,6 +12,8 @@
  * its thread and keeps one descriptor in reserve, which it gives up to
  * accept a client when the process has none left.
  *
+ * HTTPS, when the admin API has a certificate, through admin_tls.c.
+ *
  * One request per connection (Connection: close). Clients are read and
  * answered without blocking, several at once, each within CONN_DEADLINE_MS,
  * so a slow client cannot hold the others up for long.
@@ -66,6 +68,8 @@ typedef struct http_conn {
     cn_http_exchange x;
     size_t out_off;              /* bytes of x.response sent */
     bool responding;
+    cn_http_tls_conn *tls;       /* NULL: plain HTTP */
+    bool want_write;             /* TLS must write before it can go on */
 } http_conn;
 
 struct cn_http_server {
@@ -77,6 +81,7 @@ struct cn_http_server {
     const cn_http_route *routes;
     size_t n_routes;
     void *arg;
+    const cn_http_tls *tls;
     http_conn clients[MAX_CLIENTS];
     size_t n_clients;
     int64_t listen_paused_until;
@@ -220,11 +225,25 @@ static uint16_t parse_head(http_conn *c)
 static void close_client(cn_http_server *s, size_t i)
 {
     http_conn *c = &s->clients[i];
+    cn_http_tls_close(c->tls);
     close(c->fd);
     free(c->in);
     free(c->x.response);
     s->clients[i] = s->clients[--s->n_clients];
     memset(&s->clients[s->n_clients], 0, sizeof s->clients[0]);
+    if (i < s->n_clients && s->clients[i].tls)
+        cn_http_tls_rebind(s->clients[i].tls, &s->clients[i].fd); /* TLS reads the descriptor where it was */
+}
+
+/* recv or send, through TLS when the connection has it. */
+static ssize_t conn_recv(http_conn *c, void *buf, size_t len)
+{
+    return c->tls ? cn_http_tls_recv(c->tls, buf, len, &c->want_write) : recv(c->fd, buf, len, 0);
+}
+
+static ssize_t conn_send(http_conn *c, const void *buf, size_t len)
+{
+    return c->tls ? cn_http_tls_send(c->tls, buf, len, &c->want_write) : send(c->fd, buf, len, MSG_NOSIGNAL);
 }
 
 /* Answers without a handler: errors found while reading the request. */
@@ -293,7 +312,7 @@ static bool read_client(cn_http_server *s, http_conn *c)
             c->in = grown;
             c->in_cap = cap;
         }
-        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - 1 - c->in_len, 0);
+        ssize_t n = conn_recv(c, c->in + c->in_len, c->in_cap - 1 - c->in_len);
         if (n == 0)
             return false;
         if (n < 0)
@@ -310,7 +329,7 @@ static bool read_client(cn_http_server *s, http_conn *c)
 static bool write_client(http_conn *c)
 {
     while (c->out_off < c->x.response_len) {
-        ssize_t n = send(c->fd, c->x.response + c->out_off, c->x.response_len - c->out_off, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->x.response + c->out_off, c->x.response_len - c->out_off);
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
         c->out_off += (size_t)n;
@@ -346,6 +365,8 @@ static void accept_clients(cn_http_server *s)
         memset(c, 0, sizeof *c);
         c->fd = fd;
         c->deadline_ms = cn_mono_ms() + CONN_DEADLINE_MS;
+        if (s->tls && !(c->tls = cn_http_tls_accept(s->tls, &c->fd)))
+            close_client(s, s->n_clients - 1); /* out of memory: the client sees the connection close */
     }
 }
 
@@ -372,7 +393,8 @@ static void *server_main(void *arg)
         size_t n_clients = s->n_clients;
         for (size_t i = 0; i < n_clients; i++)
             fds[i + 2] = (struct pollfd){.fd = s->clients[i].fd,
-                                         .events = s->clients[i].responding ? POLLOUT : POLLIN};
+                                         .events = s->clients[i].responding || s->clients[i].want_write ? POLLOUT
+                                                                                                        : POLLIN};
         if (poll(fds, n_clients + 2, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
             break;
         if (fds[0].revents)
@@ -446,8 +468,8 @@ static int open_listener(const char *listen_on, char *err, size_t err_len)
     return fd;
 }
 
-int cn_http_server_start(cn_http_server **out, const char *listen_on, const cn_http_route *routes, size_t n_routes,
-                         void *arg, char *err, size_t err_len)
+int cn_http_server_start(cn_http_server **out, const char *listen_on, const cn_http_tls *tls,
+                         const cn_http_route *routes, size_t n_routes, void *arg, char *err, size_t err_len)
 {
     *out = NULL;
     cn_http_server *s = calloc(1, sizeof *s);
@@ -459,6 +481,7 @@ int cn_http_server_start(cn_http_server **out, const char *listen_on, const cn_h
     s->routes = routes;
     s->n_routes = n_routes;
     s->arg = arg;
+    s->tls = tls;
     s->no_fd_log.interval_ms = 10000;
     if ((s->listen_fd = open_listener(listen_on, err, err_len)) < 0) {
         int rv = s->listen_fd;

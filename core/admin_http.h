@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "admin_tls.h"
+
 typedef struct cn_http_server cn_http_server;
 /* One request and its response; valid during the handler call only. */
 typedef struct cn_http_exchange cn_http_exchange;
@@ -27,11 +29,12 @@ typedef struct cn_http_route {
 
 /*
  * Listens on `listen` ("host:port", "[v6]:port") and serves `routes` (kept
- * by reference) on a new thread; `arg` goes to every handler. Returns 0, or
+ * by reference) on a new thread; `arg` goes to every handler. With tls (kept
+ * by reference; NULL: plain HTTP) every connection is HTTPS. Returns 0, or
  * CN_HTTP_BAD_ADDRESS, or -1 (e.g. the port is in use), with a reason in err.
  */
-int cn_http_server_start(cn_http_server **out, const char *listen, const cn_http_route *routes, size_t n_routes,
-                         void *arg, char *err, size_t err_len);
+int cn_http_server_start(cn_http_server **out, const char *listen, const cn_http_tls *tls,
+                         const cn_http_route *routes, size_t n_routes, void *arg, char *err, size_t err_len);
 /* The port it listens on (what ":0" picked); -1 on error. */
 int cn_http_server_port(const cn_http_server *s);
 /* Stops the thread, closes every connection and frees the server. NULL is fine. */

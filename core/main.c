@@ -11,6 +11,7 @@
 
 #include "admin.h"
 #include "docs.h"
+#include "notify.h"
 #include "service.h"
 
 #ifndef CANOPY_VERSION
@@ -216,6 +217,7 @@ static int cmd_run(int argc, char **argv)
         return 1;
     }
     cn_info("canopy", "ready");
+    cn_notify_service_manager("READY=1");
     int sig = 0;
     while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP) {
         svc = reload(svc, o.config);
@@ -224,6 +226,7 @@ static int cmd_run(int argc, char **argv)
     }
     cn_info("canopy", "%s received: draining (up to %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             (long long)svc->settings.shutdown_timeout);
+    cn_notify_service_manager("STOPPING=1");
     int64_t started = cn_mono_ms();
     cn_service_stop(svc);
     cn_info("canopy", "stopped in %lld ms", (long long)(cn_mono_ms() - started));

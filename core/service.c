@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "docs.h"
 #include "service.h"
 
@@ -79,15 +80,7 @@ static const cn_option service_options[] = {
          {CN_OPT_MAP, "http", NULL, offsetof(cn_service_settings, telemetry.http) -
                                         offsetof(cn_service_settings, telemetry),
           "Admin HTTP API (/healthz, /metrics, /api/v1/tasks).",
-          .sub = (const cn_option[]){
-              {CN_OPT_STR, "listen", "127.0.0.1:8888", 0,
-               "host:port to serve on; loopback only unless allow_insecure is true."},
-              {CN_OPT_BOOL, "allow_insecure", "false",
-               offsetof(cn_service_settings, telemetry.http.allow_insecure) -
-                   offsetof(cn_service_settings, telemetry.http),
-               "Serve the admin API on a non-loopback address (anyone who reaches it can create tasks and read "
-               "profiles)."},
-              CN_OPT_END}},
+          .sub = cn_admin_http_options},
          CN_OPT_END}},
     CN_OPT_END};
 
@@ -555,6 +548,7 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
         cn_diag_error(d, cn_node_get(cn_node_get(cn_node_get(service, "telemetry"), "logs"), "level"),
                       "service::telemetry::logs::level: \"%s\" is not one of debug, info, warn, error",
                       svc->settings.telemetry.logs.level);
+    cn_admin_validate(&svc->settings.telemetry.http, service, d);
 
     build_pipelines(svc, root, service, d);
     for (size_t i = 0; i < svc->n_pipelines; i++)

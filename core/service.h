@@ -106,6 +106,18 @@ struct cn_pipeline {
     cn_metric *queue_size, *queue_capacity;
 };
 
+/* service.telemetry.http: the admin API's listener and who may use it (core/admin_auth.c). */
+typedef struct cn_http_settings {
+    char *listen;
+    bool allow_insecure;
+    struct {
+        char *cert_file;
+        char *key_file;
+    } tls;
+    char *token;
+    char *token_file;
+} cn_http_settings;
+
 typedef struct cn_service_settings {
     int64_t shutdown_timeout;
     int64_t pipeline_queue_size;
@@ -114,10 +126,7 @@ typedef struct cn_service_settings {
         struct {
             char *level;
         } logs;
-        struct {
-            char *listen;
-            bool allow_insecure;
-        } http;
+        cn_http_settings http;
     } telemetry;
 } cn_service_settings;
 

@@ -60,7 +60,7 @@ static cn_http_server *start(int *port)
 {
     cn_http_server *s;
     char err[256];
-    assert_int_equal(cn_http_server_start(&s, "127.0.0.1:0", routes, 2, NULL, err, sizeof err), 0);
+    assert_int_equal(cn_http_server_start(&s, "127.0.0.1:0", NULL, routes, 2, NULL, err, sizeof err), 0);
     *port = cn_http_server_port(s);
     assert_true(*port > 0);
     return s;

@@ -679,5 +679,25 @@ class TlsSettings(unittest.TestCase):
         self.assertLess(time.time() - t0, 2.0)
 
 
+class DefaultCollector(unittest.TestCase):
+    """Without CANOPY_COLLECTOR the agent sends to the packaged collector's
+    socket when it exists (docs/deploy.md), else to ipc:///tmp/canopy.sock."""
+
+    def test_service_socket_when_it_exists(self):
+        import socket
+        from unittest import mock
+        from canopy_agent import _config
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "canopy.sock")
+            url = "ipc://" + path
+            with mock.patch.object(_config, "SERVICE_COLLECTOR", url), \
+                    mock.patch.dict(os.environ, {"CANOPY_COLLECTOR": ""}):
+                self.assertEqual(_config.Config(service="s").collector, _config.DEFAULT_COLLECTOR)
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.bind(path)
+                    self.assertEqual(_config.Config(service="s").collector, url)
+                self.assertEqual(_config.Config(service="s", collector="tcp://h:1").collector, "tcp://h:1")
+
+
 if __name__ == "__main__":
     unittest.main()
