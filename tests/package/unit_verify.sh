@@ -22,6 +22,9 @@ trap 'rm -rf "$root"' EXIT
 DESTDIR=$root cmake --install "$build" --prefix /usr >/dev/null
 units=$root/usr/lib/systemd/system
 cp /lib/systemd/system/*.target "$units/"
+# ExecReload's /bin/kill (the package depends on procps for it).
+mkdir -p "$root/bin"
+cp /bin/kill "$root/bin/kill"
 # verify prints nothing and exits 0 when the unit is clean; warnings count as failures.
 out=$(systemd-analyze verify --man=no --root="$root" canopy.service 2>&1) || { echo "$out"; exit 1; }
 if [[ -n "$out" ]]; then
