@@ -74,7 +74,8 @@ static Canopy__V1__Reply *handle(const void *data, size_t len)
     return reply;
 }
 
-static size_t pack_request(Canopy__V1__Request *req, uint8_t **out)
+/* Packs req as agent "w-1" of service "shop" and handles it. */
+static Canopy__V1__Reply *handle_request(Canopy__V1__Request *req)
 {
     static Canopy__V1__AgentIdentity agent = CANOPY__V1__AGENT_IDENTITY__INIT;
     agent.service = "shop";
@@ -83,10 +84,12 @@ static size_t pack_request(Canopy__V1__Request *req, uint8_t **out)
     req->protocol_version = 1;
     req->agent = &agent;
     size_t len = canopy__v1__request__get_packed_size(req);
-    *out = malloc(len);
-    assert_non_null(*out);
-    canopy__v1__request__pack(req, *out);
-    return len;
+    uint8_t *buf = malloc(len ? len : 1);
+    assert_non_null(buf);
+    canopy__v1__request__pack(req, buf);
+    Canopy__V1__Reply *r = handle(buf, len);
+    free(buf);
+    return r;
 }
 
 static const test_snap snaps[] = {
@@ -109,7 +112,6 @@ static void test_batch_acked_then_duplicate(void **state)
     assert_int_equal(r->batch_seq, 3);
     assert_false(r->retryable);
     canopy__v1__reply__free_unpacked(r, NULL);
-    free(buf);
 }
 
 static void test_malformed_and_oversized(void **state)
@@ -146,9 +148,7 @@ static void test_command_query(void **state)
     Canopy__V1__CommandQuery q = CANOPY__V1__COMMAND_QUERY__INIT;
     req.body_case = CANOPY__V1__REQUEST__BODY_COMMAND_QUERY;
     req.command_query = &q;
-    uint8_t *buf;
-    size_t len = pack_request(&req, &buf);
-    Canopy__V1__Reply *r = handle(buf, len);
+    Canopy__V1__Reply *r = handle_request(&req);
     assert_int_equal(r->reason, CANOPY__V1__REASON__REASON_OK);
     assert_int_equal(r->n_commands, 1);
     assert_string_equal(r->commands[0]->command, "ProfileTaskQuery");
@@ -157,7 +157,6 @@ static void test_command_query(void **state)
     assert_string_equal(arg(r->commands[0], "Duration"), "5"); /* minutes */
     assert_string_equal(arg(r->commands[0], "MaxSamplingCount"), "5");
     canopy__v1__reply__free_unpacked(r, NULL);
-    free(buf);
 }
 
 static void test_task_finish(void **state)
@@ -168,13 +167,10 @@ static void test_task_finish(void **state)
     fin.task_id = "t-1";
     req.body_case = CANOPY__V1__REQUEST__BODY_TASK_FINISH;
     req.task_finish = &fin;
-    uint8_t *buf;
-    size_t len = pack_request(&req, &buf);
-    Canopy__V1__Reply *r = handle(buf, len);
+    Canopy__V1__Reply *r = handle_request(&req);
     assert_int_equal(r->reason, CANOPY__V1__REASON__REASON_OK);
     assert_int_equal(r->n_commands, 0);
     canopy__v1__reply__free_unpacked(r, NULL);
-    free(buf);
 }
 
 /* A request without a body is refused as invalid, not acked. */
@@ -182,13 +178,10 @@ static void test_no_body(void **state)
 {
     (void)state;
     Canopy__V1__Request req = CANOPY__V1__REQUEST__INIT;
-    uint8_t *buf;
-    size_t len = pack_request(&req, &buf);
-    Canopy__V1__Reply *r = handle(buf, len);
+    Canopy__V1__Reply *r = handle_request(&req);
     assert_int_not_equal(r->reason, CANOPY__V1__REASON__REASON_OK);
     assert_false(r->retryable);
     canopy__v1__reply__free_unpacked(r, NULL);
-    free(buf);
 }
 
 int main(void)
