@@ -353,8 +353,8 @@ static void accept_clients(cn_http_server *s)
             err = fd < 0 ? errno : 0;
             s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
             cn_log_limited(&s->no_fd_log, CN_LOG_WARN, "admin",
-                           "the process is out of file descriptors (ulimit -n); the admin API serves from its "
-                           "reserve one: see canopy_receiver_unreaped_connections in /metrics");
+                           "the process is out of file descriptors (ulimit -n); the admin API answers from its "
+                           "reserve one, so /metrics can still show what holds them");
         }
         if (fd < 0) {
             if (err == EMFILE || err == ENFILE)
