@@ -31,7 +31,7 @@ PROTO = "canopy/v1/canopy.proto"
 
 # Files of core/base/ (the collector's small shared library, e.g. "pem.c")
 # that the agent's client library uses; compiled into the extension, by name.
-CORE_BASE_SOURCES = []
+CORE_BASE_SOURCES = ["pem.c"]
 
 
 def _sources(folder):
