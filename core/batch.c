@@ -147,8 +147,9 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     return CANOPY__V1__REASON__REASON_OK;
 }
 
-cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
-                        int64_t received_ms)
+/* A batch of sb's snapshots, allocated in arena. */
+static cn_batch *batch_in(cn_arena *arena, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                          int64_t received_ms)
 {
     cn_batch *b = cn_arena_alloc(arena, sizeof *b);
     if (!b)
@@ -162,6 +163,15 @@ cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const C
     b->n_snapshots = sb->n_snapshots;
     b->snapshots = sb->snapshots;
     b->received_ms = received_ms;
+    return b;
+}
+
+cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                        int64_t received_ms)
+{
+    cn_batch *b = batch_in(arena, agent, sb, received_ms);
+    if (!b)
+        return NULL;
     b->mem_bytes = cn_arena_bytes(arena);
     atomic_fetch_add_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
     b->arena = arena;
@@ -171,18 +181,9 @@ cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const C
 cn_batch *cn_batch_part(cn_batch *owner, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
                         int64_t received_ms)
 {
-    cn_batch *b = cn_arena_alloc(owner->arena, sizeof *b);
+    cn_batch *b = batch_in(owner->arena, agent, sb, received_ms);
     if (!b)
         return NULL;
-    memset(b, 0, sizeof *b);
-    atomic_init(&b->refcount, 1);
-    b->agent = agent;
-    b->batch_seq = sb->batch_seq;
-    b->n_strings = sb->n_strings;
-    b->strings = sb->strings;
-    b->n_snapshots = sb->n_snapshots;
-    b->snapshots = sb->snapshots;
-    b->received_ms = received_ms;
     b->replayed = owner->replayed;
     b->owner = cn_batch_ref(owner);
     return b;
