@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <unistd.h>
-
 #include "nng_receiver.h"
 
 /* "127.0.0.1:51234" or "pid 4242": who sent it, for logs about requests that carry no identity. */
@@ -43,12 +41,6 @@ void nngrx_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
         return;
     char key[16];
     snprintf(key, sizeof key, "%u", (unsigned)nng_pipe_id(p));
-    /* The receiver's own ipc probes (ipc_watch.c) are not agents: neither counted nor limited. */
-    int pid;
-    if (ev == NNG_PIPE_EV_ADD_PRE && nng_pipe_get_int(p, NNG_OPT_IPC_PEER_PID, &pid) == 0 && pid == (int)getpid()) {
-        nngrx_ipc_watch_arrived(cs->rx);
-        return;
-    }
     if (ev == NNG_PIPE_EV_ADD_PRE) {
         pthread_mutex_lock(&cs->lock);
         size_t open = cn_dict_size(cs->pipes);
@@ -151,7 +143,6 @@ conn_state *nngrx_conns_new(nng_receiver *rx)
     }
     const char *labels = cn_component_labels(rx->self);
     cs->max_connections = rx->max_connections;
-    cs->rx = rx;
     snprintf(cs->id, sizeof cs->id, "%s", cn_component_id(rx->self));
     cs->open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
     cs->accepted = cn_counter("canopy_receiver_connections_accepted_total",

@@ -63,11 +63,6 @@ static const cn_option nng_options[] = {
      "requests but never reads the replies would otherwise hold every REP context. Agents read replies at "
      "once; one whose connection is closed reconnects and resends (acked as a duplicate).",
      .min = 100, .max = 3600 * 1000},
-    {CN_OPT_DURATION, "ipc_check_interval", "5s", offsetof(nng_receiver, ipc_check_interval),
-     "How often each ipc:// listener is checked to still complete connections; one that fails twice is "
-     "reopened. nng 1.5 (Debian 12) stops accepting on an ipc listener after a peer leaves during the "
-     "handshake. 0 turns the check off.",
-     .min = 0, .max = 3600 * 1000},
     {CN_OPT_INT, "max_snapshots_per_batch", "16384", offsetof(nng_receiver, max_snapshots_per_batch),
      "Snapshots one batch may carry.", .min = 1, .max = 10000000},
     {CN_OPT_INT, "max_strings_per_batch", "65536", offsetof(nng_receiver, max_strings_per_batch),
@@ -130,10 +125,6 @@ static int nng_start(void *ctx, cn_component *self)
         return -1;
     }
     nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
-    if (nngrx_ipc_watch_start(rx) != 0) {
-        cn_error(cn_component_id(self), "cannot start the ipc listener watch");
-        return -1;
-    }
     for (size_t i = 0; i < rx->n_workers; i++) {
         rx->workers[i].state = WORKER_RECV;
         nng_ctx_recv(rx->workers[i].ctx, rx->workers[i].aio);
@@ -144,7 +135,6 @@ static int nng_start(void *ctx, cn_component *self)
 static void nng_stop(void *ctx)
 {
     nng_receiver *rx = ctx;
-    nngrx_ipc_watch_stop(rx); /* before the listeners close: it reopens them */
     if (rx->stats_aio)
         nng_aio_stop(rx->stats_aio);
     /* No new connections and requests from here on, even if nng_close below never returns. */
@@ -179,7 +169,6 @@ static void nng_destroy(void *ctx)
 {
     nng_receiver *rx = ctx;
     nng_stop(rx);
-    nngrx_ipc_watch_free(rx);
     /* After an abandoned close nng may still hold the workers' aios and call the
      * pipe callback: leave those allocated (the process is exiting). */
     for (size_t i = 0; !rx->close_abandoned && i < rx->n_workers; i++)

@@ -37,7 +37,6 @@ typedef struct conn_state {
     cn_metric *open, *refused, *accepted, *unreaped_gauge;
     cn_ratelimit log, unreaped_log;
     atomic_bool abandoned; /* set when nngrx_close_socket gave up: callbacks do nothing */
-    nng_receiver *rx;      /* for the ipc watch's probes; not used once abandoned */
 } conn_state;
 
 typedef enum worker_state { WORKER_RECV, WORKER_SEND } worker_state;
@@ -90,20 +89,6 @@ typedef struct listener_stats {
     uint64_t last[N_TRANSPORT_ERRORS];
 } listener_stats;
 
-/* ipc_watch.c: re-opens ipc listeners that nng 1.5 left unable to accept. */
-typedef struct ipc_watch {
-    pthread_t thread;
-    bool started, sync_ok;
-    atomic_bool stop;
-    struct probe {
-        pthread_mutex_t lock;
-        pthread_cond_t cv;
-        bool connected;
-    } probe;
-    unsigned *misses; /* consecutive failed probes, per listen URL */
-    cn_metric *restarts;
-} ipc_watch;
-
 typedef struct nng_receiver_tls {
     char *cert_file;
     char *key_file;
@@ -126,7 +111,6 @@ struct nng_receiver {
     int64_t max_agent_sessions;
     int64_t max_connections;
     int64_t reply_timeout;
-    int64_t ipc_check_interval;
     nng_receiver_tls tls;
     /* runtime */
     cn_component *self;
@@ -153,7 +137,6 @@ struct nng_receiver {
     nng_aio *stats_aio;
     cn_ratelimit transport_log[N_TRANSPORT_ERRORS];
     conn_state *conns;
-    ipc_watch ipc_watch;
     bool close_abandoned; /* nng_close never returned: leave nng's memory alone */
 };
 
@@ -194,13 +177,6 @@ nng_msg *nngrx_refuse(nng_receiver *rx, Canopy__V1__Reason reason, limit_kind li
 /* listener_stats.c */
 void nngrx_make_listener_metrics(nng_receiver *rx);
 void nngrx_stats_cb(void *arg);
-
-/* ipc_watch.c */
-int nngrx_ipc_watch_start(nng_receiver *rx);
-void nngrx_ipc_watch_stop(nng_receiver *rx);
-void nngrx_ipc_watch_free(nng_receiver *rx);
-/* The receiver's socket got a connection from this process: a probe arrived. */
-void nngrx_ipc_watch_arrived(nng_receiver *rx);
 
 /* closer.c */
 /* Closes rx->sock within a deadline; false when the close was abandoned. */
