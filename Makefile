@@ -41,6 +41,14 @@ test: deps build build-asan
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L sanitize -LE "$(FLAKY)" $(CTEST_ARGS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L sanitize -L "$(FLAKY)" \
 	  --repeat until-pass:2 $(CTEST_ARGS)
+	$(MAKE) test-py313
+
+# The agent on Debian 13 (Python 3.13, greenlet 3, gevent 24, gunicorn 23) in a
+# debootstrap root cached per machine (tests/py313/run-tests; a fresh machine
+# builds the root first, 2-8 minutes).
+.PHONY: test-py313
+test-py313: build
+	nice -n 5 tests/py313/run-tests $(BUILD)
 
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -L unit $(CTEST_ARGS)
@@ -54,6 +62,17 @@ FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: deps
 	tests/fuzz/run-fuzz --build build-fuzz --seconds $(FUZZ_SECONDS) --jobs $(JOBS)
+
+# cmake --install of the build tree; DESTDIR stages it (packaging/CMakeLists.txt).
+PREFIX ?= /usr/local
+.PHONY: install deb
+install: build
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
+
+# The Debian package (CPack DEB, docs/deploy.md), left in $(BUILD)/.
+deb: build
+	cd $(BUILD) && cpack -G DEB
+	@ls $(BUILD)/canopy_*.deb
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

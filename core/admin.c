@@ -1,5 +1,5 @@
 /*
- * The admin HTTP API on nng's HTTP server, at service.telemetry.http.listen:
+ * The admin HTTP API at service.telemetry.http.listen:
  *
  *   GET  /healthz /readyz /metrics
  *   GET  /api/v1/tasks   POST /api/v1/tasks   GET|DELETE /api/v1/tasks/{id}
@@ -13,13 +13,15 @@
  * A listen address in use is logged as an error but does not stop the
  * collector: data keeps flowing without the admin API.
  *
- * It listens on loopback only unless service.telemetry.http.allow_insecure is
- * true: anyone who reaches it can start profiling tasks. For the same reason
+ * It listens on loopback only unless it has TLS and a bearer token
+ * (admin_auth.c) or service.telemetry.http.allow_insecure is true: anyone who
+ * reaches it can start profiling tasks. For the same reason
  * a loopback server also refuses requests whose Host is not a loopback name
  * (DNS rebinding), and POST needs Content-Type: application/json (a plain
  * cross-site form cannot send that without a CORS preflight we never allow).
  *
- * Handlers run on nng's threads; everything they read is thread safe
+ * The server (admin_http.c) runs on a thread of its own, never behind the
+ * receivers' work; everything the handlers read is thread safe
  * (metrics, the task registry, the registered views, atomic exporter flags).
  */
 #include <stdarg.h>
@@ -33,61 +35,40 @@
 
 /* ---- replies ------------------------------------------------------------------ */
 
-void cn_admin_reply(cn_admin *a, nng_aio *aio, uint16_t status, const char *content_type, const void *body,
+void cn_admin_reply(cn_admin *a, cn_http_exchange *x, uint16_t status, const char *content_type, const void *body,
                     size_t len, const char *extra_header, const char *extra_value)
 {
-    nng_http_res *res = NULL;
-    int rv = nng_http_res_alloc(&res);
-    if (rv == 0)
-        rv = nng_http_res_set_status(res, status);
-    if (rv == 0 && content_type)
-        rv = nng_http_res_set_header(res, "Content-Type", content_type);
-    if (rv == 0)
-        rv = nng_http_res_set_header(res, "Cache-Control", "no-store");
-    if (rv == 0 && extra_header)
-        rv = nng_http_res_set_header(res, extra_header, extra_value);
-    /* An empty body still needs "Content-Length: 0", or a client waits for the connection to close. */
-    if (rv == 0)
-        rv = len > 0 ? nng_http_res_copy_data(res, body, len) : nng_http_res_set_data(res, "", 0);
-    if (rv != 0) {
-        /* Out of memory: nng answers 500 itself when the handler fails. */
-        if (res)
-            nng_http_res_free(res);
-        cn_metric_inc(a->server_errors);
-        nng_aio_finish(aio, rv);
-        return;
-    }
+    if (cn_http_respond(x, status, content_type, body, len, extra_header, extra_value) != 0)
+        status = 500; /* out of memory: the server answers 500 itself */
     if (status >= 500)
         cn_metric_inc(a->server_errors);
     else if (status >= 400)
         cn_metric_inc(a->client_errors);
-    nng_aio_set_output(aio, 0, res);
-    nng_aio_finish(aio, 0);
 }
 
-void cn_admin_reply_json(cn_admin *a, nng_aio *aio, uint16_t status, json_t *body)
+void cn_admin_reply_json(cn_admin *a, cn_http_exchange *x, uint16_t status, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) {
         static const char oom[] = "{\"error\":\"out of memory\"}";
-        cn_admin_reply(a, aio, 500, "application/json", oom, sizeof oom - 1, NULL, NULL);
+        cn_admin_reply(a, x, 500, "application/json", oom, sizeof oom - 1, NULL, NULL);
         return;
     }
     size_t len = strlen(text);
     text[len] = '\0';
-    cn_admin_reply(a, aio, status, "application/json", text, len, NULL, NULL);
+    cn_admin_reply(a, x, status, "application/json", text, len, NULL, NULL);
     free(text);
 }
 
-void cn_admin_reply_error(cn_admin *a, nng_aio *aio, uint16_t status, const char *fmt, ...)
+void cn_admin_reply_error(cn_admin *a, cn_http_exchange *x, uint16_t status, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    cn_admin_reply_json(a, aio, status, json_pack("{s:s}", "error", msg));
+    cn_admin_reply_json(a, x, status, json_pack("{s:s}", "error", msg));
 }
 
 int cn_admin_url_decode(char *s)
@@ -149,13 +130,23 @@ static void split_host(const char *hostport, const char **host, size_t *len)
         *len = strlen(hostport);
 }
 
+bool cn_admin_listen_is_loopback(const char *listen)
+{
+    const char *host;
+    size_t len;
+    split_host(listen, &host, &len);
+    return is_loopback_host(host, len);
+}
+
 /* Returns true when the request may go on; otherwise replies. */
-static bool request_allowed(cn_admin *a, nng_aio *aio, nng_http_req *req)
+static bool request_allowed(cn_admin *a, cn_http_exchange *x)
 {
     cn_metric_inc(a->requests);
+    if (!cn_admin_authorized(a, x))
+        return false;
     if (!a->loopback_only)
         return true;
-    const char *hostport = nng_http_req_get_header(req, "Host");
+    const char *hostport = cn_http_header(x, "Host");
     if (!hostport)
         return true; /* HTTP/1.0 clients; they reached a loopback socket */
     const char *host;
@@ -163,15 +154,9 @@ static bool request_allowed(cn_admin *a, nng_aio *aio, nng_http_req *req)
     split_host(hostport, &host, &len);
     if (is_loopback_host(host, len))
         return true;
-    cn_admin_reply_error(a, aio, 403, "Host \"%s\" is not a loopback name; this admin API serves local clients only",
+    cn_admin_reply_error(a, x, 403, "Host \"%s\" is not a loopback name; this admin API serves local clients only",
                          hostport);
     return false;
-}
-
-static cn_admin *admin_of(nng_aio *aio, nng_http_req **req)
-{
-    *req = nng_aio_get_input(aio, 0);
-    return nng_http_handler_get_data(nng_aio_get_input(aio, 1));
 }
 
 /* The path of a request URI, decoded, and its query (NULL if none). Returns -1 on a bad escape. */
@@ -189,21 +174,19 @@ static int split_uri(const char *uri, char *path, size_t len, const char **query
 
 /* ---- handlers ----------------------------------------------------------------- */
 
-static void handle_healthz(nng_aio *aio)
+static void handle_healthz(cn_http_exchange *x, void *arg)
 {
-    nng_http_req *req;
-    cn_admin *a = admin_of(aio, &req);
-    if (!request_allowed(a, aio, req))
+    cn_admin *a = arg;
+    if (!request_allowed(a, x))
         return;
-    cn_admin_reply(a, aio, 200, "text/plain; charset=utf-8", "ok\n", 3, NULL, NULL);
+    cn_admin_reply(a, x, 200, "text/plain; charset=utf-8", "ok\n", 3, NULL, NULL);
 }
 
 /* Ready unless shutting down or some exporter is dropping data past its retry budget. */
-static void handle_readyz(nng_aio *aio)
+static void handle_readyz(cn_http_exchange *x, void *arg)
 {
-    nng_http_req *req;
-    cn_admin *a = admin_of(aio, &req);
-    if (!request_allowed(a, aio, req))
+    cn_admin *a = arg;
+    if (!request_allowed(a, x))
         return;
     char body[2048];
     size_t used = 0;
@@ -225,121 +208,99 @@ static void handle_readyz(nng_aio *aio)
         used = (size_t)snprintf(body, sizeof body, "ready\n");
     if (used >= sizeof body)
         used = sizeof body - 1;
-    cn_admin_reply(a, aio, ready ? 200 : 503, "text/plain; charset=utf-8", body, used, NULL, NULL);
+    cn_admin_reply(a, x, ready ? 200 : 503, "text/plain; charset=utf-8", body, used, NULL, NULL);
 }
 
-static void handle_metrics(nng_aio *aio)
+static void handle_metrics(cn_http_exchange *x, void *arg)
 {
-    nng_http_req *req;
-    cn_admin *a = admin_of(aio, &req);
-    if (!request_allowed(a, aio, req))
+    cn_admin *a = arg;
+    if (!request_allowed(a, x))
         return;
     char *buf = NULL;
     size_t len = 0;
     FILE *out = open_memstream(&buf, &len);
     if (!out) {
-        cn_admin_reply_error(a, aio, 500, "out of memory");
+        cn_admin_reply_error(a, x, 500, "out of memory");
         return;
     }
     cn_metrics_write_prometheus(out);
     bool failed = ferror(out) != 0;
     fclose(out);
     if (failed || !buf)
-        cn_admin_reply_error(a, aio, 500, "out of memory");
+        cn_admin_reply_error(a, x, 500, "out of memory");
     else
-        cn_admin_reply(a, aio, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len, NULL, NULL);
+        cn_admin_reply(a, x, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len, NULL, NULL);
     free(buf);
 }
 
-static void handle_tasks(nng_aio *aio)
+static void handle_tasks(cn_http_exchange *x, void *arg)
 {
-    nng_http_req *req;
-    cn_admin *a = admin_of(aio, &req);
-    if (!request_allowed(a, aio, req))
+    cn_admin *a = arg;
+    if (!request_allowed(a, x))
         return;
     char path[1024];
     const char *query;
-    if (split_uri(nng_http_req_get_uri(req), path, sizeof path, &query) != 0) {
-        cn_admin_reply_error(a, aio, 400, "malformed or too long request path");
+    if (split_uri(cn_http_uri(x), path, sizeof path, &query) != 0) {
+        cn_admin_reply_error(a, x, 400, "malformed or too long request path");
         return;
     }
     static const char prefix[] = "/api/v1/tasks";
-    cn_admin_tasks(a, aio, req, path + sizeof prefix - 1, query);
+    cn_admin_tasks(a, x, path + sizeof prefix - 1, query);
 }
 
-static void handle_ui(nng_aio *aio)
+static void handle_ui(cn_http_exchange *x, void *arg)
 {
-    nng_http_req *req;
-    cn_admin *a = admin_of(aio, &req);
-    if (!request_allowed(a, aio, req))
+    cn_admin *a = arg;
+    if (!request_allowed(a, x))
         return;
     char path[256];
     const char *query;
-    if (split_uri(nng_http_req_get_uri(req), path, sizeof path, &query) != 0) {
-        cn_admin_reply_error(a, aio, 404, "not found");
+    if (split_uri(cn_http_uri(x), path, sizeof path, &query) != 0) {
+        cn_admin_reply_error(a, x, 404, "not found");
         return;
     }
-    const char *m = nng_http_req_get_method(req);
+    const char *m = cn_http_method(x);
     if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0) {
-        cn_admin_reply(a, aio, 405, "text/plain", "method not allowed\n", 19, "Allow", "GET");
+        cn_admin_reply(a, x, 405, "text/plain", "method not allowed\n", 19, "Allow", "GET");
         return;
     }
     cn_view_body body = {0};
     const cn_service *svc = a->svc;
     if (svc->views && svc->views->asset && svc->views->asset(svc->views_arg, path + 3, &body) == CN_VIEW_OK)
-        cn_admin_reply(a, aio, 200, body.content_type, body.data, body.len, NULL, NULL);
+        cn_admin_reply(a, x, 200, body.content_type, body.data, body.len, NULL, NULL);
     else
-        cn_admin_reply(a, aio, 404, "text/plain", "not found\n", 10, NULL, NULL);
+        cn_admin_reply(a, x, 404, "text/plain", "not found\n", 10, NULL, NULL);
     if (body.owned)
         free((void *)body.data);
 }
 
-static void handle_root(nng_aio *aio)
+static void handle_root(cn_http_exchange *x, void *arg)
 {
-    nng_http_req *req;
-    cn_admin *a = admin_of(aio, &req);
-    if (!request_allowed(a, aio, req))
+    cn_admin *a = arg;
+    if (!request_allowed(a, x))
         return;
     static const char body[] = "canopy admin API: /ui /healthz /readyz /metrics /api/v1/tasks\n";
-    cn_admin_reply(a, aio, 302, "text/plain; charset=utf-8", body, sizeof body - 1, "Location", "/ui/");
+    cn_admin_reply(a, x, 302, "text/plain; charset=utf-8", body, sizeof body - 1, "Location", "/ui/");
 }
 
 /* ---- start and stop ----------------------------------------------------------- */
 
-/* service.telemetry.http.allow_insecure, read from the document so the admin API owns its meaning. */
-static bool allow_insecure(const cn_service *svc)
-{
-    const cn_node *n = svc->doc ? cn_node_get(svc->doc->root, "service") : NULL;
-    n = cn_node_get(cn_node_get(cn_node_get(n, "telemetry"), "http"), "allow_insecure");
-    bool v = false;
-    return n && n->kind == CN_NODE_SCALAR && cn_parse_bool(n->scalar, &v) == 0 && v;
-}
-
-static int add_handler(cn_admin *a, const char *path, void (*cb)(nng_aio *), bool tree, size_t body_max)
-{
-    nng_http_handler *h;
-    int rv = nng_http_handler_alloc(&h, path, cb);
-    if (rv != 0)
-        return rv;
-    /* Any method: the handlers check it and answer 405 with an Allow header. */
-    if ((rv = nng_http_handler_set_method(h, NULL)) != 0 || (tree && (rv = nng_http_handler_set_tree(h)) != 0) ||
-        (rv = nng_http_handler_collect_body(h, body_max > 0, body_max)) != 0 ||
-        (rv = nng_http_handler_set_data(h, a, NULL)) != 0 || (rv = nng_http_server_add_handler(a->server, h)) != 0) {
-        nng_http_handler_free(h);
-        return rv;
-    }
-    return 0;
-}
+/* Every handler takes any method: they check it and answer 405 with an Allow header. */
+static const cn_http_route routes[] = {
+    {"/", false, 0, handle_root},
+    {"/healthz", false, 0, handle_healthz},
+    {"/readyz", false, 0, handle_readyz},
+    {"/metrics", false, 0, handle_metrics},
+    {"/api/v1/tasks", true, 64 * 1024, handle_tasks},
+    {"/ui", true, 0, handle_ui},
+};
 
 static void admin_free(cn_admin *a)
 {
     if (!a)
         return;
-    if (a->server) {
-        nng_http_server_stop(a->server);
-        nng_http_server_release(a->server);
-    }
-    nng_url_free(a->url);
+    cn_http_server_stop(a->server);
+    cn_admin_auth_free(a->auth);
     free(a);
 }
 
@@ -354,53 +315,44 @@ int cn_admin_start(cn_service *svc)
     if (!a)
         return -1;
     a->svc = svc;
-    const char *host;
-    size_t host_len;
-    split_host(listen, &host, &host_len);
-    bool loopback = is_loopback_host(host, host_len);
-    if (!loopback && !allow_insecure(svc)) {
+    if (!(a->auth = cn_admin_auth_new(&svc->settings.telemetry.http))) {
+        free(a);
+        return -1;
+    }
+    bool loopback = cn_admin_listen_is_loopback(listen);
+    /* validate refuses this config too; a config built without validate must not slip through. */
+    if (!loopback && !svc->settings.telemetry.http.allow_insecure && !cn_admin_auth_secure(a->auth)) {
         cn_error("admin",
                  "service.telemetry.http.listen: %s is not a loopback address; the admin API can start profiling "
-                 "tasks, so it listens on loopback only (127.0.0.1, ::1, localhost) unless "
-                 "service.telemetry.http.allow_insecure is true",
+                 "tasks, so beyond loopback it needs tls and a token, or allow_insecure: true",
                  listen);
-        free(a);
+        admin_free(a);
         return -1;
     }
     a->loopback_only = loopback;
     a->requests = cn_counter("canopy_admin_requests_total", "Requests to the admin HTTP API.", "");
     a->client_errors = cn_counter("canopy_admin_client_errors_total", "Admin API requests answered 4xx.", "");
     a->server_errors = cn_counter("canopy_admin_server_errors_total", "Admin API requests answered 5xx.", "");
-    char url[512];
-    snprintf(url, sizeof url, "http://%s", listen);
-    int rv = nng_url_parse(&a->url, url);
+    char err[256];
+    int rv = cn_http_server_start(&a->server, listen, cn_admin_auth_tls(a->auth), routes,
+                                  sizeof routes / sizeof routes[0], a, err, sizeof err);
+    if (rv == CN_HTTP_BAD_ADDRESS) {
+        cn_error("admin", "service.telemetry.http.listen: %s", err);
+        admin_free(a);
+        return -1;
+    }
     if (rv != 0) {
-        cn_error("admin", "service.telemetry.http.listen: \"%s\" is not host:port (%s)", listen, nng_strerror(rv));
-        admin_free(a);
-        return -1;
-    }
-    if ((rv = nng_http_server_hold(&a->server, a->url)) != 0 ||
-        (rv = add_handler(a, "/", handle_root, false, 0)) != 0 ||
-        (rv = add_handler(a, "/healthz", handle_healthz, false, 0)) != 0 ||
-        (rv = add_handler(a, "/readyz", handle_readyz, false, 0)) != 0 ||
-        (rv = add_handler(a, "/metrics", handle_metrics, false, 0)) != 0 ||
-        (rv = add_handler(a, "/api/v1/tasks", handle_tasks, true, 64 * 1024)) != 0 ||
-        (rv = add_handler(a, "/ui", handle_ui, true, 0)) != 0) {
-        cn_error("admin", "cannot set up the admin API on %s: %s", listen, nng_strerror(rv));
-        admin_free(a);
-        return -1;
-    }
-    if ((rv = nng_http_server_start(a->server)) != 0) {
         /* Collecting matters more than the admin API: a busy port (a second collector on the
          * host, a test) is reported loudly, and /readyz stays unreachable, but data still flows. */
         cn_error("admin", "cannot listen on %s: %s; the admin API, /metrics and the web UI are NOT served "
                           "(set service.telemetry.http.listen to a free host:port)",
-                 listen, nng_strerror(rv));
+                 listen, err);
         admin_free(a);
         return 0;
     }
     svc->admin = a;
-    cn_info("admin", "admin API on http://%s (web UI at /ui, metrics at /metrics)", listen);
+    cn_info("admin", "admin API on %s://%s (web UI at /ui, metrics at /metrics)%s", cn_admin_auth_scheme(a->auth),
+            listen, cn_admin_auth_secure(a->auth) ? ", bearer token required" : "");
     return 0;
 }
 

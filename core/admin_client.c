@@ -3,10 +3,12 @@
  * nng's HTTP client. The collector does the validation; this only shapes the
  * request and prints the answer.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <nng/nng.h>
 #include <nng/supplemental/http/http.h>
+#include <nng/supplemental/tls/tls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,59 @@
 
 #define DEFAULT_ADMIN "http://127.0.0.1:8888"
 #define CLIENT_TIMEOUT_MS 10000
+/* The options every task command takes after --admin (help text). */
+#define ADMIN_AUTH_HELP                                                                                          \
+    "      --token-file FILE  bearer token for an admin API that requires one (token_file on the collector)\n"     \
+    "      --ca-file FILE     CA (PEM) an https:// admin API's certificate must chain to\n"
+
+/* Where the admin API is and how to prove who we are. */
+typedef struct admin_target {
+    const char *url;
+    const char *token_file; /* NULL: no Authorization header */
+    const char *ca_file;    /* NULL: the system's default CAs for https:// */
+} admin_target;
+
+enum { OPT_TOKEN_FILE = 900, OPT_CA_FILE };
+
+/* Authorization and TLS for one request. Returns 0, or -1 after printing why. */
+static int apply_target(const admin_target *admin, const nng_url *u, nng_http_client *cli, nng_http_req *req)
+{
+    if (admin->token_file) {
+        size_t len;
+        char *token = cn_admin_read_token(admin->token_file, &len);
+        if (!token) {
+            fprintf(stderr, "canopy task: --token-file %s: %s\n", admin->token_file,
+                    errno == EINVAL ? "empty, or holds a NUL byte" : strerror(errno));
+            return -1;
+        }
+        char header[4200];
+        snprintf(header, sizeof header, "Bearer %s", token);
+        memset(token, 0, len);
+        free(token);
+        int rv = nng_http_req_set_header(req, "Authorization", header);
+        memset(header, 0, sizeof header);
+        if (rv != 0) {
+            fprintf(stderr, "canopy task: %s\n", nng_strerror(rv));
+            return -1;
+        }
+    }
+    if (admin->ca_file && strcmp(u->u_scheme, "https") == 0) {
+        nng_tls_config *tls = NULL;
+        int rv;
+        if ((rv = nng_tls_config_alloc(&tls, NNG_TLS_MODE_CLIENT)) != 0 ||
+            (rv = nng_tls_config_ca_file(tls, admin->ca_file)) != 0 ||
+            (rv = nng_tls_config_server_name(tls, u->u_hostname)) != 0 ||
+            (rv = nng_tls_config_auth_mode(tls, NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
+            (rv = nng_http_client_set_tls(cli, tls)) != 0) {
+            fprintf(stderr, "canopy task: --ca-file %s: %s\n", admin->ca_file, nng_strerror(rv));
+            if (tls)
+                nng_tls_config_free(tls);
+            return -1;
+        }
+        nng_tls_config_free(tls); /* the client holds its own reference */
+    }
+    return 0;
+}
 
 typedef struct http_reply {
     uint16_t status;
@@ -25,11 +80,12 @@ typedef struct http_reply {
 } http_reply;
 
 /* One request to the admin API. Returns 0 (reply filled), or -1 after printing why. */
-static int http_call(const char *admin, const char *method, const char *path, const char *json_body, http_reply *out)
+static int http_call(const admin_target *admin, const char *method, const char *path, const char *json_body,
+                     http_reply *out)
 {
     char url[2048];
-    const char *slash = admin[0] && admin[strlen(admin) - 1] == '/' ? "" : "/";
-    snprintf(url, sizeof url, "%s%s%s", admin, slash, path[0] == '/' ? path + 1 : path);
+    const char *slash = admin->url[0] && admin->url[strlen(admin->url) - 1] == '/' ? "" : "/";
+    snprintf(url, sizeof url, "%s%s%s", admin->url, slash, path[0] == '/' ? path + 1 : path);
     nng_url *u = NULL;
     nng_http_client *cli = NULL;
     nng_http_req *req = NULL;
@@ -49,11 +105,13 @@ static int http_call(const char *admin, const char *method, const char *path, co
         fprintf(stderr, "canopy task: %s\n", nng_strerror(rv));
         goto out;
     }
+    if (apply_target(admin, u, cli, req) != 0)
+        goto out;
     nng_aio_set_timeout(aio, CLIENT_TIMEOUT_MS);
     nng_http_client_transact(cli, req, res, aio);
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0) {
-        fprintf(stderr, "canopy task: cannot reach the admin API at %s: %s\n", admin, nng_strerror(rv));
+        fprintf(stderr, "canopy task: cannot reach the admin API at %s: %s\n", admin->url, nng_strerror(rv));
         goto out;
     }
     void *data;
@@ -92,13 +150,15 @@ static int report_error(const http_reply *r)
 }
 
 static int parse_common(int argc, char **argv, const char *help, const struct option *extra, const char *shortopts,
-                        int (*on_opt)(int ch, const char *arg, void *ctx), void *ctx, const char **admin, int *rc)
+                        int (*on_opt)(int ch, const char *arg, void *ctx), void *ctx, admin_target *admin, int *rc)
 {
     struct option longopts[16];
     size_t n = 0;
-    for (const struct option *o = extra; o && o->name && n < 12; o++)
+    for (const struct option *o = extra; o && o->name && n < 11; o++) /* + 4 common + the end */
         longopts[n++] = *o;
     longopts[n++] = (struct option){"admin", required_argument, NULL, 'a'};
+    longopts[n++] = (struct option){"token-file", required_argument, NULL, OPT_TOKEN_FILE};
+    longopts[n++] = (struct option){"ca-file", required_argument, NULL, OPT_CA_FILE};
     longopts[n++] = (struct option){"help", no_argument, NULL, 'h'};
     longopts[n] = (struct option){NULL, 0, NULL, 0};
     char opts[64];
@@ -111,8 +171,8 @@ static int parse_common(int argc, char **argv, const char *help, const struct op
             *rc = 0;
             return -1;
         }
-        if (ch == 'a') {
-            *admin = optarg;
+        if (ch == 'a' || ch == OPT_TOKEN_FILE || ch == OPT_CA_FILE) {
+            *(ch == 'a' ? &admin->url : ch == OPT_TOKEN_FILE ? &admin->token_file : &admin->ca_file) = optarg;
             continue;
         }
         if (ch == '?' || !on_opt || on_opt(ch, optarg, ctx) != 0) {
@@ -175,6 +235,7 @@ static int cmd_create(int argc, char **argv)
         "      --id ID                     use this id instead of a generated one\n"
         "      --json                      print the created task as JSON\n"
         "      --admin URL                 the admin API (default " DEFAULT_ADMIN ")\n"
+        ADMIN_AUTH_HELP
         "  -h, --help                      this help\n"
         "\n"
         "Durations: 500ms, 10s, 5m, 1h.\n";
@@ -188,7 +249,7 @@ static int cmd_create(int argc, char **argv)
                                           {"json", no_argument, NULL, OPT_JSON},
                                           {NULL, 0, NULL, 0}};
     create_opts c = {.body = json_object()};
-    const char *admin = DEFAULT_ADMIN;
+    admin_target admin = {.url = DEFAULT_ADMIN};
     int rc = 0;
     if (!c.body) {
         fprintf(stderr, "canopy task create: out of memory\n");
@@ -208,7 +269,7 @@ static int cmd_create(int argc, char **argv)
     char *text = json_dumps(c.body, JSON_COMPACT);
     json_decref(c.body);
     http_reply r;
-    if (!text || http_call(admin, "POST", "/api/v1/tasks", text, &r) != 0) {
+    if (!text || http_call(&admin, "POST", "/api/v1/tasks", text, &r) != 0) {
         free(text);
         return 1;
     }
@@ -262,10 +323,11 @@ static int cmd_list(int argc, char **argv)
         "\n"
         "      --json        print the API's JSON as is\n"
         "      --admin URL   the admin API (default " DEFAULT_ADMIN ")\n"
+        ADMIN_AUTH_HELP
         "  -h, --help        this help\n";
     static const struct option extra[] = {{"json", no_argument, NULL, OPT_JSON}, {NULL, 0, NULL, 0}};
     bool json_out = false;
-    const char *admin = DEFAULT_ADMIN;
+    admin_target admin = {.url = DEFAULT_ADMIN};
     int rc = 0;
     if (parse_common(argc, argv, help, extra, "", list_opt, &json_out, &admin, &rc) != 0)
         return rc;
@@ -274,7 +336,7 @@ static int cmd_list(int argc, char **argv)
         return 2;
     }
     http_reply r;
-    if (http_call(admin, "GET", "/api/v1/tasks", NULL, &r) != 0)
+    if (http_call(&admin, "GET", "/api/v1/tasks", NULL, &r) != 0)
         return 1;
     if (r.status != 200) {
         rc = report_error(&r);
@@ -324,8 +386,9 @@ static int cmd_cancel(int argc, char **argv)
         "command query, and exporters write its final profile.\n"
         "\n"
         "      --admin URL   the admin API (default " DEFAULT_ADMIN ")\n"
+        ADMIN_AUTH_HELP
         "  -h, --help        this help\n";
-    const char *admin = DEFAULT_ADMIN;
+    admin_target admin = {.url = DEFAULT_ADMIN};
     int rc = 0;
     if (parse_common(argc, argv, help, NULL, "", NULL, NULL, &admin, &rc) != 0)
         return rc;
@@ -343,7 +406,7 @@ static int cmd_cancel(int argc, char **argv)
                       : (size_t)snprintf(path + used, sizeof path - used, "%%%02X", *p);
     }
     http_reply r;
-    if (http_call(admin, "DELETE", path, NULL, &r) != 0)
+    if (http_call(&admin, "DELETE", path, NULL, &r) != 0)
         return 1;
     if (r.status != 200)
         rc = report_error(&r);

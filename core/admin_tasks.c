@@ -118,7 +118,7 @@ static json_t *task_json(const cn_service *svc, const cn_task *t, const cn_task_
     return o;
 }
 
-static void list_tasks(cn_admin *a, nng_aio *aio)
+static void list_tasks(cn_admin *a, cn_http_exchange *x)
 {
     int64_t now = cn_now_ms();
     cn_task *tasks = NULL;
@@ -151,13 +151,13 @@ static void list_tasks(cn_admin *a, nng_aio *aio)
     free(matched);
     if (!ok) {
         json_decref(arr);
-        cn_admin_reply_error(a, aio, 500, "out of memory");
+        cn_admin_reply_error(a, x, 500, "out of memory");
         return;
     }
-    cn_admin_reply_json(a, aio, 200, json_pack("{s:o}", "tasks", arr));
+    cn_admin_reply_json(a, x, 200, json_pack("{s:o}", "tasks", arr));
 }
 
-static void get_task(cn_admin *a, nng_aio *aio, const char *id, uint16_t status)
+static void get_task(cn_admin *a, cn_http_exchange *x, const char *id, uint16_t status)
 {
     cn_task t = {0};
     cn_task_figures info = {0};
@@ -165,7 +165,7 @@ static void get_task(cn_admin *a, nng_aio *aio, const char *id, uint16_t status)
     bool known = cn_tasks_get(svc->tasks, id, &t) == 0;
     bool has_profile = svc->views && svc->views->figures(svc->views_arg, id, &info) == CN_VIEW_OK;
     if (!known && !has_profile) {
-        cn_admin_reply_error(a, aio, 404, "no task %s", id);
+        cn_admin_reply_error(a, x, 404, "no task %s", id);
         return;
     }
     json_t *o = task_json(svc, known ? &t : NULL, has_profile ? &info : NULL, cn_now_ms());
@@ -173,7 +173,7 @@ static void get_task(cn_admin *a, nng_aio *aio, const char *id, uint16_t status)
         cn_task_clear(&t);
     if (has_profile)
         cn_task_figures_clear(&info);
-    cn_admin_reply_json(a, aio, o ? status : 500, o ? o : json_pack("{s:s}", "error", "out of memory"));
+    cn_admin_reply_json(a, x, o ? status : 500, o ? o : json_pack("{s:s}", "error", "out of memory"));
 }
 
 /* ---- create and cancel --------------------------------------------------------- */
@@ -212,9 +212,9 @@ static bool valid_id(const char *id)
     return true;
 }
 
-static bool content_is_json(nng_http_req *req)
+static bool content_is_json(const cn_http_exchange *x)
 {
-    const char *ct = nng_http_req_get_header(req, "Content-Type");
+    const char *ct = cn_http_header(x, "Content-Type");
     return ct && strncasecmp(ct, "application/json", 16) == 0;
 }
 
@@ -282,20 +282,20 @@ static int parse_task(json_t *body, cn_task *t, char *id, size_t id_len, char *e
     return 0;
 }
 
-static void create_task(cn_admin *a, nng_aio *aio, nng_http_req *req)
+static void create_task(cn_admin *a, cn_http_exchange *x)
 {
-    if (!content_is_json(req)) {
-        cn_admin_reply_error(a, aio, 415, "POST /api/v1/tasks takes Content-Type: application/json");
+    if (!content_is_json(x)) {
+        cn_admin_reply_error(a, x, 415, "POST /api/v1/tasks takes Content-Type: application/json");
         return;
     }
-    void *data;
+    const void *data;
     size_t len;
-    nng_http_req_get_data(req, &data, &len);
+    cn_http_body(x, &data, &len);
     json_error_t jerr;
     json_t *body = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!body || !json_is_object(body)) {
         json_decref(body);
-        cn_admin_reply_error(a, aio, 400, "the body must be a JSON object (%s)", body ? "not an object" : jerr.text);
+        cn_admin_reply_error(a, x, 400, "the body must be a JSON object (%s)", body ? "not an object" : jerr.text);
         return;
     }
     char err[300], id[MAX_ID_LEN + 1];
@@ -306,43 +306,43 @@ static void create_task(cn_admin *a, nng_aio *aio, nng_http_req *req)
     json_decref(body); /* t's service and endpoint pointed into it */
     if (rc != 0) {
         uint16_t status = strstr(err, "already exists") ? 409 : strstr(err, "limit") ? 429 : 400;
-        cn_admin_reply_error(a, aio, status, "%s", err);
+        cn_admin_reply_error(a, x, status, "%s", err);
         return;
     }
     cn_info("admin", "task %s created through the admin API (%lld ms)", id, (long long)t.duration_ms);
-    get_task(a, aio, id, 201);
+    get_task(a, x, id, 201);
 }
 
-static void cancel_task(cn_admin *a, nng_aio *aio, const char *id)
+static void cancel_task(cn_admin *a, cn_http_exchange *x, const char *id)
 {
     if (cn_tasks_cancel(a->svc->tasks, id) != 0) {
-        cn_admin_reply_error(a, aio, 404, "no task %s", id);
+        cn_admin_reply_error(a, x, 404, "no task %s", id);
         return;
     }
     cn_info("admin", "task %s cancelled through the admin API", id);
-    get_task(a, aio, id, 200);
+    get_task(a, x, id, 200);
 }
 
 /* ---- renders ------------------------------------------------------------------ */
 
-static void render(cn_admin *a, nng_aio *aio, const char *id, const char *view, const char *query)
+static void render(cn_admin *a, cn_http_exchange *x, const char *id, const char *view, const char *query)
 {
     const cn_service *svc = a->svc;
     cn_view_body body = {0};
     int rc = svc->views ? svc->views->render(svc->views_arg, id, view, query, &body) : CN_VIEW_NOT_FOUND;
     if (rc == CN_VIEW_NOT_FOUND) {
         if (svc->views)
-            cn_admin_reply_error(a, aio, 404, "no task %s or no view %s", id, view);
+            cn_admin_reply_error(a, x, 404, "no task %s or no view %s", id, view);
         else
-            cn_admin_reply_error(a, aio, 404, "no task views: configure the live exporter to render tasks");
+            cn_admin_reply_error(a, x, 404, "no task views: configure the live exporter to render tasks");
     } else if (rc != CN_VIEW_OK) {
-        cn_admin_reply_error(a, aio, 500, "out of memory while rendering task %s", id);
+        cn_admin_reply_error(a, x, 500, "out of memory while rendering task %s", id);
     } else if (body.attachment[0]) {
         char disp[400];
         snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", body.attachment);
-        cn_admin_reply(a, aio, 200, body.content_type, body.data, body.len, "Content-Disposition", disp);
+        cn_admin_reply(a, x, 200, body.content_type, body.data, body.len, "Content-Disposition", disp);
     } else {
-        cn_admin_reply(a, aio, 200, body.content_type, body.data, body.len, NULL, NULL);
+        cn_admin_reply(a, x, 200, body.content_type, body.data, body.len, NULL, NULL);
     }
     if (body.owned)
         free((void *)body.data);
@@ -350,24 +350,24 @@ static void render(cn_admin *a, nng_aio *aio, const char *id, const char *view, 
 
 /* ---- routing ------------------------------------------------------------------ */
 
-static void method_not_allowed(cn_admin *a, nng_aio *aio, const char *allow)
+static void method_not_allowed(cn_admin *a, cn_http_exchange *x, const char *allow)
 {
     char msg[64];
     int n = snprintf(msg, sizeof msg, "{\"error\":\"method not allowed; use %s\"}", allow);
-    cn_admin_reply(a, aio, 405, "application/json", msg, (size_t)n, "Allow", allow);
+    cn_admin_reply(a, x, 405, "application/json", msg, (size_t)n, "Allow", allow);
 }
 
-void cn_admin_tasks(cn_admin *a, nng_aio *aio, nng_http_req *req, const char *rest, const char *query)
+void cn_admin_tasks(cn_admin *a, cn_http_exchange *x, const char *rest, const char *query)
 {
-    const char *method = nng_http_req_get_method(req);
+    const char *method = cn_http_method(x);
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     if (rest[0] == '\0' || strcmp(rest, "/") == 0) {
         if (get)
-            list_tasks(a, aio);
+            list_tasks(a, x);
         else if (strcmp(method, "POST") == 0)
-            create_task(a, aio, req);
+            create_task(a, x);
         else
-            method_not_allowed(a, aio, "GET, POST");
+            method_not_allowed(a, x, "GET, POST");
         return;
     }
     /* "/{id}" or "/{id}/{view}"; an id never holds '/' (valid_id), but one from an OAP might: a last
@@ -379,22 +379,22 @@ void cn_admin_tasks(cn_admin *a, nng_aio *aio, nng_http_req *req, const char *re
             view = l->view;
     size_t n = view ? (size_t)(slash - start) : strlen(start);
     if (n == 0 || n >= sizeof id) {
-        cn_admin_reply_error(a, aio, 404, "not found");
+        cn_admin_reply_error(a, x, 404, "not found");
         return;
     }
     memcpy(id, start, n);
     id[n] = '\0';
     if (view) {
         if (!get)
-            method_not_allowed(a, aio, "GET");
+            method_not_allowed(a, x, "GET");
         else
-            render(a, aio, id, view, query);
+            render(a, x, id, view, query);
         return;
     }
     if (get)
-        get_task(a, aio, id, 200);
+        get_task(a, x, id, 200);
     else if (strcmp(method, "DELETE") == 0)
-        cancel_task(a, aio, id);
+        cancel_task(a, x, id);
     else
-        method_not_allowed(a, aio, "GET, DELETE");
+        method_not_allowed(a, x, "GET, DELETE");
 }

@@ -134,31 +134,59 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
         return reason;
     }
     if (req->body_case == CANOPY__V1__REQUEST__BODY_BATCH) {
-        cn_batch *b = cn_arena_alloc(arena, sizeof *b);
+        cn_batch *b = cn_batch_wrap(arena, req->agent, req->batch, cn_now_ms());
         if (!b) {
             cn_arena_free(arena);
             return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");
         }
-        memset(b, 0, sizeof *b);
-        atomic_init(&b->refcount, 1);
-        b->agent = req->agent;
-        b->batch_seq = req->batch->batch_seq;
-        b->n_strings = req->batch->n_strings;
-        b->strings = req->batch->strings;
-        b->n_snapshots = req->batch->n_snapshots;
-        b->snapshots = req->batch->snapshots;
-        b->received_ms = cn_now_ms();
         b->wire_bytes = len;
-        b->wire = data;
-        b->mem_bytes = cn_arena_bytes(arena);
-        atomic_fetch_add_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
-        b->arena = arena;
-        b->request = req;
         *out_batch = b;
     }
     *out_req = req;
     *out_arena = arena;
     return CANOPY__V1__REASON__REASON_OK;
+}
+
+/* A batch of sb's snapshots, allocated in arena. */
+static cn_batch *batch_in(cn_arena *arena, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                          int64_t received_ms)
+{
+    cn_batch *b = cn_arena_alloc(arena, sizeof *b);
+    if (!b)
+        return NULL;
+    memset(b, 0, sizeof *b);
+    atomic_init(&b->refcount, 1);
+    b->agent = agent;
+    b->batch_seq = sb->batch_seq;
+    b->n_strings = sb->n_strings;
+    b->strings = sb->strings;
+    b->n_snapshots = sb->n_snapshots;
+    b->snapshots = sb->snapshots;
+    b->received_ms = received_ms;
+    return b;
+}
+
+cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                        int64_t received_ms)
+{
+    cn_batch *b = batch_in(arena, agent, sb, received_ms);
+    if (!b)
+        return NULL;
+    b->mem_bytes = cn_arena_bytes(arena);
+    atomic_fetch_add_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
+    b->arena = arena;
+    return b;
+}
+
+cn_batch *cn_batch_part(cn_batch *owner, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                        int64_t received_ms)
+{
+    cn_batch *b = batch_in(owner->arena, agent, sb, received_ms);
+    if (!b)
+        return NULL;
+    b->replayed = owner->replayed;
+    b->owner = cn_batch_ref(owner);
+    return b;
 }
 
 void cn_batch_unref(cn_batch *b)
@@ -169,7 +197,10 @@ void cn_batch_unref(cn_batch *b)
         atomic_fetch_sub_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
         if (b->on_release)
             b->on_release(b->release_arg, b->release_token);
-        cn_arena_free(b->arena); /* the batch itself lives in its arena */
+        if (b->owner)
+            cn_batch_unref(b->owner); /* this batch lives in its owner's arena */
+        else
+            cn_arena_free(b->arena); /* the batch itself lives in its arena */
     }
 }
 
@@ -208,6 +239,21 @@ cn_chunk *cn_chunk_from_batch(cn_batch *b)
     c->n = b->n_snapshots;
     c->batches[0] = cn_batch_ref(b);
     c->n_batches = 1;
+    return c;
+}
+
+cn_chunk *cn_chunk_without_replayed(const cn_chunk *in)
+{
+    cn_chunk *c = cn_chunk_new(in->task_id, in->n, in->n_batches);
+    if (!c)
+        return NULL;
+    c->task_final = in->task_final;
+    for (size_t i = 0; i < in->n; i++)
+        if (!in->refs[i].batch->replayed)
+            c->refs[c->n++] = in->refs[i];
+    for (size_t i = 0; i < in->n_batches; i++)
+        if (!in->batches[i]->replayed)
+            c->batches[c->n_batches++] = cn_batch_ref(in->batches[i]);
     return c;
 }
 

@@ -21,6 +21,7 @@ static const char *type_label(const cn_option *o)
     case CN_OPT_ENUM: return "enum";
     case CN_OPT_STRLIST: return "list of strings";
     case CN_OPT_MAP: return "map";
+    case CN_OPT_STRMAP: return "map of strings";
     }
     return "";
 }
@@ -66,6 +67,19 @@ static void write_table(FILE *out, const cn_option *opts)
     write_rows(out, opts, "");
     fputc('\n', out);
 }
+/* Every compiled-in plugin of a kind, with its options. */
+static void write_kind(FILE *out, cn_kind kind, const char *heading)
+{
+    fputs(heading, out);
+    if (kind == CN_EXPORTER)
+        write_table(out, cn_exporter_common_options());
+    for (size_t i = 0; cn_plugins[i]; i++) {
+        if (cn_plugins[i]->kind != kind)
+            continue;
+        fprintf(out, "### %s\n\n%s\n\n", cn_plugins[i]->type, cn_plugins[i]->description);
+        write_table(out, cn_plugins[i]->options);
+    }
+}
 
 void cn_docs_write(FILE *out)
 {
@@ -95,26 +109,15 @@ void cn_docs_write(FILE *out)
     write_table(out, cn_service_options());
     fputs("## tasks\n\n`tasks.max_tasks` (integer, default `256`) bounds the task registry. `tasks.static` is a "
           "list of tasks, each with these options. A task starts with the collector unless `start_time` is "
-          "given. Exporters that proxy tasks (such as `skywalking`) are wired with "
-          "`tasks.<type>: {exporter: <id>, ...}`; see that exporter.\n\n",
+          "given. Task sources (extensions, below) are wired with `tasks.<type>: {...}`.\n\n",
           out);
     write_table(out, cn_static_task_options());
-    fputs("## Receivers\n\n", out);
-    for (size_t i = 0; cn_receiver_plugins[i]; i++) {
-        fprintf(out, "### %s\n\n%s\n\n", cn_receiver_plugins[i]->type, cn_receiver_plugins[i]->description);
-        write_table(out, cn_receiver_plugins[i]->options);
-    }
-    fputs("## Processors\n\n", out);
-    for (size_t i = 0; cn_processor_plugins[i]; i++) {
-        fprintf(out, "### %s\n\n%s\n\n", cn_processor_plugins[i]->type, cn_processor_plugins[i]->description);
-        write_table(out, cn_processor_plugins[i]->options);
-    }
-    fputs("## Exporters\n\nEvery exporter also takes these options, handled by the collector core: each "
-          "exporter has its own queue and worker, so one slow or failing exporter never blocks another.\n\n",
-          out);
-    write_table(out, cn_exporter_common_options());
-    for (size_t i = 0; cn_exporter_plugins[i]; i++) {
-        fprintf(out, "### %s\n\n%s\n\n", cn_exporter_plugins[i]->type, cn_exporter_plugins[i]->description);
-        write_table(out, cn_exporter_plugins[i]->options);
-    }
+    write_kind(out, CN_RECEIVER, "## Receivers\n\n");
+    write_kind(out, CN_PROCESSOR, "## Processors\n\n");
+    write_kind(out, CN_EXPORTER,
+               "## Exporters\n\nEvery exporter also takes these options, handled by the collector core: each "
+               "exporter has its own queue and worker, so one slow or failing exporter never blocks another.\n\n");
+    write_kind(out, CN_EXTENSION,
+               "## Extensions\n\nExtensions serve the collector rather than a pipeline. Task sources feed the task "
+               "registry; each is configured as `tasks.<type>`.\n\n");
 }

@@ -15,6 +15,13 @@
 /* When shutdown must be finished by (monotonic ms); 0 while running. */
 static _Atomic int64_t shutdown_deadline_ms;
 
+static void count_drop(cn_component *c, cn_metric *counter, const cn_chunk *chunk, const char *why);
+
+void cn_exporter_count_drop(cn_component *c, const cn_chunk *chunk, const char *why)
+{
+    count_drop(c, c->rt->failed_snapshots, chunk, why);
+}
+
 static void count_drop(cn_component *c, cn_metric *counter, const cn_chunk *chunk, const char *why)
 {
     atomic_store(&c->rt->failing, true);
@@ -41,7 +48,7 @@ static void backoff_sleep(int64_t ms)
 cn_status cn_export_with_retry(cn_component *c, cn_chunk *chunk, bool persistent)
 {
     cn_exporter_runtime *rt = c->rt;
-    const cn_exporter_plugin *plugin = c->plugin.exporter;
+    const cn_exporter_plugin *plugin = cn_exporter_of(c);
     int64_t started = cn_mono_ms();
     int64_t interval = rt->common.retry_on_failure.initial_interval;
     for (;;) {
@@ -92,7 +99,7 @@ static void *exporter_main(void *arg)
 {
     cn_component *c = arg;
     cn_exporter_runtime *rt = c->rt;
-    const cn_exporter_plugin *plugin = c->plugin.exporter;
+    const cn_exporter_plugin *plugin = cn_exporter_of(c);
     int64_t next_tick = cn_mono_ms() + EXPORTER_TICK_MS;
     for (;;) {
         cn_chunk *chunk = cn_queue_pop(&rt->queue, EXPORTER_TICK_MS);
@@ -138,7 +145,7 @@ int cn_exporter_runtime_start(cn_component *c)
     rt->fail_log.interval_ms = 10000;
     if (cn_queue_init(&rt->queue, (size_t)rt->common.sending_queue.queue_size) != 0)
         return -1;
-    if (c->plugin.exporter->cb_start && c->plugin.exporter->cb_start(c->ctx, c) != 0)
+    if (c->plugin->cb_start && c->plugin->cb_start(c->ctx, c) != 0)
         return -1;
     c->started = true;
     if (rt->common.spool.directory && cn_exporter_spool_start(c) != 0)
@@ -189,9 +196,9 @@ void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms)
             until.tv_nsec -= 1000000000;
         }
         if (pthread_timedjoin_np(c->rt->thread, NULL, &until) != 0) {
-            if (c->plugin.exporter->cb_interrupt) {
+            if (cn_exporter_of(c)->cb_interrupt) {
                 cn_warn(c->id, "shutdown_timeout ran out during an export; aborting the call in flight");
-                c->plugin.exporter->cb_interrupt(c->ctx);
+                cn_exporter_of(c)->cb_interrupt(c->ctx);
             }
             pthread_join(c->rt->thread, NULL);
         }

@@ -11,6 +11,7 @@
 
 #include "admin.h"
 #include "docs.h"
+#include "notify.h"
 #include "service.h"
 
 #ifndef CANOPY_VERSION
@@ -128,13 +129,58 @@ static int cmd_validate(int argc, char **argv)
     return rc;
 }
 
+/*
+ * SIGHUP: the running service, or the one built from the file now. A file with
+ * errors changes nothing. NULL only when neither the new nor the old config
+ * could be started again (then the collector exits and its service manager
+ * restarts it).
+ */
+static cn_service *reload(cn_service *running, const char *path)
+{
+    cn_info("canopy", "SIGHUP: reloading %s", path ? path : "the embedded default config");
+    cn_diag d = {0};
+    cn_service *next = load_service(path, &d);
+    for (size_t i = 0; i < d.n_errors; i++)
+        cn_error("reload", "%s", d.errors[i] ? d.errors[i] : "error");
+    cn_diag_free(&d);
+    if (!next) {
+        cn_error("reload", "the new config has errors; still running the previous one");
+        return running;
+    }
+    /* What the old service ran on, to fall back to if the new one cannot start. */
+    cn_document *previous = cn_document_copy(running->doc);
+    next = cn_service_reload(running, next);
+    if (cn_service_start(next) == 0) {
+        cn_document_free(previous);
+        cn_info("canopy", "reloaded");
+        return next;
+    }
+    cn_error("reload", "the new config failed to start; going back to the previous one");
+    cn_service_stop(next);
+    cn_service_free(next);
+    cn_diag_free(&d);
+    cn_service *back = previous ? cn_service_build(previous, &d) : NULL;
+    cn_diag_free(&d);
+    if (back && cn_service_start(back) == 0)
+        return back;
+    cn_error("reload", "the previous config failed to start again; exiting");
+    if (back) {
+        cn_service_stop(back);
+        cn_service_free(back);
+    }
+    return NULL;
+}
+
 static int cmd_run(int argc, char **argv)
 {
     static const char help[] =
         "Usage: canopy run [-c FILE] [--log-level LEVEL]\n"
         "\n"
         "Runs the collector until SIGINT or SIGTERM, then drains in-flight data into\n"
-        "the exporters for up to service.shutdown_timeout.\n"
+        "the exporters for up to service.shutdown_timeout. SIGHUP reloads the config:\n"
+        "a file with errors is logged (FILE:LINE:COL) and the running config stays;\n"
+        "a good one takes over without losing acked data, and receivers whose config\n"
+        "did not change keep their agents' connections.\n"
         "\n"
         "  -c, --config FILE    config to run; without it, the embedded default\n"
         "                       (config/canopy.yaml in the source tree)\n"
@@ -150,6 +196,7 @@ static int cmd_run(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -170,10 +217,16 @@ static int cmd_run(int argc, char **argv)
         return 1;
     }
     cn_info("canopy", "ready");
+    cn_notify_service_manager("READY=1");
     int sig = 0;
-    sigwait(&sigs, &sig);
+    while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP) {
+        svc = reload(svc, o.config);
+        if (!svc)
+            return 1;
+    }
     cn_info("canopy", "%s received: draining (up to %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             (long long)svc->settings.shutdown_timeout);
+    cn_notify_service_manager("STOPPING=1");
     int64_t started = cn_mono_ms();
     cn_service_stop(svc);
     cn_info("canopy", "stopped in %lld ms", (long long)(cn_mono_ms() - started));
@@ -185,18 +238,15 @@ static int cmd_run(int argc, char **argv)
 static int cmd_components(int argc, char **argv)
 {
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        puts("Usage: canopy components\n\nLists the compiled-in receivers, processors and exporters.");
+        puts("Usage: canopy components\n\nLists the compiled-in receivers, processors, exporters and extensions.");
         return 0;
     }
-    puts("receivers:");
-    for (size_t i = 0; cn_receiver_plugins[i]; i++)
-        printf("  %-16s %s\n", cn_receiver_plugins[i]->type, cn_receiver_plugins[i]->description);
-    puts("processors:");
-    for (size_t i = 0; cn_processor_plugins[i]; i++)
-        printf("  %-16s %s\n", cn_processor_plugins[i]->type, cn_processor_plugins[i]->description);
-    puts("exporters:");
-    for (size_t i = 0; cn_exporter_plugins[i]; i++)
-        printf("  %-16s %s\n", cn_exporter_plugins[i]->type, cn_exporter_plugins[i]->description);
+    for (cn_kind kind = 0; kind < CN_N_KINDS; kind++) {
+        printf("%ss:\n", cn_kind_name(kind));
+        for (size_t i = 0; cn_plugins[i]; i++)
+            if (cn_plugins[i]->kind == kind)
+                printf("  %-16s %s\n", cn_plugins[i]->type, cn_plugins[i]->description);
+    }
     return 0;
 }
 

@@ -23,6 +23,7 @@ static const char *type_name(cn_opt_type t)
     case CN_OPT_ENUM: return "one of the listed choices";
     case CN_OPT_STRLIST: return "a list of strings";
     case CN_OPT_MAP: return "a map";
+    case CN_OPT_STRMAP: return "a map of strings";
     }
     return "a value";
 }
@@ -132,20 +133,26 @@ static int set_scalar(const cn_option *opt, void *ctx, const char *text, const c
         return 0;
     }
     case CN_OPT_MAP:
+    case CN_OPT_STRMAP:
         break;
     }
     cn_diag_error(d, at, "%s: \"%s\" is not %s", opt->name, text, type_name(opt->type));
     return -1;
 }
 
-static int set_list(const cn_option *opt, void *ctx, const cn_node *seq, cn_diag *d)
+static void strlist_clear(cn_strlist *l)
 {
-    cn_strlist *l = FIELD(ctx, opt, cn_strlist);
     for (size_t i = 0; i < l->n; i++)
         free(l->v[i]);
     free(l->v);
     l->v = NULL;
     l->n = 0;
+}
+
+static int set_list(const cn_option *opt, void *ctx, const cn_node *seq, cn_diag *d)
+{
+    cn_strlist *l = FIELD(ctx, opt, cn_strlist);
+    strlist_clear(l);
     if (seq->n == 0)
         return 0;
     l->v = calloc(seq->n, sizeof *l->v);
@@ -168,8 +175,43 @@ static int set_list(const cn_option *opt, void *ctx, const cn_node *seq, cn_diag
     return 0;
 }
 
+/* key, value, key, value... of a map of scalars, replacing what was there. */
+static int set_strmap(const cn_option *opt, void *ctx, const cn_node *map, cn_diag *d)
+{
+    cn_strlist *l = FIELD(ctx, opt, cn_strlist);
+    strlist_clear(l);
+    if (map->n == 0)
+        return 0;
+    if (!(l->v = calloc(2 * map->n, sizeof *l->v))) {
+        cn_diag_error(d, map, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < map->n; i++) {
+        const cn_node *item = map->items[i];
+        if (item->kind != CN_NODE_SCALAR) {
+            cn_diag_error(d, item, "%s.%s must be a string, not %s", opt->name, map->keys[i]->scalar,
+                          cn_node_kind_name(item));
+            return -1;
+        }
+        if (!(l->v[2 * i] = strdup(map->keys[i]->scalar)) || !(l->v[2 * i + 1] = strdup(item->scalar))) {
+            l->n = 2 * i + 2; /* frees what was copied */
+            cn_diag_error(d, item, "out of memory");
+            return -1;
+        }
+        l->n = 2 * i + 2;
+    }
+    return 0;
+}
+
 static int apply_one(const cn_option *opt, void *ctx, const cn_node *value, cn_diag *d)
 {
+    if (opt->type == CN_OPT_STRMAP) {
+        if (value->kind != CN_NODE_MAP && !value->plain_null) {
+            cn_diag_error(d, value, "%s must be a map, not %s", opt->name, cn_node_kind_name(value));
+            return -1;
+        }
+        return value->kind == CN_NODE_MAP ? set_strmap(opt, ctx, value, d) : 0;
+    }
     if (opt->type == CN_OPT_MAP) {
         if (value->kind != CN_NODE_MAP && !value->plain_null) {
             cn_diag_error(d, value, "%s must be a map, not %s", opt->name, cn_node_kind_name(value));
@@ -247,15 +289,10 @@ void cn_options_free(const cn_option *opts, void *ctx)
             free(*FIELD(ctx, o, char *));
             *FIELD(ctx, o, char *) = NULL;
             break;
-        case CN_OPT_STRLIST: {
-            cn_strlist *l = FIELD(ctx, o, cn_strlist);
-            for (size_t i = 0; i < l->n; i++)
-                free(l->v[i]);
-            free(l->v);
-            l->v = NULL;
-            l->n = 0;
+        case CN_OPT_STRLIST:
+        case CN_OPT_STRMAP:
+            strlist_clear(FIELD(ctx, o, cn_strlist));
             break;
-        }
         case CN_OPT_MAP:
             cn_options_free(o->sub, (char *)ctx + o->offset);
             break;
@@ -269,4 +306,45 @@ const cn_node *cn_options_node(const cn_node *map, const char *name)
 {
     const cn_node *n = cn_node_get(map, name);
     return n ? n : map;
+}
+
+int cn_node_view(cn_node *view, const cn_node *map, const cn_option *opts, bool keep_listed)
+{
+    memset(view, 0, sizeof *view);
+    view->kind = CN_NODE_MAP;
+    if (!map || map->kind != CN_NODE_MAP) {
+        if (map) {
+            view->file = map->file;
+            view->line = map->line;
+            view->col = map->col;
+        }
+        return 0;
+    }
+    *view = *map;
+    view->n = 0;
+    view->keys = calloc(map->n + 1, sizeof *view->keys);
+    view->items = calloc(map->n + 1, sizeof *view->items);
+    if (!view->keys || !view->items) {
+        cn_node_view_free(view);
+        return -1;
+    }
+    for (size_t i = 0; i < map->n; i++) {
+        bool listed = false;
+        for (const cn_option *o = opts; o->name; o++)
+            listed |= strcmp(o->name, map->keys[i]->scalar) == 0;
+        if (listed == keep_listed) {
+            view->keys[view->n] = map->keys[i];
+            view->items[view->n++] = map->items[i];
+        }
+    }
+    return 0;
+}
+
+void cn_node_view_free(cn_node *view)
+{
+    free(view->keys);
+    free(view->items);
+    view->keys = NULL;
+    view->items = NULL;
+    view->n = 0;
 }

@@ -1,15 +1,54 @@
 /*
- * Pipeline runtime: one thread per pipeline takes batches from its input
- * queue, runs them through the processors, and fans the resulting chunks out
- * to the exporters' own queues. Receivers reach it through
- * cn_receiver_submit, which never blocks.
+ * Pipeline runtime: the one data path. A receiver hands a batch, in the core's
+ * form, to cn_receiver_submit; with a durable exporter in the pipeline the
+ * batch is first appended to the pipeline's intake log, and only then may the
+ * receiver ack it. One thread per pipeline takes batches from its input
+ * queue, runs them through the processors (once, live or replayed), and fans
+ * the resulting chunks out: durable exporters get them in their spools,
+ * others in their memory queues. Nothing here knows a receiver's wire format
+ * or an exporter's sink.
  */
+#include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
+#include "durable.h"
 #include "service.h"
 
 /* Processors run every ~100 ms even when no data arrives, for time-based flushes. */
 #define PIPELINE_TICK_MS 100
+
+/* Hands a chunk to every exporter; consumes the caller's reference. */
+static void fan_out(cn_pipeline *p, cn_chunk *chunk)
+{
+    bool has_replayed = false;
+    for (size_t i = 0; i < chunk->n_batches && !has_replayed; i++)
+        has_replayed = chunk->batches[i]->replayed;
+    /* Replayed snapshots go to durable exporters only: the others never promised
+     * to survive a crash, and may well have delivered them before it. */
+    cn_chunk *live = has_replayed ? cn_chunk_without_replayed(chunk) : cn_chunk_ref(chunk);
+    uint8_t *record = NULL;
+    size_t record_len = 0;
+    bool record_failed = false;
+    for (size_t i = 0; i < p->n_exporters; i++) {
+        cn_component *x = p->exporters[i];
+        if (!x->rt->spool) {
+            if (live && (live->n > 0 || live->task_final))
+                cn_exporter_enqueue(x, cn_chunk_ref(live));
+            else if (!live)
+                cn_exporter_count_drop(x, chunk, "out of memory");
+            continue;
+        }
+        /* Encoded once for every durable exporter of the pipeline. */
+        if (!record && !record_failed)
+            record_failed = !(record = cn_durable_encode_chunk(chunk, &record_len));
+        cn_exporter_spool_put(x, record, record_len, cn_chunk_ref(chunk));
+    }
+    free(record);
+    cn_chunk_unref(live);
+    cn_chunk_unref(chunk);
+}
 
 static void emit_next(cn_emitter *e, cn_chunk *chunk)
 {
@@ -17,21 +56,18 @@ static void emit_next(cn_emitter *e, cn_chunk *chunk)
     cn_pipeline *p = pe->pipeline;
     if (pe->next_stage < p->n_processors) {
         cn_component *proc = p->processors[pe->next_stage];
-        proc->plugin.processor->cb_process(proc->ctx, chunk, &p->emitters[pe->next_stage + 1].base);
+        cn_processor_of(proc)->cb_process(proc->ctx, chunk, &p->emitters[pe->next_stage + 1].base);
         return;
     }
-    for (size_t i = 0; i < p->n_exporters; i++)
-        if (!p->exporters[i]->rt->spool) /* a spooled exporter reads its own spool */
-            cn_exporter_enqueue(p->exporters[i], cn_chunk_ref(chunk));
-    cn_chunk_unref(chunk);
+    fan_out(p, chunk);
 }
 
 static void tick_processors(cn_pipeline *p, int64_t now)
 {
     for (size_t i = 0; i < p->n_processors; i++) {
         cn_component *proc = p->processors[i];
-        if (proc->plugin.processor->cb_tick)
-            proc->plugin.processor->cb_tick(proc->ctx, now, &p->emitters[i + 1].base);
+        if (cn_processor_of(proc)->cb_tick)
+            cn_processor_of(proc)->cb_tick(proc->ctx, now, &p->emitters[i + 1].base);
     }
 }
 
@@ -42,6 +78,8 @@ static void *pipeline_main(void *arg)
     for (;;) {
         cn_batch *b = cn_queue_pop(&p->input, PIPELINE_TICK_MS);
         if (b) {
+            for (size_t i = 0; i < p->n_processors; i++)
+                cn_metric_inc(p->processor_batches[i]);
             cn_chunk *chunk = cn_chunk_from_batch(b);
             cn_batch_unref(b);
             if (chunk) {
@@ -65,8 +103,8 @@ static void *pipeline_main(void *arg)
     /* Shutdown: every processor hands on what it still buffers, in order. */
     for (size_t i = 0; i < p->n_processors; i++) {
         cn_component *proc = p->processors[i];
-        if (proc->plugin.processor->cb_drain)
-            proc->plugin.processor->cb_drain(proc->ctx, &p->emitters[i + 1].base);
+        if (cn_processor_of(proc)->cb_drain)
+            cn_processor_of(proc)->cb_drain(proc->ctx, &p->emitters[i + 1].base);
     }
     return NULL;
 }
@@ -85,9 +123,15 @@ int cn_pipeline_start(cn_pipeline *p)
     p->queue_size = cn_gauge("canopy_pipeline_queue_size", "Batches waiting at the pipeline's input.", labels);
     p->queue_capacity = cn_gauge("canopy_pipeline_queue_capacity", "Capacity of the pipeline's input queue.", labels);
     cn_metric_set(p->queue_capacity, p->svc->settings.pipeline_queue_size);
+    if (p->n_processors && !(p->processor_batches = calloc(p->n_processors, sizeof *p->processor_batches)))
+        return -1;
     for (size_t i = 0; i < p->n_processors; i++) {
         cn_component *proc = p->processors[i];
-        if (proc->plugin.processor->cb_start && proc->plugin.processor->cb_start(proc->ctx, proc) != 0) {
+        char l[320];
+        snprintf(l, sizeof l, "pipeline=\"%s\",processor=\"%s\"", p->name, proc->id);
+        p->processor_batches[i] = cn_counter("canopy_processor_batches_total",
+                                             "Batches a processor took in (each once, live or replayed).", l);
+        if (proc->plugin->cb_start && proc->plugin->cb_start(proc->ctx, proc) != 0) {
             cn_error("pipeline", "%s: processor %s failed to start", p->name, proc->id);
             return -1;
         }
@@ -108,7 +152,60 @@ void cn_pipeline_close_and_join(cn_pipeline *p)
     p->thread_started = false;
 }
 
+/* A durable exporter holds chunks it could not spool in memory: take no more until it catches up. */
+static bool pipeline_backlogged(const cn_pipeline *p)
+{
+    for (size_t i = 0; i < p->n_exporters; i++)
+        if (p->exporters[i]->rt->spool && atomic_load(&p->exporters[i]->rt->backlogged))
+            return true;
+    return false;
+}
+
+int cn_pipeline_open_intake(cn_pipeline *p)
+{
+    if (!p->intake_options.directory)
+        return 0;
+    char name[192], labels[192];
+    snprintf(name, sizeof name, "intake/%s", p->name);
+    snprintf(labels, sizeof labels, "pipeline=\"%s\",log=\"intake\"", p->name);
+    if (!(p->intake = cn_intake_open(&p->intake_options, name, labels)))
+        return -1;
+    return 0;
+}
+
+/* Hands a replayed batch to the pipeline, waiting while its queue is full. */
+static void replay_push(void *arg, cn_batch *b)
+{
+    cn_pipeline *p = arg;
+    while (cn_queue_try_push(&p->input, b) != 0) {
+        struct timespec ts = {0, 10 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+void cn_pipeline_replay(cn_pipeline *p)
+{
+    if (p->intake)
+        cn_intake_replay(p->intake, replay_push, p);
+}
+
+/* Process-wide: a receiver kept by a reload moves from one service to the next under it. */
+static pthread_rwlock_t swap_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+void cn_service_swap_begin(void) { pthread_rwlock_wrlock(&swap_lock); }
+void cn_service_swap_end(void) { pthread_rwlock_unlock(&swap_lock); }
+
+static cn_submit_result submit(cn_component *receiver, cn_batch *batch);
+
 cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch)
+{
+    pthread_rwlock_rdlock(&swap_lock);
+    cn_submit_result r = submit(receiver, batch);
+    pthread_rwlock_unlock(&swap_lock);
+    return r;
+}
+
+static cn_submit_result submit(cn_component *receiver, cn_batch *batch)
 {
     cn_service *svc = receiver->svc;
     if (!atomic_load(&svc->accepting))
@@ -133,20 +230,15 @@ cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch)
             cn_queue_unreserve(&receiver->feeds[--reserved]->input);
         return atomic_load(&svc->accepting) ? CN_SUBMIT_FULL : CN_SUBMIT_SHUTTING_DOWN;
     }
-    /* Spooled exporters: the batch must be in every spool before the agent is acked. */
+    /* Durable pipelines: the batch must be in their intake logs before the receiver acks it. */
     for (size_t i = 0; i < receiver->n_feeds; i++) {
         cn_pipeline *p = receiver->feeds[i];
-        for (size_t e = 0; e < p->n_exporters; e++) {
-            cn_spool *spool = p->exporters[e]->rt->spool;
-            if (!spool || !batch->wire)
-                continue;
-            if (cn_spool_append(spool, batch->wire, batch->wire_bytes, (uint32_t)batch->n_snapshots) != CN_SPOOL_OK) {
-                /* Spools written so far keep the record; the agent's resend is a duplicate
-                 * that merge_by_task drops by (segment, sequence). */
-                for (size_t k = 0; k < receiver->n_feeds; k++)
-                    cn_queue_unreserve(&receiver->feeds[k]->input);
-                return CN_SUBMIT_FULL;
-            }
+        if (p->intake && (pipeline_backlogged(p) || cn_intake_append(p->intake, batch) != CN_SPOOL_OK)) {
+            /* Logs written so far keep the record; the resend's copy is a duplicate
+             * that merge_by_task and the delivered sets drop by (segment, sequence). */
+            for (size_t k = 0; k < receiver->n_feeds; k++)
+                cn_queue_unreserve(&receiver->feeds[k]->input);
+            return CN_SUBMIT_FULL;
         }
     }
     for (size_t i = 0; i < receiver->n_feeds; i++)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "docs.h"
 #include "service.h"
 
@@ -37,8 +38,9 @@ static const cn_option exporter_common_options[] = {
           "data is never given up: it waits on disk."},
          CN_OPT_END}},
     {CN_OPT_MAP, "spool", NULL, offsetof(cn_exporter_common, spool),
-     "A persistent on-disk queue for this exporter. Agents are acked only once a batch is in the spool; "
-     "after a crash or restart the exporter replays what it had not delivered, without duplicates.",
+     "Makes the exporter durable: its queue lives on disk, and its pipeline keeps an intake log (in "
+     "<directory>/intake, with these settings) in which a batch is written before it is acked. After a crash "
+     "or restart the exporter gets what it had not delivered, exactly once.",
      .sub = (const cn_option[]){
          {CN_OPT_STR, "directory", NULL, offsetof(cn_spool_options, directory),
           "Where the spool lives; setting it turns the spool on. One directory per exporter."},
@@ -78,15 +80,7 @@ static const cn_option service_options[] = {
          {CN_OPT_MAP, "http", NULL, offsetof(cn_service_settings, telemetry.http) -
                                         offsetof(cn_service_settings, telemetry),
           "Admin HTTP API (/healthz, /metrics, /api/v1/tasks).",
-          .sub = (const cn_option[]){
-              {CN_OPT_STR, "listen", "127.0.0.1:8888", 0,
-               "host:port to serve on; loopback only unless allow_insecure is true."},
-              {CN_OPT_BOOL, "allow_insecure", "false",
-               offsetof(cn_service_settings, telemetry.http.allow_insecure) -
-                   offsetof(cn_service_settings, telemetry.http),
-               "Serve the admin API on a non-loopback address (anyone who reaches it can create tasks and read "
-               "profiles)."},
-              CN_OPT_END}},
+          .sub = cn_admin_http_options},
          CN_OPT_END}},
     CN_OPT_END};
 
@@ -99,52 +93,27 @@ const char *cn_component_id(const cn_component *c) { return c->id; }
 const cn_node *cn_component_node(const cn_component *c) { return c->node; }
 const char *cn_component_labels(const cn_component *c) { return c->labels; }
 cn_task_registry *cn_component_tasks(const cn_component *c) { return c->svc->tasks; }
-bool cn_component_is_replica(const cn_component *c) { return c->replica; }
 
-static const char *kind_name(cn_kind k)
+const char *cn_kind_name(cn_kind k)
 {
-    return k == CN_RECEIVER ? "receiver" : k == CN_PROCESSOR ? "processor" : "exporter";
+    static const char *const names[CN_N_KINDS] = {"receiver", "processor", "exporter", "extension"};
+    return k < CN_N_KINDS ? names[k] : "component";
 }
+#define kind_name cn_kind_name
 
-/* A shallow view of a map node holding only the keys `keep` accepts. */
-typedef struct map_view {
-    cn_node node;
-} map_view;
-
-static int map_view_init(map_view *v, const cn_node *map, const cn_option *opts, bool keep_listed)
+bool cn_component_peer(const cn_component *self, cn_kind kind, const char *id, const cn_node **node,
+                       const char **type)
 {
-    memset(v, 0, sizeof *v);
-    v->node.kind = CN_NODE_MAP;
-    if (!map || map->kind != CN_NODE_MAP) {
-        if (map) {
-            v->node.file = map->file;
-            v->node.line = map->line;
-            v->node.col = map->col;
-        }
-        return 0;
-    }
-    v->node = *map;
-    v->node.n = 0;
-    v->node.keys = calloc(map->n + 1, sizeof *v->node.keys);
-    v->node.items = calloc(map->n + 1, sizeof *v->node.items);
-    if (!v->node.keys || !v->node.items)
-        return -1;
-    for (size_t i = 0; i < map->n; i++) {
-        bool listed = false;
-        for (const cn_option *o = opts; o->name; o++)
-            listed |= strcmp(o->name, map->keys[i]->scalar) == 0;
-        if (listed == keep_listed) {
-            v->node.keys[v->node.n] = map->keys[i];
-            v->node.items[v->node.n++] = map->items[i];
+    const cn_service *svc = self->svc;
+    for (size_t i = 0; i < svc->n_components; i++) {
+        const cn_component *c = svc->components[i];
+        if (c->kind == kind && strcmp(c->id, id) == 0) {
+            *node = c->node;
+            *type = c->type;
+            return true;
         }
     }
-    return 0;
-}
-
-static void map_view_free(map_view *v)
-{
-    free(v->node.keys);
-    free(v->node.items);
+    return false;
 }
 
 void cn_component_free(cn_component *c)
@@ -152,20 +121,8 @@ void cn_component_free(cn_component *c)
     if (!c)
         return;
     if (c->ctx) {
-        switch (c->kind) {
-        case CN_RECEIVER:
-            if (c->plugin.receiver->cb_destroy)
-                c->plugin.receiver->cb_destroy(c->ctx);
-            break;
-        case CN_PROCESSOR:
-            if (c->plugin.processor->cb_destroy)
-                c->plugin.processor->cb_destroy(c->ctx);
-            break;
-        case CN_EXPORTER:
-            if (c->plugin.exporter->cb_destroy)
-                c->plugin.exporter->cb_destroy(c->ctx);
-            break;
-        }
+        if (c->plugin && c->plugin->cb_destroy)
+            c->plugin->cb_destroy(c->ctx);
         cn_options_free(c->options, c->ctx);
         free(c->ctx);
     }
@@ -201,14 +158,9 @@ static void list_types(cn_kind kind, char *buf, size_t len)
 {
     size_t used = 0;
     buf[0] = '\0';
-    for (size_t i = 0;; i++) {
-        const char *type = kind == CN_RECEIVER    ? (cn_receiver_plugins[i] ? cn_receiver_plugins[i]->type : NULL)
-                           : kind == CN_PROCESSOR ? (cn_processor_plugins[i] ? cn_processor_plugins[i]->type : NULL)
-                                                  : (cn_exporter_plugins[i] ? cn_exporter_plugins[i]->type : NULL);
-        if (!type || used >= len)
-            break;
-        used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "", type);
-    }
+    for (size_t i = 0; cn_plugins[i] && used < len; i++)
+        if (cn_plugins[i]->kind == kind)
+            used += (size_t)snprintf(buf + used, len - used, "%s%s", used ? ", " : "", cn_plugins[i]->type);
 }
 
 /* Creates a component from `id: {options}` and checks its options. */
@@ -240,38 +192,16 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
     c->node = value;
     snprintf(c->labels, sizeof c->labels, "component=\"%s\"", c->id);
 
-    size_t ctx_size = 0;
-    const void *plugin = NULL;
-    switch (kind) {
-    case CN_RECEIVER:
-        if ((c->plugin.receiver = cn_find_receiver(c->type))) {
-            plugin = c->plugin.receiver;
-            ctx_size = c->plugin.receiver->ctx_size;
-            c->options = c->plugin.receiver->options;
-        }
-        break;
-    case CN_PROCESSOR:
-        if ((c->plugin.processor = cn_find_processor(c->type))) {
-            plugin = c->plugin.processor;
-            ctx_size = c->plugin.processor->ctx_size;
-            c->options = c->plugin.processor->options;
-        }
-        break;
-    case CN_EXPORTER:
-        if ((c->plugin.exporter = cn_find_exporter(c->type))) {
-            plugin = c->plugin.exporter;
-            ctx_size = c->plugin.exporter->ctx_size;
-            c->options = c->plugin.exporter->options;
-        }
-        break;
-    }
-    if (!plugin) {
+    c->plugin = cn_find_plugin(kind, c->type);
+    if (!c->plugin) {
         char types[256];
         list_types(kind, types, sizeof types);
         cn_diag_error(d, key, "unknown %s type \"%s\" (compiled in: %s)", kind_name(kind), c->type, types);
         cn_component_free(c);
         return NULL;
     }
+    size_t ctx_size = c->plugin->ctx_size;
+    c->options = c->plugin->options;
     static const cn_option no_options[] = {CN_OPT_END};
     if (!c->options)
         c->options = no_options;
@@ -283,28 +213,22 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
 
     size_t errors_before = d->n_errors;
     if (kind == CN_EXPORTER) {
-        map_view core_view, plugin_view;
-        if (!(c->rt = calloc(1, sizeof *c->rt)) || map_view_init(&core_view, value, exporter_common_options, true) ||
-            map_view_init(&plugin_view, value, exporter_common_options, false)) {
+        cn_node core_view, plugin_view;
+        if (!(c->rt = calloc(1, sizeof *c->rt)) || cn_node_view(&core_view, value, exporter_common_options, true) ||
+            cn_node_view(&plugin_view, value, exporter_common_options, false)) {
             cn_diag_error(d, key, "out of memory");
             cn_component_free(c);
             return NULL;
         }
-        cn_options_apply(exporter_common_options, &c->rt->common, &core_view.node, d);
-        cn_options_apply(c->options, c->ctx, &plugin_view.node, d);
-        map_view_free(&core_view);
-        map_view_free(&plugin_view);
+        cn_options_apply(exporter_common_options, &c->rt->common, &core_view, d);
+        cn_options_apply(c->options, c->ctx, &plugin_view, d);
+        cn_node_view_free(&core_view);
+        cn_node_view_free(&plugin_view);
     } else {
         cn_options_apply(c->options, c->ctx, value, d);
     }
-    if (d->n_errors == errors_before) {
-        int (*check)(void *, cn_component *, cn_diag *) =
-            kind == CN_RECEIVER    ? c->plugin.receiver->cb_check
-            : kind == CN_PROCESSOR ? c->plugin.processor->cb_check
-                                   : c->plugin.exporter->cb_check;
-        if (check)
-            check(c->ctx, c, d);
-    }
+    if (d->n_errors == errors_before && c->plugin->cb_check)
+        c->plugin->cb_check(c->ctx, c, d);
     return c;
 }
 
@@ -359,6 +283,9 @@ static void pipeline_free(cn_pipeline *p)
     free(p->processors);
     free(p->exporters);
     free(p->emitters);
+    free(p->processor_batches);
+    cn_intake_close(p->intake);
+    free(p->intake_options.directory);
     cn_queue_destroy(&p->input);
     free(p->name);
     free(p);
@@ -493,6 +420,41 @@ static void build_pipelines(cn_service *svc, const cn_node *root, const cn_node 
     }
 }
 
+/*
+ * A pipeline with a durable exporter keeps an intake log. It lives in the first
+ * such exporter's spool directory and takes its size settings; its fsync is the
+ * strictest any of them asks for, and it never drops: a full log refuses
+ * (retryable), and agents resend.
+ */
+static int derive_intake_options(cn_pipeline *p)
+{
+    const cn_spool_options *first = NULL;
+    int fsync = CN_SPOOL_FSYNC_NEVER;
+    int64_t fsync_interval = 60000;
+    for (size_t i = 0; i < p->n_exporters; i++) {
+        const cn_spool_options *o = &p->exporters[i]->rt->common.spool;
+        if (!o->directory)
+            continue;
+        if (!first)
+            first = o;
+        if (o->fsync < fsync)
+            fsync = o->fsync;
+        if (o->fsync_interval < fsync_interval)
+            fsync_interval = o->fsync_interval;
+    }
+    if (!first)
+        return 0;
+    p->intake_options = *first;
+    p->intake_options.fsync = fsync;
+    p->intake_options.fsync_interval = fsync_interval;
+    p->intake_options.when_full = CN_SPOOL_BLOCK;
+    size_t len = strlen(first->directory) + sizeof "/intake";
+    if (!(p->intake_options.directory = malloc(len)))
+        return -1;
+    snprintf(p->intake_options.directory, len, "%s/intake", first->directory);
+    return 0;
+}
+
 /* ---- tasks section --------------------------------------------------------------- */
 
 static void build_tasks(cn_service *svc, const cn_node *tasks, cn_diag *d)
@@ -507,7 +469,6 @@ static void build_tasks(cn_service *svc, const cn_node *tasks, cn_diag *d)
     } else {
         tasks = NULL;
     }
-    svc->task_sources = tasks;
     for (size_t i = 0; tasks && i < tasks->n; i++) {
         const char *key = tasks->keys[i]->scalar;
         const cn_node *value = tasks->items[i];
@@ -517,27 +478,18 @@ static void build_tasks(cn_service *svc, const cn_node *tasks, cn_diag *d)
             if (value->kind != CN_NODE_SCALAR || cn_parse_int(value->scalar, &svc->max_tasks) != 0 ||
                 svc->max_tasks < 1 || svc->max_tasks > 100000)
                 cn_diag_error(d, value, "tasks::max_tasks must be an integer between 1 and 100000");
+        } else if (cn_find_plugin(CN_EXTENSION, key)) {
+            /* A task source: an extension whose id is its type, configured right here. */
+            cn_component *c = component_build(svc, CN_EXTENSION, tasks->keys[i], value, d);
+            if (c && add_component(svc, c) != 0) {
+                cn_component_free(c);
+                cn_diag_error(d, tasks->keys[i], "out of memory");
+            }
         } else {
-            const cn_exporter_plugin *plugin = cn_find_exporter(key);
-            if (!plugin || !plugin->cb_task_source) {
-                cn_diag_error(d, tasks->keys[i],
-                              "tasks: unknown key \"%s\" (known: static, max_tasks, and task sources of exporters "
-                              "that proxy tasks, such as skywalking)",
-                              key);
-                continue;
-            }
-            const cn_node *exp = cn_node_get(value, "exporter");
-            if (value->kind != CN_NODE_MAP || !exp || exp->kind != CN_NODE_SCALAR) {
-                cn_diag_error(d, value, "tasks::%s needs \"exporter: <id of a %s exporter>\"", key, key);
-                continue;
-            }
-            cn_component *c = find_component(svc, CN_EXPORTER, exp->scalar);
-            if (!c || strcmp(c->type, key) != 0) {
-                cn_diag_error(d, exp, "tasks::%s: references exporter \"%s\" which is not a configured %s exporter",
-                              key, exp->scalar, key);
-                continue;
-            }
-            plugin->cb_task_source(c->ctx, c, value, NULL, d);
+            char types[256];
+            list_types(CN_EXTENSION, types, sizeof types);
+            cn_diag_error(d, tasks->keys[i], "tasks: unknown key \"%s\" (known: static, max_tasks, and the task sources %s)",
+                          key, types);
         }
     }
     svc->tasks = cn_tasks_new((size_t)svc->max_tasks);
@@ -588,16 +540,20 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
         service = NULL;
     }
     static const cn_option pipelines_only[] = {{CN_OPT_STR, "pipelines", NULL, 0, ""}, CN_OPT_END};
-    map_view settings_view;
-    if (map_view_init(&settings_view, service, pipelines_only, false) == 0)
-        cn_options_apply(service_options, &svc->settings, service ? &settings_view.node : NULL, d);
-    map_view_free(&settings_view);
+    cn_node settings_view;
+    if (cn_node_view(&settings_view, service, pipelines_only, false) == 0)
+        cn_options_apply(service_options, &svc->settings, service ? &settings_view : NULL, d);
+    cn_node_view_free(&settings_view);
     if (svc->settings.telemetry.logs.level && cn_log_level_parse(svc->settings.telemetry.logs.level) < 0)
         cn_diag_error(d, cn_node_get(cn_node_get(cn_node_get(service, "telemetry"), "logs"), "level"),
                       "service::telemetry::logs::level: \"%s\" is not one of debug, info, warn, error",
                       svc->settings.telemetry.logs.level);
+    cn_admin_validate(&svc->settings.telemetry.http, service, d);
 
     build_pipelines(svc, root, service, d);
+    for (size_t i = 0; i < svc->n_pipelines; i++)
+        if (derive_intake_options(svc->pipelines[i]) != 0)
+            cn_diag_error(d, svc->pipelines[i]->node, "out of memory");
     build_tasks(svc, cn_node_get(root, "tasks"), d);
     for (size_t i = 0; i < svc->n_components; i++) {
         const cn_component *a = svc->components[i];
@@ -628,16 +584,6 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
                     c->id_node->line, c->id_node->col, kind_name(c->kind), c->id);
     }
     return svc;
-}
-
-cn_component *cn_processor_clone(const cn_component *proc)
-{
-    cn_diag d = {0};
-    cn_component *c = component_build(proc->svc, CN_PROCESSOR, proc->id_node, proc->node, &d);
-    cn_diag_free(&d); /* the same declaration was checked when the graph was built */
-    if (c)
-        c->replica = true;
-    return c;
 }
 
 void cn_service_free(cn_service *svc)

@@ -11,7 +11,8 @@
 
 #include "canopy/plugin.h"
 #include "canopy/task_views.h"
-#include "hwm.h"
+#include "delivered.h"
+#include "intake.h"
 #include "queue.h"
 #include "spool.h"
 
@@ -37,21 +38,19 @@ typedef struct cn_exporter_runtime {
     cn_queue queue;
     pthread_t thread;
     bool thread_started;
-    bool task_source_started;
     cn_metric *sent_chunks, *sent_snapshots, *failed_snapshots, *retries, *queue_full_snapshots,
         *shutdown_dropped_snapshots, *queue_size, *queue_capacity;
     cn_ratelimit full_log, fail_log;
     /* Set while the exporter drops data past its retry budget; cleared by the next success (readiness). */
     atomic_bool failing;
-    /* Spool mode: the exporter reads its own on-disk queue through a private copy of its pipeline's processors. */
+    /* Durable (spool:) exporters: chunks are spooled by the pipeline and read back by the worker. */
     cn_pipeline *pipeline; /* the one pipeline a spooled exporter may be in */
     size_t n_pipelines;
     cn_spool *spool;
-    cn_hwm *hwm;
-    cn_component **chain;
-    size_t n_chain;
+    cn_delivered *delivered;
     atomic_bool stopping;
-    atomic_bool abandon; /* shutdown ran out of time: leave unfinished records in the spool */
+    atomic_bool abandoned;  /* shutdown left undelivered data for the next start */
+    atomic_bool backlogged; /* chunks that could not be spooled wait in memory: receivers refuse */
     cn_metric *replay_skipped;
 } cn_exporter_runtime;
 
@@ -66,18 +65,24 @@ struct cn_component {
     void *ctx;
     cn_service *svc;
     bool started;
-    bool replica; /* a spooled exporter's private copy of a processor */
-    union {
-        const cn_receiver_plugin *receiver;
-        const cn_processor_plugin *processor;
-        const cn_exporter_plugin *exporter;
-    } plugin;
+    bool keep; /* a receiver that a reload hands over running (reload.c) */
+    const cn_plugin *plugin;
     /* receivers: the pipelines fed */
     cn_pipeline **feeds;
     size_t n_feeds;
     /* exporters */
     cn_exporter_runtime *rt;
 };
+
+/* A processor's or an exporter's whole plugin: the header is its first member. */
+static inline const cn_processor_plugin *cn_processor_of(const cn_component *c)
+{
+    return (const cn_processor_plugin *)c->plugin;
+}
+static inline const cn_exporter_plugin *cn_exporter_of(const cn_component *c)
+{
+    return (const cn_exporter_plugin *)c->plugin;
+}
 
 typedef struct cn_pipeline_emitter {
     cn_emitter base;
@@ -92,11 +97,26 @@ struct cn_pipeline {
     cn_component **receivers, **processors, **exporters;
     size_t n_receivers, n_processors, n_exporters;
     cn_pipeline_emitter *emitters; /* n_processors + 1 */
+    cn_intake *intake;             /* on when an exporter has a spool */
+    cn_spool_options intake_options;
+    cn_metric **processor_batches; /* per processor */
     cn_queue input;
     pthread_t thread;
     bool thread_started;
     cn_metric *queue_size, *queue_capacity;
 };
+
+/* service.telemetry.http: the admin API's listener and who may use it (core/admin_auth.c). */
+typedef struct cn_http_settings {
+    char *listen;
+    bool allow_insecure;
+    struct {
+        char *cert_file;
+        char *key_file;
+    } tls;
+    char *token;
+    char *token_file;
+} cn_http_settings;
 
 typedef struct cn_service_settings {
     int64_t shutdown_timeout;
@@ -106,23 +126,19 @@ typedef struct cn_service_settings {
         struct {
             char *level;
         } logs;
-        struct {
-            char *listen;
-            bool allow_insecure;
-        } http;
+        cn_http_settings http;
     } telemetry;
 } cn_service_settings;
 
 struct cn_service {
     cn_document *doc;
     cn_service_settings settings;
-    cn_component **components; /* receivers, exporters, then per-pipeline processors */
+    cn_component **components; /* receivers, exporters, extensions (processors live in their pipelines) */
     size_t n_components;
     cn_pipeline **pipelines;
     size_t n_pipelines;
     cn_task_registry *tasks;
     int64_t max_tasks;
-    const cn_node *task_sources; /* the `tasks` node */
     atomic_bool accepting;
     cn_metric *memory_refused, *live_bytes;
     void *admin; /* admin HTTP server state, owned by admin.c */
@@ -133,6 +149,17 @@ struct cn_service {
     cn_ratelimit memory_log;
     atomic_bool stopping;
 };
+
+/*
+ * Reload (reload.c): hands the running service `old` over to `new` (built and
+ * checked, not started): receivers with unchanged config keep running, the
+ * rest of `old` stops as at shutdown and is freed. Returns new, which the
+ * caller then starts with cn_service_start.
+ */
+cn_service *cn_service_reload(cn_service *old, cn_service *new);
+/* Receivers hand batches over under the read side of this; a reload swaps them under the write side. */
+void cn_service_swap_begin(void);
+void cn_service_swap_end(void);
 
 /* Builds and checks the whole graph. Returns NULL when d holds errors. Takes doc. */
 cn_service *cn_service_build(cn_document *doc, cn_diag *d);
@@ -147,20 +174,28 @@ int cn_exporter_runtime_start(cn_component *c);
 /* Hands a chunk to the plugin until delivered (CN_OK), dropped (CN_FAIL) or, when
  * `persistent`, abandoned at the shutdown deadline (CN_RETRY; it stays spooled). */
 cn_status cn_export_with_retry(cn_component *c, cn_chunk *chunk, bool persistent);
-/* Spool mode (exporter_spool.c). */
+/* Durable exporters (exporter_spool.c). */
 int cn_exporter_spool_start(cn_component *c);
 void *cn_exporter_spool_main(void *arg);
 void cn_exporter_spool_free(cn_component *c);
-/* A new instance of a processor, built from the same config (service.c). */
-cn_component *cn_processor_clone(const cn_component *proc);
+/* Spools one chunk (record: its durable encoding, NULL when it could not be
+ * encoded), or keeps it in memory when the spool refuses; takes the chunk's
+ * reference. CN_FAIL when dropped (counted). */
+cn_status cn_exporter_spool_put(cn_component *c, const uint8_t *record, size_t len, cn_chunk *chunk);
 void cn_component_free(cn_component *c);
 void cn_exporter_enqueue(cn_component *c, cn_chunk *chunk); /* takes the ref */
+/* Counts (and logs, rate limited) a chunk the exporter will not get. */
+void cn_exporter_count_drop(cn_component *c, const cn_chunk *chunk, const char *why);
 void cn_exporter_runtime_close(cn_component *c);
 void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms);
 void cn_exporter_runtime_free(cn_component *c);
 
 /* Pipeline runtime (pipeline.c). */
+/* Opens the pipeline's intake log when one of its exporters is durable (before the exporters start). */
+int cn_pipeline_open_intake(cn_pipeline *p);
 int cn_pipeline_start(cn_pipeline *p);
+/* Hands what the intake log holds from before a restart to the pipeline (after it started). */
+void cn_pipeline_replay(cn_pipeline *p);
 void cn_pipeline_close_and_join(cn_pipeline *p);
 
 /* Static tasks (static_tasks.c). */

@@ -21,6 +21,7 @@
 
 #include "canopy/log.h"
 #include "canopy/metrics.h"
+#include "fsutil.h"
 #include "spool.h"
 
 #define RECORD_MAGIC 0x50534E43u /* "CNSP" read as little endian */
@@ -82,6 +83,7 @@ struct cn_spool {
     uint64_t replay_end;
     bool unsynced;
     bool closed;
+    bool reader_parked; /* write-ahead use: the replay is read; the reader stays idle */
     /* fsync: always. Records [synced_seq, next_seq) are written but not yet proven
      * durable: they are all in the last segment, from byte synced_off on (a rotation
      * waits for them), and the reader does not see them, so when their fdatasync
@@ -124,22 +126,6 @@ static uint32_t record_crc(const record_header *h, const void *payload)
 static void seg_path(const cn_spool *s, uint64_t first_seq, char *out, size_t len)
 {
     snprintf(out, len, "%s/seg-%020" PRIu64 ".log", s->o.directory, first_seq);
-}
-
-static int mkdirs(const char *path)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return -1;
-    for (char *p = buf + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0750) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    }
-    return mkdir(buf, 0750) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 static int seg_push(cn_spool *s, uint64_t first_seq)
@@ -419,7 +405,7 @@ cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const ch
                               "Torn or corrupt records found (and skipped) when the spool was opened.", labels);
     s->log.interval_ms = 10000;
     s->cursor_log.interval_ms = 10000;
-    if (!s->o.directory || !s->name || mkdirs(s->o.directory) != 0 || list_segments(s) != 0) {
+    if (!s->o.directory || !s->name || cn_mkdirs(s->o.directory, 0750) != 0 || list_segments(s) != 0) {
         cn_error(name, "spool %s: cannot open: %s", opts->directory, strerror(errno));
         cn_spool_close(s);
         return NULL;
@@ -640,6 +626,12 @@ static void wait_or_sync(cn_spool *s)
 
 cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots)
 {
+    uint64_t seq;
+    return cn_spool_append_at(s, data, len, n_snapshots, &seq);
+}
+
+cn_spool_result cn_spool_append_at(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots, uint64_t *seq)
+{
     record_header h = {RECORD_MAGIC, (uint32_t)len, 0, n_snapshots, 0};
     uint64_t rec = sizeof h + len;
     bool always = s->o.fsync == CN_SPOOL_FSYNC_ALWAYS;
@@ -686,6 +678,7 @@ cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint3
         break;
     }
     h.seq = s->next_seq;
+    *seq = h.seq;
     h.crc = record_crc(&h, data);
     for (int attempt = 0;; attempt++) {
         struct iovec iov[2] = {{&h, sizeof h}, {(void *)data, len}};
@@ -827,6 +820,30 @@ void cn_spool_done(cn_spool *s, uint64_t seq)
             delete_committed_segments(s);
             update_gauges(s);
         }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void cn_spool_park_reader(cn_spool *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->reader_parked = true;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void cn_spool_set_cursor(cn_spool *s, uint64_t seq)
+{
+    pthread_mutex_lock(&s->lock);
+    if (seq > s->next_seq)
+        seq = s->next_seq;
+    if (seq > s->cursor) {
+        s->cursor = seq;
+        s->cursor_dirty = true;
+        /* An idle reader must not pin old segments: it sits on the newest one. */
+        if (s->reader_parked && s->read_seg + 1 < s->n_segs)
+            reader_open(s, s->n_segs - 1);
+        delete_committed_segments(s);
+        update_gauges(s);
     }
     pthread_mutex_unlock(&s->lock);
 }

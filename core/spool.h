@@ -52,6 +52,17 @@ void cn_spool_close(cn_spool *s);
 
 /* Appends one record; thread safe. n_snapshots is kept for drop accounting. */
 cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots);
+/* The same, telling the record's sequence number. */
+cn_spool_result cn_spool_append_at(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots, uint64_t *seq);
+
+/*
+ * Write-ahead use (a pipeline's intake log): records are read back only to
+ * replay them after a restart, and the caller tracks which are done. Once the
+ * replay is read, cn_spool_park_reader; from then on cn_spool_set_cursor says
+ * every record below `seq` is done (cn_spool_done is not used).
+ */
+void cn_spool_park_reader(cn_spool *s);
+void cn_spool_set_cursor(cn_spool *s, uint64_t seq);
 
 /*
  * Reads the next unread record, waiting up to timeout_ms. Returns 1 with a

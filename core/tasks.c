@@ -20,6 +20,9 @@ struct cn_task_registry {
     pthread_mutex_t lock;
     cn_task *tasks; /* ordered by insertion */
     size_t n, cap, max;
+    /* Callbacks run under the read side; cn_tasks_unlisten takes the write side,
+     * so a listener's owner may free it as soon as unlisten returns. */
+    pthread_rwlock_t listeners_lock;
     listener_node *listeners;
 };
 
@@ -29,6 +32,7 @@ cn_task_registry *cn_tasks_new(size_t max_tasks)
     if (!r)
         return NULL;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_rwlock_init(&r->listeners_lock, NULL);
     r->max = max_tasks ? max_tasks : 1024;
     return r;
 }
@@ -55,6 +59,7 @@ void cn_tasks_free(cn_task_registry *r)
         free(l);
         l = next;
     }
+    pthread_rwlock_destroy(&r->listeners_lock);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }
@@ -206,21 +211,14 @@ const char *cn_task_state_name(cn_task_state s)
     }
 }
 
-/* Listeners are only ever added, so a snapshot of the list head is safe to walk unlocked. */
-static listener_node *listeners_head(cn_task_registry *r)
-{
-    pthread_mutex_lock(&r->lock);
-    listener_node *l = r->listeners;
-    pthread_mutex_unlock(&r->lock);
-    return l;
-}
-
 size_t cn_tasks_query(cn_task_registry *r, const char *service, const char *instance,
                       int64_t last_command_time, int64_t now_ms, cn_task **out)
 {
-    for (listener_node *l = listeners_head(r); l; l = l->next)
+    pthread_rwlock_rdlock(&r->listeners_lock);
+    for (listener_node *l = r->listeners; l; l = l->next)
         if (l->l.on_query)
             l->l.on_query(l->l.arg, service, instance, last_command_time);
+    pthread_rwlock_unlock(&r->listeners_lock);
     pthread_mutex_lock(&r->lock);
     size_t n = copy_matching(r, service, last_command_time, now_ms, out);
     pthread_mutex_unlock(&r->lock);
@@ -229,9 +227,11 @@ size_t cn_tasks_query(cn_task_registry *r, const char *service, const char *inst
 
 void cn_tasks_report_finish(cn_task_registry *r, const char *service, const char *instance, const char *task_id)
 {
-    for (listener_node *l = listeners_head(r); l; l = l->next)
+    pthread_rwlock_rdlock(&r->listeners_lock);
+    for (listener_node *l = r->listeners; l; l = l->next)
         if (l->l.on_finish)
             l->l.on_finish(l->l.arg, service, instance, task_id);
+    pthread_rwlock_unlock(&r->listeners_lock);
 }
 
 int cn_tasks_listen(cn_task_registry *r, const cn_task_listener *l)
@@ -240,11 +240,26 @@ int cn_tasks_listen(cn_task_registry *r, const cn_task_listener *l)
     if (!node)
         return -1;
     node->l = *l;
-    pthread_mutex_lock(&r->lock);
+    pthread_rwlock_wrlock(&r->listeners_lock);
     node->next = r->listeners;
     r->listeners = node;
-    pthread_mutex_unlock(&r->lock);
+    pthread_rwlock_unlock(&r->listeners_lock);
     return 0;
+}
+
+void cn_tasks_unlisten(cn_task_registry *r, void *arg)
+{
+    pthread_rwlock_wrlock(&r->listeners_lock);
+    for (listener_node **at = &r->listeners; *at;) {
+        listener_node *l = *at;
+        if (l->l.arg == arg) {
+            *at = l->next;
+            free(l);
+        } else {
+            at = &l->next;
+        }
+    }
+    pthread_rwlock_unlock(&r->listeners_lock);
 }
 
 size_t cn_tasks_expire(cn_task_registry *r, int64_t now_ms, int64_t keep_ms)

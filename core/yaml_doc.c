@@ -369,3 +369,42 @@ void cn_document_free(cn_document *doc)
     free(doc->file);
     free(doc);
 }
+
+static cn_node *node_copy(const cn_node *n, const char *file)
+{
+    cn_node *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    *c = *n;
+    c->file = file;
+    c->scalar = NULL;
+    c->keys = NULL;
+    c->items = NULL;
+    c->n = 0;
+    if ((n->scalar && !(c->scalar = strdup(n->scalar))) ||
+        (n->n && !(c->items = calloc(n->n, sizeof *c->items))) ||
+        (n->keys && !(c->keys = calloc(n->n ? n->n : 1, sizeof *c->keys))))
+        goto fail;
+    for (; c->n < n->n; c->n++) {
+        if ((n->keys && !(c->keys[c->n] = node_copy(n->keys[c->n], file))) ||
+            !(c->items[c->n] = node_copy(n->items[c->n], file))) {
+            if (c->keys)
+                node_free(c->keys[c->n]);
+            goto fail;
+        }
+    }
+    return c;
+fail:
+    node_free(c);
+    return NULL;
+}
+
+cn_document *cn_document_copy(const cn_document *doc)
+{
+    cn_document *c = calloc(1, sizeof *c);
+    if (!c || !(c->file = strdup(doc->file)) || !(c->root = node_copy(doc->root, c->file))) {
+        cn_document_free(c);
+        return NULL;
+    }
+    return c;
+}

@@ -13,7 +13,7 @@
 void cn_agent_options_init(cn_agent_options *o)
 {
     memset(o, 0, sizeof(*o));
-    o->url = CN_AGENT_DEFAULT_URL;
+    o->url = access(CN_AGENT_SERVICE_SOCKET, F_OK) == 0 ? CN_AGENT_SERVICE_URL : CN_AGENT_DEFAULT_URL;
     o->max_batch_snapshots = 256;
     o->max_batch_age_ms = 200;
     o->max_batch_bytes = 1u << 20;

@@ -25,13 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <nng/supplemental/tls/tls.h>
 
 #include "internal.h"
+#include "pem.h"
 
 #define CN_AG_MAX_WINDOW 256u
 #define CN_AG_MAX_CONTROL 256u /* queued control requests (queries, finish reports) */
@@ -316,44 +316,6 @@ static void attempt_finish(cn_sender *s, cn_ag_req *req, int rv, nng_msg *msg)
 
 /* ---- dialing ---- */
 
-/* A whole PEM file (a certificate chain is a few KiB); NULL on failure. */
-static char *read_pem(const char *path)
-{
-    /* A regular file only: a FIFO or a device would block or never end. */
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-        return NULL;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 1 >= cap) {
-            cap = cap ? cap * 2 : 8192;
-            char *grown = cap <= (1u << 20) ? realloc(buf, cap) : NULL;
-            if (!grown) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = grown;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        if (got == 0)
-            break;
-        len += got;
-    }
-    bool failed = ferror(f) != 0;
-    fclose(f);
-    if (failed) {
-        free(buf);
-        return NULL;
-    }
-    buf[len] = '\0';
-    return buf;
-}
-
 /* The client TLS config for a tls+tcp:// URL: verify the collector against
  * tls_ca_file (required: an unverified TLS peer could be anyone), present the
  * client certificate when one is given. */
@@ -385,13 +347,10 @@ static int tls_config_new(const cn_sender_options *o, const char *url, nng_tls_c
     if (rv == 0 && name[0])
         rv = nng_tls_config_server_name(cfg, name);
     if (rv == 0 && o->tls_cert_file) {
-        char *cert = read_pem(o->tls_cert_file);
-        char *key = cert ? read_pem(o->tls_key_file) : NULL;
+        char *cert = cn_pem_read(o->tls_cert_file, NULL);
+        char *key = cert ? cn_pem_read(o->tls_key_file, NULL) : NULL;
         rv = cert && key ? nng_tls_config_own_cert(cfg, cert, key, NULL) : NNG_ENOENT;
-        if (key) {
-            memset(key, 0, strlen(key)); /* no private key left in freed memory */
-            free(key);
-        }
+        cn_pem_free_secret(key);
         free(cert);
     }
     if (rv == 0 && nng_tls_config_version(cfg, NNG_TLS_1_2, NNG_TLS_1_3) != 0)

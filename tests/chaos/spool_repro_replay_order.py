@@ -53,7 +53,10 @@ def main(args):
             # The cursor lags after a crash; the delivery log would hold the 8..15
             # delivery only: drop both, so the sink's read-back (cb_recover) is the
             # one authority here.
+            # (The pipeline's intake log, a folder beside them, is not the exporter's.)
             for name in os.listdir(spool):
+                if os.path.isdir(os.path.join(spool, name)):
+                    continue
                 if not (name.startswith("seg-") and name.endswith(".log")):
                     os.unlink(os.path.join(spool, name))
             log("crash state: the sink holds sequences 8..15; the spool still holds the record with 0..15")

@@ -158,19 +158,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    const cn_processor_plugin *p = merge_comp->plugin.processor;
+    const cn_processor_plugin *p = cn_processor_of(merge_comp);
     const int64_t live_before = cn_batch_live_bytes();
     harness h = {.base = {on_emit}, .strict = data[0] & 1, .emitted = cn_dict_new(16)};
     FUZZ_CHECK(h.emitted);
-    void *ctx = calloc(1, p->ctx_size);
+    void *ctx = calloc(1, p->base.ctx_size);
     FUZZ_CHECK(ctx);
     cn_diag d = {0};
-    int applied = cn_options_apply(p->options, ctx, mode_options(data[0]), &d);
+    int applied = cn_options_apply(p->base.options, ctx, mode_options(data[0]), &d);
     for (size_t i = 0; i < d.n_errors; i++)
         fprintf(stderr, "%s\n", d.errors[i]);
     FUZZ_CHECK(applied == 0);
     cn_diag_free(&d);
-    FUZZ_CHECK(p->cb_start(ctx, merge_comp) == 0);
+    FUZZ_CHECK(p->base.cb_start(ctx, merge_comp) == 0);
     const int64_t dups0 = metric("canopy_merge_duplicate_snapshots_total"),
                   limit0 = metric("canopy_merge_limit_dropped_snapshots_total"),
                   oom0 = metric("canopy_merge_oom_dropped_snapshots_total"),
@@ -224,8 +224,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 dropped);
     FUZZ_CHECK((int64_t)h.fed == (int64_t)h.out + dropped);
 
-    p->cb_destroy(ctx);
-    cn_options_free(p->options, ctx);
+    p->base.cb_destroy(ctx);
+    cn_options_free(p->base.options, ctx);
     free(ctx);
     cn_dict_free(h.emitted, free_set);
     FUZZ_CHECK(cn_batch_live_bytes() == live_before);

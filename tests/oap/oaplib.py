@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +39,29 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def stop_process(proc, timeout, ask=None):
+    """Stops a child we started: ask(proc) (SIGTERM by default), then SIGKILL
+    after timeout seconds."""
+    if not proc or proc.poll() is not None:
+        return
+    try:
+        if ask:
+            ask(proc)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+
+
+def close_file(f):
+    """Closes f when there is one; returns None, for `self.f = close_file(self.f)`."""
+    if f:
+        f.close()
+    return None
 
 
 def wait_for(what, fn, timeout, interval=0.2):
@@ -116,17 +140,9 @@ class Standin:
         return self
 
     def stop(self, timeout=15):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self.proc = None
-        if getattr(self, "logf", None):
-            self.logf.close()
-            self.logf = None
+        self.logf = close_file(getattr(self, "logf", None))
 
     def get(self, path):
         return http_json(self.control + path)
@@ -146,6 +162,20 @@ class Standin:
 
     def create_task(self, **kw):
         return self.post("/tasks", kw)
+
+    def create_ending_task(self, ends_in_s, service="shop", endpoint="/checkout"):
+        """A 1-minute task that started (60 - ends_in_s) s ago, so it ends soon:
+        its finish reports come within the test."""
+        now = int(time.time() * 1000)
+        return self.create_task(service=service, endpointName=endpoint, duration=1, dumpPeriod=10,
+                                minDurationThreshold=0, maxSamplingCount=9, startTime=now - (60 - ends_in_s) * 1000)
+
+    def wait_notified(self, task_id, instances, timeout=20):
+        """Waits until `instances` agent instances asked for the task; returns {instance: times}."""
+        def notified():
+            n = {t["taskId"]: t["notified"] for t in self.get("/tasks")}[task_id]
+            return len(n) >= instances and n
+        return wait_for("the task to reach all %d agent instances" % instances, notified, timeout)
 
 
 # ---- collector ------------------------------------------------------------------
@@ -474,3 +504,141 @@ def wait_metric(collector, name, pred, what, timeout):
         v = collector.metric(name)
         return True if v is None else pred(v)
     return wait_for(what, ok, timeout)
+
+
+# ---- a gunicorn gevent fleet and steady load ------------------------------------------
+
+# The fleet tests' app: /checkout spends time in hashing and in gevent sleeps, so
+# profiled requests have stacks worth checking (their leaf functions: price, reserve_inventory).
+CHECKOUT_APP = '''
+import hashlib
+import gevent
+
+
+def price(n):
+    h = b"x"
+    for _ in range(n):
+        h = hashlib.sha256(h).digest()
+    return h
+
+
+def reserve_inventory():
+    gevent.sleep(0.03)
+
+
+def checkout():
+    reserve_inventory()
+    price(20000)
+    gevent.sleep(0.03)
+    price(20000)
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/checkout":
+        checkout()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\\n"]
+'''
+
+
+class Fleet:
+    """`gunicorn -k gevent -w N` with the canopy agent (build/python), serving
+    CHECKOUT_APP from wd, its agents pointed at collector_url."""
+
+    def __init__(self, build_dir, wd, collector_url, workers=4, service="shop"):
+        self.pkg = os.path.join(build_dir, "python")
+        self.wd = wd
+        self.url = collector_url
+        self.workers = workers
+        self.service = service
+        self.proc = None
+        self.base = None
+
+    def require_agent(self):
+        if not os.path.isfile(os.path.join(self.pkg, "canopy_agent", "gunicorn_conf.py")):
+            print("SKIP: the Python agent is not built (%s/canopy_agent)" % self.pkg)
+            sys.exit(77)
+        return self
+
+    def start(self, timeout=30):
+        with open(os.path.join(self.wd, "app.py"), "w") as f:
+            f.write(CHECKOUT_APP)
+        port = free_port()
+        genv = dict(os.environ, PYTHONPATH=self.pkg + os.pathsep + self.wd, CANOPY_COLLECTOR=self.url,
+                    CANOPY_SERVICE=self.service, CANOPY_COMMAND_POLL_MS="300", CANOPY_MODE="auto")
+        self.log_path = os.path.join(self.wd, "gunicorn.log")
+        self.logf = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "gunicorn", "-k", "gevent", "-w", str(self.workers), "-b", "127.0.0.1:%d" % port,
+             "-c", "python:canopy_agent.gunicorn_conf", "app:app"],
+            cwd=self.wd, env=genv, stdout=self.logf, stderr=subprocess.STDOUT)
+        self.base = "http://127.0.0.1:%d" % port
+
+        def up():
+            if self.proc.poll() is not None:
+                raise TestFailure("gunicorn exited:\n" + open(self.log_path).read()[-3000:])
+            with urllib.request.urlopen(self.base + "/", timeout=2) as r:
+                return r.status == 200
+        wait_for("gunicorn to serve", up, timeout)
+        return self
+
+    def drive(self, path="/checkout", seconds=6, clients=12):
+        """`clients` threads requesting path for `seconds`; returns how many were served."""
+        stop = threading.Event()
+        done = [0]
+
+        def client():
+            while not stop.is_set():
+                try:
+                    with urllib.request.urlopen(self.base + path, timeout=10) as r:
+                        r.read()
+                    done[0] += 1
+                except OSError:
+                    time.sleep(0.1)
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join(15)
+        return done[0]
+
+    def stop(self):
+        stop_process(self.proc, 20)
+        self.proc = None
+        self.logf = close_file(getattr(self, "logf", None))
+
+
+class SteadyLoad:
+    """A small canopy-loadgen run about every 0.5 s, each from new agents, until
+    stop(); .total() is what was sent, and stop() raises what went wrong."""
+
+    def __init__(self, env, agents=2, batches=10, batch_size=50, depth=12, tasks=3):
+        self.totals, self.errors = [], []
+        self._stop = threading.Event()
+        self._kw = dict(agents=agents, batches=batches, batch_size=batch_size, depth=depth, tasks=tasks)
+        self._env = env
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                r = self._env.loadgen(**self._kw)
+                if r["sent"] != r["acked"]:
+                    self.errors.append("loadgen not fully acked: %r" % r)
+                self.totals.append(int(r["snapshots"]))
+            except Exception as e:  # noqa: BLE001 - reported by stop()
+                self.errors.append(str(e))
+                return
+            self._stop.wait(0.5)
+
+    def total(self):
+        return sum(self.totals)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(60)
+        check(not self.errors, "load failed: %s" % self.errors[:3])
+        return self.total()

@@ -5,7 +5,6 @@ data waits in the exporter's bounded queue), and once the OAP is back every
 snapshot arrives: none missing, every segment dense from 0."""
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,40 +27,19 @@ def main(args):
             }, flush_interval="200ms")
             canopy.start(env.admin_port)
 
-            totals = []
-            stop = threading.Event()
-            errors = []
-
-            def load():
-                # Steady load: a small run every ~0.5 s, each from new agents.
-                while not stop.is_set():
-                    try:
-                        r = env.loadgen(agents=2, batches=10, batch_size=50, depth=12, tasks=3)
-                        if r["sent"] != r["acked"]:
-                            errors.append("loadgen not fully acked during the outage: %r" % r)
-                        totals.append(int(r["snapshots"]))
-                    except Exception as e:  # noqa: BLE001 - reported below
-                        errors.append(str(e))
-                        return
-                    stop.wait(0.5)
-
-            th = threading.Thread(target=load)
-            th.start()
+            load = oaplib.SteadyLoad(env)
             time.sleep(3)
             before = oap.stats()["snapshots_stored"]
             log("stopping the OAP for %d s (%d snapshots stored so far)" % (OUTAGE_S, before))
             oap.stop()
             t_down = time.time()
             time.sleep(OUTAGE_S)
-            during = sum(totals)
+            during = load.total()
             oap.start()
             log("OAP back after %.1f s; loadgen has sent %d snapshots so far" % (time.time() - t_down, during))
             time.sleep(3)
-            stop.set()
-            th.join(60)
-            check(not errors, "load failed: %s" % errors[:3])
-            total = sum(totals)
-            log("load done: %d snapshots in %d loadgen runs" % (total, len(totals)))
+            total = load.stop()
+            log("load done: %d snapshots in %d loadgen runs" % (total, len(load.totals)))
             oaplib.wait_for("all %d snapshots at the OAP" % total,
                             lambda: oap.stats()["snapshots_stored"] >= total, 90, interval=0.5)
             s = oap.stats()

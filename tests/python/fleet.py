@@ -7,6 +7,10 @@ Environment (set by tests/python/CMakeLists.txt):
   CANOPY_BIN      the collector binary (build/bin/canopy)
   PYTHONPATH      includes build/python (the canopy_agent package)
   CANOPY_EXAMPLE  examples/gunicorn-gevent
+  CANOPY_FLEET_ROOT, CANOPY_FLEET_PYTHONPATH (optional, tests/py313/run-tests)
+                  run gunicorn chrooted into this root file system (Debian 13's
+                  Python) with this PYTHONPATH for canopy_agent; the collector
+                  and the load stay on the host
 """
 
 import collections
@@ -26,6 +30,7 @@ PYTHON = "/usr/bin/python3"  # Debian's, with gevent and gunicorn
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EXAMPLE = os.environ.get("CANOPY_EXAMPLE", os.path.join(ROOT, "examples", "gunicorn-gevent"))
+FLEET_ROOT = os.environ.get("CANOPY_FLEET_ROOT")
 
 
 def canopy_bin():
@@ -219,10 +224,17 @@ class Collector:
 
 
 class Fleet:
-    """gunicorn -k gevent -w N -c python:canopy_agent.gunicorn_conf app:app, on a free port."""
+    """gunicorn -k gevent -w N -c python:canopy_agent.gunicorn_conf app:app, on a free port.
 
-    def __init__(self, work, workers=4, env=None, args=(), agent=True, name="fleet"):
+    launcher replaces "python3 -m gunicorn" (e.g. [canopy-run, gunicorn]);
+    conf=False leaves out the -c option (canopy-run installs the hooks)."""
+
+    def __init__(self, work, workers=4, env=None, args=(), agent=True, name="fleet", launcher=None, conf=True,
+                 worker_class="gevent"):
         self.work = work
+        self.worker_class = worker_class
+        self.launcher = list(launcher or [PYTHON, "-m", "gunicorn"])
+        self.conf = conf
         self.port = free_port()
         self.pidfile = work.join(name + ".pid")
         self.log = work.join(name + ".log")
@@ -234,6 +246,8 @@ class Fleet:
             "CANOPY_COMMAND_POLL_MS": "300",
             "CANOPY_MAX_BATCH_AGE_MS": "100",
         })
+        if FLEET_ROOT:
+            self.env["PYTHONPATH"] = os.pathsep.join((EXAMPLE, os.environ["CANOPY_FLEET_PYTHONPATH"]))
         self.env.pop("CANOPY_INSTANCE", None)
         if env:
             self.env.update(env)
@@ -248,9 +262,10 @@ class Fleet:
     def start(self, timeout=20, wait_agent=True):
         """Starts gunicorn and waits until it serves and (with wait_agent) every
         worker logged that its agent started."""
-        cmd = [PYTHON, "-m", "gunicorn", "-k", "gevent", "-w", str(self.workers), "-b",
-               "127.0.0.1:%d" % self.port, "-p", self.pidfile, "--graceful-timeout", "5"]
-        if self.agent:
+        cmd = (["chroot", FLEET_ROOT] if FLEET_ROOT else []) + self.launcher + [
+            "-k", self.worker_class, "-w", str(self.workers), "-b", "127.0.0.1:%d" % self.port, "-p", self.pidfile,
+            "--graceful-timeout", "5"]
+        if self.agent and self.conf:
             cmd += ["-c", "python:canopy_agent.gunicorn_conf"]
         cmd += self.args + ["app:app"]
         logf = open(self.log, "ab")

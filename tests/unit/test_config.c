@@ -214,6 +214,50 @@ static void test_options_errors(void **state)
     cn_diag_free(&d);
 }
 
+/* A free-form map of scalars (CN_OPT_STRMAP), as the kafka exporter's `producer:` takes. */
+typedef struct strmap_ctx {
+    cn_strlist props;
+} strmap_ctx;
+
+static const cn_option strmap_options[] = {
+    {CN_OPT_STRMAP, "props", NULL, offsetof(strmap_ctx, props), "p"},
+    CN_OPT_END};
+
+static void test_options_strmap(void **state)
+{
+    (void)state;
+    cn_diag d = {0};
+    strmap_ctx ctx = {0};
+    const char *yaml = "props:\n  linger.ms: \"20\"\n  sasl.username: canopy\n";
+    cn_document *doc = cn_document_parse("opts.yaml", yaml, strlen(yaml), &d);
+    assert_non_null(doc);
+    assert_int_equal(cn_options_apply(strmap_options, &ctx, doc->root, &d), 0);
+    /* key, value, key, value, in the order written */
+    assert_int_equal(ctx.props.n, 4);
+    assert_string_equal(ctx.props.v[0], "linger.ms");
+    assert_string_equal(ctx.props.v[1], "20");
+    assert_string_equal(ctx.props.v[2], "sasl.username");
+    assert_string_equal(ctx.props.v[3], "canopy");
+    cn_options_free(strmap_options, &ctx);
+    assert_int_equal(ctx.props.n, 0);
+    cn_document_free(doc);
+
+    yaml = "props:\n  ok: yes\n  nested: {a: 1}\n";
+    doc = cn_document_parse("opts.yaml", yaml, strlen(yaml), &d);
+    assert_int_equal(cn_options_apply(strmap_options, &ctx, doc->root, &d), -1);
+    assert_true(diag_has(&d, "opts.yaml:3:11: props.nested must be a string, not a map"));
+    cn_options_free(strmap_options, &ctx);
+    cn_document_free(doc);
+
+    yaml = "props: [a, b]\n";
+    doc = cn_document_parse("opts.yaml", yaml, strlen(yaml), &d);
+    assert_int_equal(cn_options_apply(strmap_options, &ctx, doc->root, &d), -1);
+    assert_true(diag_has(&d, "opts.yaml:1:8: props must be a map, not a list"));
+    cn_options_free(strmap_options, &ctx);
+    cn_document_free(doc);
+    cn_diag_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -224,6 +268,7 @@ int main(void)
         cmocka_unit_test(test_yaml_errors),
         cmocka_unit_test(test_options_defaults_and_values),
         cmocka_unit_test(test_options_errors),
+        cmocka_unit_test(test_options_strmap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -57,7 +57,7 @@ static int setup_with(void **state, const char *config)
     diag_print(&d);
     assert_non_null(f->svc);
     f->merge = f->svc->pipelines[0]->processors[0];
-    assert_int_equal(f->merge->plugin.processor->cb_start(f->merge->ctx, f->merge), 0);
+    assert_int_equal(f->merge->plugin->cb_start(f->merge->ctx, f->merge), 0);
     f->cap.base.emit = capture_emit;
     *state = f;
     return 0;
@@ -83,10 +83,10 @@ static void feed(fixture *f, const char *instance, uint64_t seq, const test_snap
     free(buf);
     cn_chunk *c = cn_chunk_from_batch(b);
     cn_batch_unref(b);
-    f->merge->plugin.processor->cb_process(f->merge->ctx, c, &f->cap.base);
+    cn_processor_of(f->merge)->cb_process(f->merge->ctx, c, &f->cap.base);
 }
 
-static void drain(fixture *f) { f->merge->plugin.processor->cb_drain(f->merge->ctx, &f->cap.base); }
+static void drain(fixture *f) { cn_processor_of(f->merge)->cb_drain(f->merge->ctx, &f->cap.base); }
 
 static cn_chunk *chunk_for(fixture *f, const char *task)
 {
@@ -178,7 +178,7 @@ static void test_task_end_flushes_final(void **state)
     /* "ended" is a static task that started at epoch 1000 ms and ran for 1 s. */
     const test_snap b1[] = {{"ended", "s1", 10, 0, {"a", NULL}}};
     feed(f, "agent-1", 0, b1, 1);
-    f->merge->plugin.processor->cb_tick(f->merge->ctx, cn_mono_ms(), &f->cap.base);
+    cn_processor_of(f->merge)->cb_tick(f->merge->ctx, cn_mono_ms(), &f->cap.base);
     assert_int_equal(f->cap.n, 1);
     assert_true(f->cap.chunks[0]->task_final);
     assert_int_equal(f->cap.chunks[0]->n, 1);
@@ -227,7 +227,7 @@ static void test_idle_segments_swept(void **state)
     assert_int_equal(feed_one(f, "old", 0), 1);
     assert_int_equal(feed_one(f, "old", 0), 0);
     /* Past segment_idle_timeout (2m) the segment is forgotten; the live task stays. */
-    f->merge->plugin.processor->cb_tick(f->merge->ctx, cn_mono_ms() + 3 * 60 * 1000, &f->cap.base);
+    cn_processor_of(f->merge)->cb_tick(f->merge->ctx, cn_mono_ms() + 3 * 60 * 1000, &f->cap.base);
     capture_reset(&f->cap);
     assert_int_equal(cn_metric_value("canopy_merge_live_segments", "component=\"merge_by_task\""), live0);
     assert_int_equal(feed_one(f, "old", 0), 1);

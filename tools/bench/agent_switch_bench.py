@@ -2,6 +2,7 @@
 """Per-switch cost of the canopy greenlet tracer, against SkyWalking's algorithm.
 
     /usr/bin/python3 tools/bench/agent_switch_bench.py [--build build] [--rounds 200000]
+    /usr/bin/python3 tools/bench/agent_switch_bench.py --side-by-side   # 3.11 here, 3.13 in Debian 13's root
 
 Two greenlets ping-pong (main <-> worker); every round trip is 2 switches.
 The worker greenlet sits at a chosen stack depth. Cases:
@@ -14,6 +15,8 @@ The worker greenlet sits at a chosen stack depth. Cases:
                                 live frames), signatures cached, handed to the
                                 client library (batched, sent to a collector
                                 when one runs, else dropped and counted)
+  ... public frame API          the same at depth 20 with the fallback walker
+                                (PyFrame_GetBack & co., CANOPY_FRAME_WALK=public)
   SkyWalking, depth D           SkyWalking Python's published greenlet
                                 profiler: a Python trace function calling
                                 traceback.extract_stack on every switch of the
@@ -25,6 +28,11 @@ Each case is run --repeat times interleaved; the best run counts (the
 machine is shared, so the minimum is the least noisy estimate). Times are
 CPU time of the switching thread. "added" is the cost over "no tracer";
 "any C tracer" shows what greenlet itself spends calling a trace function.
+
+--side-by-side runs the benchmark twice, one run after the other, against
+one collector on the host: with this interpreter (Debian 12's 3.11) and with
+Debian 13's 3.13 in the root of tests/py313/trixie-run (which builds the
+agent for it), then prints the two columns together.
 """
 
 import argparse
@@ -42,7 +50,13 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def setup_path(build):
+THIS = os.path.abspath(__file__)
+
+
+def setup_path(build, pythonpath=None):
+    if pythonpath:
+        sys.path.insert(0, pythonpath)
+        return pythonpath
     for cand in (os.path.join(build, "python"), os.path.join(ROOT, build, "python")):
         if os.path.isdir(os.path.join(cand, "canopy_agent")):
             sys.path.insert(0, cand)
@@ -176,19 +190,25 @@ def main():
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--no-collector", action="store_true", help="do not start a collector (snapshots dropped)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--pythonpath", help="import canopy_agent from here rather than BUILD/python")
+    ap.add_argument("--collector-url", help="send to this running collector rather than start one")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="run with this interpreter and with Debian 13's Python 3.13; print both")
     args = ap.parse_args()
+    if args.side_by_side:
+        return side_by_side(args)
 
-    setup_path(args.build)
+    setup_path(args.build, args.pythonpath)
     import greenlet
 
     import canopy_agent
     from canopy_agent import _canopy
 
     collector = None
-    binary = None if args.no_collector else find_canopy(args.build)
+    binary = None if args.no_collector or args.collector_url else find_canopy(args.build)
     if binary:
         collector = Collector(binary)
-    url = collector.url if collector else "ipc:///tmp/canopy-bench-nobody.sock"
+    url = args.collector_url or (collector.url if collector else "ipc:///tmp/canopy-bench-nobody.sock")
 
     rounds = args.rounds
     prof_rounds = max(rounds // 5, 2000)
@@ -235,9 +255,10 @@ def main():
             _canopy.end(target=key)
             canopy_off()
 
-    def case_canopy_profiled(depth):
+    def case_canopy_profiled(depth, walk="fast"):
         def run():
             canopy_on()
+            _canopy.frame_walk(walk)
             keys = []
             try:
                 return time_switches(
@@ -270,6 +291,7 @@ def main():
         ("canopy, other greenlet profiled", case_canopy_other),
         ("canopy profiled, depth 20", case_canopy_profiled(20)),
         ("canopy profiled, depth 50", case_canopy_profiled(50)),
+        ("canopy profiled, depth 20, public frame API", case_canopy_profiled(20, "public")),
         ("SkyWalking algorithm, depth 20", case_skywalking(20)),
         ("SkyWalking algorithm, depth 50", case_skywalking(50)),
     ]
@@ -285,7 +307,9 @@ def main():
     base = best["no tracer"]
     print("greenlet switch cost (us of CPU per switch on the app thread; best of %d runs;"
           " %d-core machine, shared: expect noise)" % (args.repeat, os.cpu_count()))
-    print("collector: %s" % ("running (discard exporter)" if collector else "none (snapshots dropped, counted)"))
+    print("Python %s, greenlet %s; collector: %s" % (
+        sys.version.split()[0], greenlet.__version__,
+        "running (discard exporter)" if collector or args.collector_url else "none (snapshots dropped, counted)"))
     print()
     print("%-34s %10s %10s %10s" % ("case", "per switch", "added", "median"))
     for name, _ in cases:
@@ -313,8 +337,61 @@ def main():
               % (snaps[-1][0], 20))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"best_us": best, "runs_us": {k: v for k, v in results.items() if not k.startswith("_")}},
+            json.dump({"python": sys.version.split()[0], "greenlet": greenlet.__version__, "cases": [n for n, _ in cases],
+                       "best_us": best, "runs_us": {k: v for k, v in results.items() if not k.startswith("_")}},
                       f, indent=2)
+    return 0
+
+
+def side_by_side(args):
+    """This interpreter, then Debian 13's 3.13 in its root, one collector for both."""
+    binary = None if args.no_collector else find_canopy(args.build)
+    collector = Collector(binary) if binary else None
+    common = ["--rounds", str(args.rounds), "--repeat", str(args.repeat)]
+    common += ["--collector-url", collector.url] if collector else ["--no-collector"]
+    build = os.path.join(ROOT, args.build) if not os.path.isabs(args.build) else args.build
+    runs = []
+    tmp = tempfile.mkdtemp(prefix="canopy-bench-", dir="/tmp")  # /tmp is bound into the root
+    try:
+        for label, cmd in (
+                ("here", [sys.executable, THIS, "--build", build]),
+                ("Debian 13", [os.path.join(ROOT, "tests", "py313", "trixie-run"), "--build", build, "--", "sh", "-c",
+                               'exec chroot "$TRIXIE_ROOT" /usr/bin/python3 "$0" --pythonpath "$TRIXIE_PYTHONPATH" "$@"',
+                               THIS])):
+            out = os.path.join(tmp, "%d.json" % len(runs))
+            print("running the benchmark %s ..." % label, file=sys.stderr, flush=True)
+            done = subprocess.run(cmd + ["--json", out] + common, stdout=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                print(done.stdout, file=sys.stderr)
+                raise SystemExit("agent_switch_bench: the run %s failed" % label)
+            with open(out) as f:
+                runs.append(json.load(f))
+    finally:
+        if collector:
+            collector.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print("greenlet switch cost, us of CPU per switch on the app thread (best of %d runs; %d-core shared machine; "
+          "the two columns ran one after the other)" % (args.repeat, os.cpu_count()))
+    print("collector: %s" % ("running (discard exporter)" if collector else "none (snapshots dropped, counted)"))
+    print()
+    head = ["%s / greenlet %s" % (r["python"], r["greenlet"]) for r in runs]
+    print("%-44s %26s %26s" % ("Python / greenlet", head[0], head[1]))
+    print("%-44s %13s %12s %13s %12s" % ("case", "per switch", "added", "per switch", "added"))
+    for name in runs[0]["cases"]:
+        cols = []
+        for r in runs:
+            best, base = r["best_us"].get(name), r["best_us"]["no tracer"]
+            cols += ["%13.3f" % best, "%12.3f" % (best - base)] if best is not None else ["%13s" % "-", "%12s" % ""]
+        print("%-44s %s %s %s %s" % (name, *cols))
+    print()
+    for r in runs:
+        base = r["best_us"]["no tracer"]
+        idle = r["best_us"]["canopy, nothing profiled"] - base
+        d20 = r["best_us"]["canopy profiled, depth 20"] - base
+        print("Python %s: added %.3f us nothing profiled (target <= 0.15: %s), %.3f us profiled at depth 20 "
+              "(target <= 2: %s)" % (r["python"], idle, "OK" if idle <= 0.15 else "MISSED", d20,
+                                     "OK" if d20 <= 2.0 else "MISSED"))
     return 0
 
 

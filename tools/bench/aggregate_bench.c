@@ -192,7 +192,7 @@ static cn_service *merge_service(void)
     if (!svc)
         return NULL;
     cn_component *m = svc->pipelines[0]->processors[0];
-    if (m->plugin.processor->cb_start(m->ctx, m) != 0) {
+    if (m->plugin->cb_start(m->ctx, m) != 0) {
         cn_service_free(svc);
         return NULL;
     }
@@ -215,8 +215,8 @@ static double run_merge(cn_service *svc, const batches *in, cn_profiles *store)
     cn_emitter *out = &emitter.base;
     int64_t t0 = thread_cpu_ns();
     for (size_t i = 0; i < in->n; i++)
-        m->plugin.processor->cb_process(m->ctx, cn_chunk_from_batch(in->v[i]), out);
-    m->plugin.processor->cb_drain(m->ctx, out);
+        cn_processor_of(m)->cb_process(m->ctx, cn_chunk_from_batch(in->v[i]), out);
+    cn_processor_of(m)->cb_drain(m->ctx, out);
     return (double)(thread_cpu_ns() - t0) / 1e9;
 }
 

@@ -47,6 +47,10 @@ extern "C" {
 #define CN_AGENT_VERSION "0.1.0"
 /* The collector's default nng receiver URL (config/canopy.yaml). */
 #define CN_AGENT_DEFAULT_URL "ipc:///tmp/canopy.sock"
+/* The packaged collector's socket (docs/deploy.md): cn_agent_options_init
+ * picks it over CN_AGENT_DEFAULT_URL whenever CN_AGENT_SERVICE_SOCKET exists. */
+#define CN_AGENT_SERVICE_SOCKET "/run/canopy/canopy.sock"
+#define CN_AGENT_SERVICE_URL "ipc://" CN_AGENT_SERVICE_SOCKET
 #define CN_PROTOCOL_VERSION 1
 
 /* Error codes (returned negated). */

@@ -21,24 +21,39 @@ CANOPY_TLS_CA_FILE / _CERT_FILE / _KEY_FILE / _SERVER_NAME (for a tls+tcp://
 collector); see docs/agent.md for the rest.
 """
 
-from . import _canopy
-from ._config import DEFAULT_COLLECTOR
-from ._agent import add_task, resolve_mode, running, start, stats, stop
-from .middleware import CanopyMiddleware, segment_id, wsgi_middleware
-from .profile import profile
+import importlib
 
-__version__ = _canopy.VERSION
+# The API is imported on first use, not with the package: canopy-run and the
+# gunicorn config import this package in processes where the extension may not
+# load (libnng missing), and must then say so in one line and let the app run.
+# canopy_agent.start() (or any other name here) raises that ImportError.
+_EXPORTS = {
+    "start": "_agent",
+    "stop": "_agent",
+    "stats": "_agent",
+    "running": "_agent",
+    "add_task": "_agent",
+    "resolve_mode": "_agent",
+    "profile": "profile",
+    "wsgi_middleware": "middleware",
+    "CanopyMiddleware": "middleware",
+    "segment_id": "middleware",
+    "DEFAULT_COLLECTOR": "_config",
+}
 
-__all__ = [
-    "start",
-    "stop",
-    "stats",
-    "running",
-    "add_task",
-    "profile",
-    "wsgi_middleware",
-    "CanopyMiddleware",
-    "segment_id",
-    "resolve_mode",
-    "DEFAULT_COLLECTOR",
-]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name == "__version__":
+        value = importlib.import_module("._canopy", __name__).VERSION
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module("." + _EXPORTS[name], __name__), name)
+    else:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__ + ["__version__"])

@@ -1,11 +1,12 @@
 """The agent's lifecycle: start(), stop(), stats(), fork handling, modes."""
 
 import atexit
+import logging
 import os
 import sys
 import threading
 
-from . import _canopy
+from . import _canopy, _support
 from ._config import Config, parse_local_tasks, local_task
 from ._tasks import TaskTable
 
@@ -15,9 +16,10 @@ _fork_hook_installed = False
 
 
 class _Running:
-    def __init__(self, config, mode, tasks):
+    def __init__(self, config, mode, tasks, versions):
         self.config = config
         self.mode = mode
+        self.versions = versions   # what the agent found at start, for the log and stats()
         self.tasks = tasks
         self.pid = os.getpid()
         self.requests = 0          # requests seen by the middleware
@@ -58,6 +60,11 @@ def start(**settings):
             return _state.mode
         config = Config(**settings)
         mode = resolve_mode(config.mode)
+        # Refuse before anything starts: an untested interpreter's frames
+        # could be read wrongly, and greenlet modes without gevent see nothing.
+        walk = _support.check_interpreter(_canopy)
+        _support.check_mode(mode)
+        _canopy.frame_walk(walk)
         local = parse_local_tasks(config.local_tasks)
         _canopy.configure(
             config.service,
@@ -86,7 +93,9 @@ def start(**settings):
         except Exception:
             _canopy.shutdown()
             raise
-        _state = _Running(config, mode, TaskTable(config.max_parallel, local))
+        versions = "%s, frame walk %s" % (_support.versions_line(_canopy.VERSION), walk)
+        _state = _Running(config, mode, TaskTable(config.max_parallel, local), versions)
+        logging.getLogger("canopy_agent").info("canopy agent started (mode %s): %s", mode, versions)
         if not _fork_hook_installed:
             os.register_at_fork(after_in_child=_after_fork_child)
             atexit.register(stop)
@@ -142,6 +151,7 @@ def stats():
     if st is not None:
         out["mode"] = st.mode
         out["pid"] = st.pid
+        out["versions"] = st.versions
         out["requests"] = st.requests
         out["requests_profiled"] = st.requests_profiled
         out["middleware_errors"] = st.middleware_errors

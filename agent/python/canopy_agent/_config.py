@@ -6,10 +6,18 @@ MODES = ("auto", "greenlet", "sampling", "thread")
 
 # The collector's default nng receiver URL (plugins/receivers/nng, config/canopy.yaml).
 DEFAULT_COLLECTOR = "ipc:///tmp/canopy.sock"
+# The packaged collector's socket (canopy.service, docs/deploy.md): the default
+# whenever it exists, so agents on a host running the package need no setting.
+SERVICE_COLLECTOR = "ipc:///run/canopy/canopy.sock"
+
+
+def default_collector():
+    """SERVICE_COLLECTOR when its socket exists, else DEFAULT_COLLECTOR."""
+    return SERVICE_COLLECTOR if os.path.exists(SERVICE_COLLECTOR[len("ipc://"):]) else DEFAULT_COLLECTOR
 
 # name: (environment variable, type, default)
 _SETTINGS = {
-    "collector": ("CANOPY_COLLECTOR", str, DEFAULT_COLLECTOR),
+    "collector": ("CANOPY_COLLECTOR", str, None),  # None: default_collector(), when the agent starts
     "service": ("CANOPY_SERVICE", str, None),
     "instance": ("CANOPY_INSTANCE", str, None),  # None: "<pid>@<hostname>", per process
     "mode": ("CANOPY_MODE", str, "auto"),
@@ -80,6 +88,8 @@ class Config:
             raise ValueError("canopy_agent: mode must be one of %s, not %r" % ("|".join(MODES), self.mode))
         if not self.service:
             self.service = _default_service()
+        if not self.collector:
+            self.collector = default_collector()
         for name in TLS_SETTINGS:
             if not getattr(self, name):  # "" is as good as unset
                 setattr(self, name, None)

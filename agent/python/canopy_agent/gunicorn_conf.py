@@ -52,7 +52,7 @@ def _log(worker, level, msg, *args):
         getattr(log, level)(msg, *args)
 
 
-def post_fork(server, worker):
+def _start_agent(worker):
     try:
         import canopy_agent
         from canopy_agent import _agent
@@ -64,15 +64,13 @@ def post_fork(server, worker):
             # the worker class rather than from the (not yet) patched modules.
             mode = "greenlet" if _is_gevent_worker(worker) or _agent.gevent_patched_threading() else "thread"
         mode = canopy_agent.start(mode=mode)
-        _log(worker, "info", "canopy agent started in worker %s (mode %s)", os.getpid(), mode)
+        _log(worker, "info", "canopy agent started in worker %s (mode %s): %s", os.getpid(), mode,
+             canopy_agent.stats().get("versions"))
     except Exception as e:  # the agent never stops the app from serving
         _log(worker, "error", "canopy agent failed to start: %s", e)
-    user = _user.get("post_fork")
-    if user is not None:
-        user(server, worker)
 
 
-def post_worker_init(worker):
+def _wrap_app(worker):
     try:
         import canopy_agent
         from canopy_agent import _agent
@@ -82,6 +80,26 @@ def post_worker_init(worker):
             worker.wsgi = canopy_agent.wsgi_middleware(worker.wsgi)
     except Exception as e:
         _log(worker, "error", "canopy agent: cannot wrap the app: %s", e)
+
+
+def _stop_agent(worker):
+    try:
+        import canopy_agent
+
+        canopy_agent.stop()
+    except Exception as e:
+        _log(worker, "warning", "canopy agent: stop failed: %s", e)
+
+
+def post_fork(server, worker):
+    _start_agent(worker)
+    user = _user.get("post_fork")
+    if user is not None:
+        user(server, worker)
+
+
+def post_worker_init(worker):
+    _wrap_app(worker)
     user = _user.get("post_worker_init")
     if user is not None:
         user(worker)
@@ -91,9 +109,29 @@ def worker_exit(server, worker):
     user = _user.get("worker_exit")
     if user is not None:
         user(server, worker)
-    try:
-        import canopy_agent
+    _stop_agent(worker)
 
-        canopy_agent.stop()
-    except Exception as e:
-        _log(worker, "warning", "canopy agent: stop failed: %s", e)
+
+def chain_hooks(cfg):
+    """For canopy-run: puts canopy's hooks into a loaded gunicorn Config,
+    around the app's own (canopy's first at start, last at exit, as above).
+    A config that is this module already has them."""
+    def chained(name, user):
+        if getattr(user, "__module__", None) == __name__:
+            return user
+        if name == "post_fork":
+            def hook(server, worker):
+                _start_agent(worker)
+                user(server, worker)
+        elif name == "post_worker_init":
+            def hook(worker):
+                _wrap_app(worker)
+                user(worker)
+        else:
+            def hook(server, worker):
+                user(server, worker)
+                _stop_agent(worker)
+        return hook
+
+    for name in _HOOKS:
+        cfg.set(name, chained(name, cfg.settings[name].get()))

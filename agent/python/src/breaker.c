@@ -13,9 +13,13 @@
  * pending-work check, which recomputes the flag when it runs our call.
  *
  * Internal API, so this file alone is built with Py_BUILD_CORE_MODULE, and
- * only for 3.11 (where the layout is known); elsewhere it does nothing and
- * samples are taken when the main thread next takes the GIL.
+ * only for 3.11 (where the layout is known). 3.13 needs none of it: its
+ * Py_AddPendingCall signals the main thread itself. Elsewhere it does
+ * nothing and samples are taken when the main thread next takes the GIL.
  */
+#ifndef Py_BUILD_CORE_MODULE
+#define Py_BUILD_CORE_MODULE 1
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 

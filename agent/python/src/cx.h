@@ -57,7 +57,17 @@ void cx_frames_fini(void);
 /* Drops every cached signature (e.g. after fork, or on demand). */
 void cx_frames_clear(void);
 
-/* Opaque leaf frame handle: a _PyInterpreterFrame* on 3.11, else PyFrameObject*. */
+/* Whether this build has the fast walker (CPython 3.11 or 3.13). */
+int cx_frames_fast_available(void);
+/* Chooses the walker: 1 = public frame API, 0 = fast (-1 if not built).
+ * Only while no snapshot is being taken (GIL held, agent not running). */
+int cx_frames_set_public(int public_api);
+int cx_frames_public(void);
+/* _canopy.frame_walk(name=None): sets "fast" or "public", returns the one in use. */
+PyObject *cx_py_frame_walk(PyObject *self, PyObject *args);
+
+/* Opaque leaf frame handle: a _PyInterpreterFrame* for the fast walker, a
+ * PyFrameObject* for the public one. */
 typedef void cx_frame;
 /* The running frame of a thread (tstate may be another thread's; GIL held). */
 cx_frame *cx_frame_of_tstate(PyThreadState *tstate);

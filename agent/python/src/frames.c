@@ -8,11 +8,17 @@
  * after warm-up a frame costs one hash probe, and the library's per-batch
  * intern slot stored next to the string makes adding it O(1) as well.
  *
- * On CPython 3.11 the walk reads the interpreter frames directly
- * (_PyInterpreterFrame, the same approach greenlet 2.0 itself takes): it
- * follows frame->previous and reads f_code / prev_instr, which allocates
- * nothing, whereas PyFrame_GetBack would materialise a PyFrameObject for
- * every frame of the stack. Other versions use the public frame API.
+ * Two walkers. The fast one reads the interpreter frames directly
+ * (_PyInterpreterFrame, as greenlet itself does on 3.11+): it follows
+ * frame->previous and reads the code object and instruction pointer, which
+ * allocates nothing, whereas PyFrame_GetBack materialises a PyFrameObject for
+ * every frame of the stack (2.6-3.2x the cost of a profiled switch on 3.13).
+ * Its layout is per CPython minor version, so it is compiled only for the
+ * versions it was written and tested against (3.11 and 3.13; see
+ * canopy_agent/_support.py for the policy). The public frame API walker works
+ * on any version and is the fallback: for untested interpreters run with
+ * CANOPY_ALLOW_UNTESTED_PYTHON=1, and on demand (CANOPY_FRAME_WALK=public)
+ * for benchmarks and as an escape hatch.
  */
 #include "cx.h"
 
@@ -21,13 +27,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The versions whose frame layout the fast walker knows. 3.12 is left out on
+ * purpose: its layout is close to 3.11's, but no interpreter here runs it. */
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-#define CX_FAST_FRAMES 1
+#define CX_FAST_FRAMES 311
+#elif PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+#define CX_FAST_FRAMES 313
+#else
+#define CX_FAST_FRAMES 0
+#endif
+#if CX_FAST_FRAMES
 #define Py_BUILD_CORE
 #include <internal/pycore_frame.h>
 #undef Py_BUILD_CORE
-#else
-#define CX_FAST_FRAMES 0
 #endif
 
 /* The cache: open addressing with linear probing, never more than 3/4 full.
@@ -37,6 +49,8 @@ static cx_sig *sigs;
 static size_t sig_mask;
 static size_t sig_count;
 static size_t sig_limit;
+/* 1: walk with the public frame API (set before the agent runs; GIL held). */
+static int walk_public = !CX_FAST_FRAMES;
 
 static inline size_t sig_hash(const void *code, int lasti)
 {
@@ -140,7 +154,9 @@ static cx_sig *sig_get(PyCodeObject *co, int lasti, int line_or_neg)
     cx.c.sig_misses++;
     int line = line_or_neg;
     if (line < 0) {
-        line = PyCode_Addr2Line(co, lasti * (int)sizeof(_Py_CODEUNIT));
+        /* lasti counts code units of 2 bytes (_Py_CODEUNIT); only the fast
+         * walker, which includes the internal headers, passes one. */
+        line = PyCode_Addr2Line(co, lasti * 2);
     }
     uint32_t len = 0;
     char *str = sig_format(co, line, &len);
@@ -176,13 +192,122 @@ static void make_room(void)
     }
 }
 
+static inline void put(cn_str *out, size_t n, cx_sig *e)
+{
+    out[n].ptr = e->str;
+    out[n].len = e->len;
+    out[n].slot = &e->slot;
+}
+
 #if CX_FAST_FRAMES
+/* ---- the fast walker: _PyInterpreterFrame of 3.11 and 3.13 ---------------- */
+
+/* sig_get turns an instruction index into a byte offset with "* 2". */
+_Static_assert(sizeof(_Py_CODEUNIT) == 2, "a code unit is 2 bytes");
+
+#if CX_FAST_FRAMES == 311
+static inline _PyInterpreterFrame *fast_top(PyThreadState *tstate)
+{
+    return tstate->cframe ? tstate->cframe->current_frame : NULL;
+}
+
+static inline PyCodeObject *fast_code(_PyInterpreterFrame *f)
+{
+    return f->f_code;
+}
+#else /* 3.13: cframe is gone and the code object became f_executable */
+static inline _PyInterpreterFrame *fast_top(PyThreadState *tstate)
+{
+    return tstate->current_frame;
+}
+
+static inline PyCodeObject *fast_code(_PyInterpreterFrame *f)
+{
+    /* Entry frames pushed by the C stack are not Python frames; their
+     * f_executable is not a function's code. */
+    if (f->owner == FRAME_OWNED_BY_CSTACK || !f->f_executable || !PyCode_Check(f->f_executable))
+        return NULL;
+    return (PyCodeObject *)f->f_executable;
+}
+#endif
+
+static cx_frame *fast_frame_of_tstate(PyThreadState *tstate)
+{
+    return tstate ? fast_top(tstate) : NULL;
+}
+
+static size_t fast_walk(_PyInterpreterFrame *leaf, cn_str *out)
+{
+    size_t n = 0;
+    for (_PyInterpreterFrame *f = leaf; f; f = f->previous) {
+        PyCodeObject *co = fast_code(f);
+        /* Frames still being set up are not part of the Python-visible
+         * stack (PyFrame_GetBack skips them the same way). */
+        if (!co || _PyFrame_IsIncomplete(f))
+            continue;
+        if (n == cx.max_depth) {
+            cx.c.frames_truncated++;
+            break;
+        }
+        cx_sig *e = sig_get(co, _PyInterpreterFrame_LASTI(f), -1);
+        if (CX_UNLIKELY(!e)) {
+            cx.c.errors++;
+            continue;
+        }
+        put(out, n++, e);
+    }
+    return n;
+}
+#endif
+
+/* ---- the public frame API: any CPython, the measured fallback ------------- */
+
+static cx_frame *public_frame_of_tstate(PyThreadState *tstate)
+{
+    /* Borrowed is enough for the walk: the GIL is held throughout and the
+     * thread cannot pop frames meanwhile (the thread state keeps the frame
+     * object it materialised). */
+    PyFrameObject *f = tstate ? PyThreadState_GetFrame(tstate) : NULL;
+    Py_XDECREF(f);
+    return f;
+}
+
+static size_t public_walk(PyFrameObject *leaf, cn_str *out)
+{
+    size_t n = 0;
+    PyFrameObject *f = leaf;
+    Py_INCREF(f);
+    while (f) {
+        if (n == cx.max_depth) {
+            cx.c.frames_truncated++;
+            Py_DECREF(f);
+            break;
+        }
+        PyCodeObject *co = PyFrame_GetCode(f);
+        int line = PyFrame_GetLineNumber(f);
+        /* Without the instruction offset the cache is keyed by line. */
+        cx_sig *e = sig_get(co, line, line);
+        Py_DECREF(co);
+        if (e)
+            put(out, n++, e);
+        else
+            cx.c.errors++;
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    return n;
+}
+
+/* ---- dispatch --------------------------------------------------------------- */
 
 cx_frame *cx_frame_of_tstate(PyThreadState *tstate)
 {
-    if (!tstate || !tstate->cframe)
-        return NULL;
-    return tstate->cframe->current_frame;
+#if CX_FAST_FRAMES
+    if (CX_LIKELY(!walk_public))
+        return fast_frame_of_tstate(tstate);
+#endif
+    return public_frame_of_tstate(tstate);
 }
 
 cx_frame *cx_frame_of_greenlet(PyObject *greenlet, PyObject **keep)
@@ -199,101 +324,60 @@ cx_frame *cx_frame_of_greenlet(PyObject *greenlet, PyObject **keep)
         return NULL;
     }
     *keep = f; /* keeps the frame object, and so its frame data, alive */
-    return ((PyFrameObject *)f)->f_frame;
-}
-
-size_t cx_walk(cx_frame *leaf)
-{
-    if (!sigs || !leaf)
-        return 0;
-    make_room();
-    cn_str *out = cx.frames_buf;
-    size_t n = 0;
-    for (_PyInterpreterFrame *f = leaf; f; f = f->previous) {
-        /* Frames still being set up are not part of the Python-visible
-         * stack (PyFrame_GetBack skips them the same way). */
-        if (_PyFrame_IsIncomplete(f))
-            continue;
-        if (n == cx.max_depth) {
-            cx.c.frames_truncated++;
-            break;
-        }
-        cx_sig *e = sig_get(f->f_code, _PyInterpreterFrame_LASTI(f), -1);
-        if (CX_UNLIKELY(!e)) {
-            cx.c.errors++;
-            continue;
-        }
-        out[n].ptr = e->str;
-        out[n].len = e->len;
-        out[n].slot = &e->slot;
-        n++;
-    }
-    reverse(out, n);
-    return n;
-}
-
-#else /* portable: the public frame API */
-
-cx_frame *cx_frame_of_tstate(PyThreadState *tstate)
-{
-    /* Borrowed is enough for the walk below: the GIL is held throughout and
-     * the thread cannot pop frames meanwhile. */
-    PyFrameObject *f = tstate ? PyThreadState_GetFrame(tstate) : NULL;
-    Py_XDECREF(f);
-    return f;
-}
-
-cx_frame *cx_frame_of_greenlet(PyObject *greenlet, PyObject **keep)
-{
-    *keep = NULL;
-    PyObject *f = PyObject_GetAttr(greenlet, cx.str_gr_frame);
-    if (!f) {
-        PyErr_Clear();
-        cx.c.errors++;
-        return NULL;
-    }
-    if (!PyFrame_Check(f)) {
-        Py_DECREF(f);
-        return NULL;
-    }
-    *keep = f;
-    return f;
-}
-
-size_t cx_walk(cx_frame *leaf)
-{
-    if (!sigs || !leaf)
-        return 0;
-    make_room();
-    cn_str *out = cx.frames_buf;
-    size_t n = 0;
-    PyFrameObject *f = leaf;
-    Py_INCREF(f);
-    while (f) {
-        if (n == cx.max_depth) {
-            cx.c.frames_truncated++;
-            Py_DECREF(f);
-            break;
-        }
-        PyCodeObject *co = PyFrame_GetCode(f);
-        int line = PyFrame_GetLineNumber(f);
-        /* Without the instruction offset the cache is keyed by line. */
-        cx_sig *e = sig_get(co, line, line);
-        Py_DECREF(co);
-        if (e) {
-            out[n].ptr = e->str;
-            out[n].len = e->len;
-            out[n].slot = &e->slot;
-            n++;
-        } else {
-            cx.c.errors++;
-        }
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
-    }
-    reverse(out, n);
-    return n;
-}
-
+#if CX_FAST_FRAMES
+    if (CX_LIKELY(!walk_public))
+        return ((PyFrameObject *)f)->f_frame;
 #endif
+    return f;
+}
+
+size_t cx_walk(cx_frame *leaf)
+{
+    if (!sigs || !leaf)
+        return 0;
+    make_room();
+    size_t n;
+#if CX_FAST_FRAMES
+    if (CX_LIKELY(!walk_public))
+        n = fast_walk(leaf, cx.frames_buf);
+    else
+#endif
+        n = public_walk(leaf, cx.frames_buf);
+    reverse(cx.frames_buf, n);
+    return n;
+}
+
+int cx_frames_fast_available(void)
+{
+    return CX_FAST_FRAMES != 0;
+}
+
+int cx_frames_set_public(int public_api)
+{
+    if (!public_api && !CX_FAST_FRAMES)
+        return -1;
+    walk_public = public_api != 0;
+    return 0;
+}
+
+int cx_frames_public(void)
+{
+    return walk_public;
+}
+
+PyObject *cx_py_frame_walk(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z", &name))
+        return NULL;
+    if (name) {
+        int public_api = strcmp(name, "public") == 0;
+        if ((!public_api && strcmp(name, "fast") != 0) || cx_frames_set_public(public_api) != 0) {
+            PyErr_Format(PyExc_ValueError, "canopy: frame walk '%s' is not available in this build (%s)", name,
+                         CX_FAST_FRAMES ? "fast, public" : "public");
+            return NULL;
+        }
+    }
+    return PyUnicode_FromString(walk_public ? "public" : "fast");
+}

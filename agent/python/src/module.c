@@ -888,6 +888,8 @@ static PyMethodDef methods[] = {
     {"capture", m_capture, METH_VARARGS, "capture(list_or_None, limit=100000): test hook"},
     {"walk_current", m_walk_current, METH_NOARGS, "signatures of the current stack, root first"},
     {"walk_greenlet", m_walk_greenlet, METH_O, "signatures of a suspended greenlet, root first"},
+    {"frame_walk", cx_py_frame_walk, METH_VARARGS,
+     "frame_walk(name=None) -> 'fast' or 'public': the frame walker in use, after setting it to name"},
     {"shutdown", m_shutdown, METH_NOARGS, "stop sampling, remove tracers, flush and free the agent"},
     {"after_fork_child", m_after_fork_child, METH_NOARGS, "reset after fork (child side)"},
     {NULL, NULL, 0, NULL},
@@ -917,7 +919,9 @@ PyMODINIT_FUNC PyInit__canopy(void)
         goto fail;
     }
     if (PyModule_AddStringConstant(m, "DEFAULT_URL", CN_AGENT_DEFAULT_URL) < 0 ||
-        PyModule_AddStringConstant(m, "VERSION", CN_AGENT_VERSION) < 0)
+        PyModule_AddStringConstant(m, "VERSION", CN_AGENT_VERSION) < 0 ||
+        PyModule_AddStringConstant(m, "BUILT_FOR_PYTHON", PY_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_FRAMES", cx_frames_fast_available()) < 0)
         goto fail;
     /* greenlet is optional (thread mode does without it). */
     (void)import_greenlet();

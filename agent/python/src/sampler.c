@@ -31,6 +31,16 @@
 
 #define HOUSEKEEPING_MS 200
 
+/* Py_IsFinalizing became public in 3.13; before it only the private name exists. */
+static inline int cx_py_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
 static pthread_t thread;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv;
@@ -278,7 +288,7 @@ static void *sampler_main(void *arg)
 
         if (sampling && now >= next_tick) {
             next_tick += tick;
-            if (!_Py_IsFinalizing()) {
+            if (!cx_py_finalizing()) {
                 int gil = 1;
                 if (m == CX_MODE_SAMPLING) {
                     schedule_pending();

@@ -33,11 +33,9 @@ typedef struct cn_batch {
     size_t n_snapshots;
     cn_snapshot **snapshots;         /* indices validated against n_strings */
     int64_t received_ms;             /* collector wall clock at receipt */
-    size_t wire_bytes;               /* size of the encoded request */
+    size_t wire_bytes;               /* size of what the receiver got, for metrics; 0 when unknown */
     size_t mem_bytes;                /* arena bytes held, for memory accounting */
-    /* The encoded request; valid only while the receiver handles it (spooling). */
-    const uint8_t *wire;
-    /* Read back from a spool and written before this process started. */
+    /* Replayed from the intake log after a restart: only durable exporters get it. */
     bool replayed;
     /* Called once when the last reference goes (a spool marks its record done). */
     void (*on_release)(void *arg, uint64_t token);
@@ -45,7 +43,7 @@ typedef struct cn_batch {
     uint64_t release_token;
     /* private */
     cn_arena *arena;
-    Canopy__V1__Request *request;
+    struct cn_batch *owner; /* set when this batch lives in another's arena (cn_batch_part) */
 } cn_batch;
 
 /* Limits checked by cn_batch_decode; 0 means "no limit". */
@@ -80,6 +78,35 @@ typedef struct cn_refusal {
 Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_batch_limits *limits,
                                      Canopy__V1__Request **out_req, cn_arena **out_arena,
                                      cn_batch **out_batch, cn_refusal *why);
+/*
+ * Makes a batch of a decoded SnapshotBatch whose memory is all in `arena`;
+ * the batch takes the arena (freed with the last reference). NULL when out of
+ * memory (the arena is then still the caller's). For receivers that decode
+ * their own wire format into the core's form.
+ */
+cn_batch *cn_batch_wrap(cn_arena *arena, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                        int64_t received_ms);
+/* A batch living in owner's arena (one record holding several batches); it holds a reference on owner. */
+cn_batch *cn_batch_part(cn_batch *owner, const cn_agent_identity *agent, const Canopy__V1__SnapshotBatch *sb,
+                        int64_t received_ms);
+/*
+ * A batch built snapshot by snapshot, for receivers whose wire format is not
+ * canopy.v1 (the SkyWalking receiver, files): the same core form as a decoded
+ * batch. Strings are interned into the batch's table once each.
+ */
+typedef struct cn_batch_builder cn_batch_builder;
+cn_batch_builder *cn_batch_builder_new(const char *service, const char *instance);
+/* The index of s in the batch's string table, added when new. 0, or -1 when out of memory. */
+int cn_batch_builder_string(cn_batch_builder *b, const char *s, uint32_t *idx);
+/* Adds a snapshot whose task, segment and frames (root first) are string indices.
+ * 0, or -1 when out of memory or an index is out of range. */
+int cn_batch_builder_add(cn_batch_builder *b, uint32_t task, uint32_t segment, int32_t sequence, int64_t time_ms,
+                         const uint32_t *frames, size_t n_frames);
+size_t cn_batch_builder_count(const cn_batch_builder *b);
+/* The batch (one reference); the builder is freed either way. NULL when out of memory. */
+cn_batch *cn_batch_builder_finish(cn_batch_builder *b, uint64_t batch_seq);
+void cn_batch_builder_free(cn_batch_builder *b);
+
 /* Validates a decoded batch against the limits and its own string table. */
 Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const cn_batch_limits *limits,
                                      cn_refusal *why);
@@ -132,6 +159,8 @@ cn_chunk *cn_chunk_from_batch(cn_batch *b);
  * batches (with references taken) yourself. task_id is copied when not NULL.
  */
 cn_chunk *cn_chunk_new(const char *task_id, size_t cap, size_t batch_cap);
+/* A copy of `in` without the snapshots of replayed batches (new batch references). */
+cn_chunk *cn_chunk_without_replayed(const cn_chunk *in);
 static inline cn_chunk *cn_chunk_ref(cn_chunk *c)
 {
     atomic_fetch_add_explicit(&c->refcount, 1, memory_order_relaxed);

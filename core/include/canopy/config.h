@@ -52,6 +52,8 @@ typedef struct cn_document {
 /* Parses YAML text; `file` names it in errors. Returns NULL after adding errors. */
 cn_document *cn_document_parse(const char *file, const char *text, size_t len, cn_diag *d);
 cn_document *cn_document_load(const char *path, cn_diag *d);
+/* A deep copy (NULL when out of memory), e.g. to rebuild a config that is about to be replaced. */
+cn_document *cn_document_copy(const cn_document *doc);
 void cn_document_free(cn_document *doc);
 
 /* Looks up a key in a MAP node; NULL when absent or node is not a map. */
@@ -84,6 +86,13 @@ typedef enum cn_opt_type {
     CN_OPT_ENUM,      /* int, index into choices */
     CN_OPT_STRLIST,   /* cn_strlist; a scalar is taken as a one-item list */
     CN_OPT_MAP,       /* a nested struct at offset, described by `sub` */
+    /*
+     * cn_strlist of key, value, key, value...: a map of scalars taken as they
+     * are, for settings passed to a library unchanged (e.g. librdkafka's
+     * properties). The plugin checks the keys; cn_node_get on the option's
+     * node finds a key's place for errors.
+     */
+    CN_OPT_STRMAP,
 } cn_opt_type;
 
 typedef struct cn_strlist {
@@ -113,6 +122,14 @@ typedef struct cn_option {
 int cn_options_apply(const cn_option *opts, void *ctx, const cn_node *node, cn_diag *d);
 /* Frees what cn_options_apply allocated (strings, lists); safe on zeroed ctx. */
 void cn_options_free(const cn_option *opts, void *ctx);
+/*
+ * A shallow copy of a map node with only the keys that `opts` names
+ * (keep_listed) or only those it does not: for applying part of a map, such
+ * as the settings one component shares with another. Free with
+ * cn_node_view_free. Returns -1 when out of memory.
+ */
+int cn_node_view(cn_node *view, const cn_node *map, const cn_option *opts, bool keep_listed);
+void cn_node_view_free(cn_node *view);
 /* Node of an option inside a component's map, for errors in cb_check. */
 const cn_node *cn_options_node(const cn_node *map, const char *name);
 

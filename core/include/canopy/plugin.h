@@ -1,12 +1,19 @@
 /*
  * The plugin interface. A plugin is a struct of callbacks plus a config map,
- * as in Fluent Bit. The core allocates the plugin's context (ctx_size bytes,
- * zeroed), fills it from the config map, then calls the callbacks. Every
- * plugin has exactly one destroy path, cb_destroy, which must cope with a
- * context that was only partly set up (cb_start failed half way).
+ * as in Fluent Bit. Every kind starts with the same header (cn_plugin): the
+ * core allocates the plugin's context (ctx_size bytes, zeroed), fills it from
+ * the config map, checks, starts, stops and destroys any plugin through it,
+ * without asking what kind it is. Every plugin has exactly one destroy path,
+ * cb_destroy, which must cope with a context that was only partly set up
+ * (cb_start failed half way).
  *
  * Life cycle, for `validate` and `run` alike: options applied -> cb_check.
- * Only `run` goes on: cb_start -> ... -> cb_stop (receivers) -> cb_destroy.
+ * Only `run` goes on: cb_start -> ... -> cb_stop -> cb_destroy.
+ *
+ * Kinds: receivers hand batches to the pipelines (cn_receiver_submit);
+ * processors turn chunks into chunks on a pipeline's thread; exporters take
+ * chunks in and say whether they were delivered; extensions serve the
+ * service rather than a pipeline (task sources, under `tasks.<type>`).
  */
 #ifndef CANOPY_PLUGIN_H
 #define CANOPY_PLUGIN_H
@@ -22,6 +29,8 @@ typedef enum cn_kind {
     CN_RECEIVER = 0,
     CN_PROCESSOR,
     CN_EXPORTER,
+    CN_EXTENSION,
+    CN_N_KINDS
 } cn_kind;
 
 typedef struct cn_component cn_component;
@@ -36,11 +45,13 @@ const cn_node *cn_component_node(const cn_component *c);
 const char *cn_component_labels(const cn_component *c);
 cn_task_registry *cn_component_tasks(const cn_component *c);
 /*
- * True for the private copy of a processor that a spooled exporter runs on
- * its replayed data. The same snapshots also pass the pipeline's own copy, so
- * a replica must not feed anything shared (such as the live call trees).
+ * The config of another configured component, for plugins that build on one
+ * (a task source reusing an exporter's endpoints and credentials): its map
+ * node (NULL when it has no options) and type. Returns false when no
+ * component of that kind has that id.
  */
-bool cn_component_is_replica(const cn_component *c);
+bool cn_component_peer(const cn_component *self, cn_kind kind, const char *id, const cn_node **node,
+                       const char **type);
 
 /* Hands a decoded batch from a receiver to every pipeline it feeds. */
 typedef enum cn_submit_result {
@@ -51,7 +62,9 @@ typedef enum cn_submit_result {
 } cn_submit_result;
 /*
  * All or nothing: either every pipeline the receiver feeds took a reference,
- * or none did. Never blocks. The caller keeps its own reference.
+ * or none did. With a durable exporter in a pipeline, the batch is in its
+ * intake log when this returns CN_SUBMIT_OK: only then may the receiver ack
+ * it. Never blocks on exporters. The caller keeps its own reference.
  */
 cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch);
 
@@ -61,67 +74,48 @@ typedef struct cn_emitter {
 } cn_emitter;
 static inline void cn_emit(cn_emitter *e, cn_chunk *chunk) { e->emit(e, chunk); }
 
-/* ---- the three kinds of plugin -------------------------------------------- */
+/* ---- the plugins ---------------------------------------------------------- */
 
-typedef struct cn_receiver_plugin {
+/* What every plugin has. Receivers and extensions need nothing more. */
+typedef struct cn_plugin {
+    cn_kind kind;
     const char *type;
     const char *description;
     size_t ctx_size;
     const cn_option *options;
-    /* Checks option values without side effects. Return 0, or -1 after cn_diag_error. */
+    /* Checks option values without side effects. Return 0, or -1 after cn_diag_error. Optional. */
     int (*cb_check)(void *ctx, cn_component *self, cn_diag *d);
-    /* Opens listeners and starts serving. Returns 0, or -1 after logging why. */
+    /* Starts serving (listeners, threads). Returns 0, or -1 after logging why. Optional. */
     int (*cb_start)(void *ctx, cn_component *self);
-    /* Stops taking new requests and waits until in-flight ones are answered. */
+    /* Receivers and extensions: stop taking new work and wait until in-flight work is done. Optional. */
     void (*cb_stop)(void *ctx);
     void (*cb_destroy)(void *ctx);
-} cn_receiver_plugin;
+} cn_plugin;
 
 typedef struct cn_processor_plugin {
-    const char *type;
-    const char *description;
-    size_t ctx_size;
-    const cn_option *options;
-    int (*cb_check)(void *ctx, cn_component *self, cn_diag *d);
-    int (*cb_start)(void *ctx, cn_component *self);
+    cn_plugin base;
     /* Takes ownership of `in`; emits zero or more chunks. Runs on the pipeline thread. */
     void (*cb_process)(void *ctx, cn_chunk *in, cn_emitter *out);
-    /* Periodic, on the pipeline thread (every ~100 ms): time-based flushes. */
+    /* Periodic, on the pipeline thread (every ~100 ms): time-based flushes. Optional. */
     void (*cb_tick)(void *ctx, int64_t now_mono_ms, cn_emitter *out);
-    /* Shutdown: emit everything still buffered. */
+    /* Shutdown: emit everything still buffered. Optional. */
     void (*cb_drain)(void *ctx, cn_emitter *out);
-    void (*cb_destroy)(void *ctx);
 } cn_processor_plugin;
 
 typedef struct cn_exporter_plugin {
-    const char *type;
-    const char *description;
-    size_t ctx_size;
-    const cn_option *options;
-    int (*cb_check)(void *ctx, cn_component *self, cn_diag *d);
-    int (*cb_start)(void *ctx, cn_component *self);
+    cn_plugin base;
     /*
-     * Exports one chunk, on the exporter's own thread. CN_OK: done. CN_RETRY:
-     * the core retries the same chunk with backoff (retry_on_failure).
-     * CN_FAIL: dropped and counted. Must be idempotent for a retried chunk as
-     * far as the sink allows.
+     * Data in, status out: exports one chunk, on the exporter's own thread.
+     * CN_OK: delivered. CN_RETRY: the core retries the same chunk with backoff
+     * (retry_on_failure; with a spool, for as long as it takes). CN_FAIL:
+     * dropped and counted. Must be idempotent for a retried chunk as far as
+     * the sink allows.
      */
     cn_status (*cb_export)(void *ctx, const cn_chunk *chunk);
     /* Periodic, on the exporter's thread, between exports (~100 ms). Optional. */
     void (*cb_tick)(void *ctx, int64_t now_mono_ms);
     /* Last call before destroy, on the exporter's thread: flush and close. Optional. */
     void (*cb_flush)(void *ctx);
-    /*
-     * Optional. `tasks.<type>: {exporter: <id>, ...}` names an exporter of this
-     * type as a task source, so the plugin can feed the registry (e.g. proxy
-     * an OAP's tasks) reusing its connection. The core calls it twice with the
-     * `tasks.<type>` map node: while building the graph with reg == NULL, to
-     * check the options only (no side effects; validate stops there), and
-     * after cb_start with the registry, to start. The `exporter` key belongs
-     * to the core; ignore it.
-     */
-    int (*cb_task_source)(void *ctx, cn_component *self, const cn_node *source_cfg,
-                          cn_task_registry *reg, cn_diag *d);
     /*
      * Optional. Called from the stopping thread when service.shutdown_timeout
      * runs out while cb_export is still running (a backend that hangs). Must
@@ -130,27 +124,22 @@ typedef struct cn_exporter_plugin {
      */
     void (*cb_interrupt)(void *ctx);
     /*
-     * Optional, for exactly-once delivery with a spool. After a crash the spool
-     * replays records the sink may already hold. Before replaying, the core asks
-     * the plugin what its sink already has: call `seen` for every (task,
-     * segment, sequence) it holds. Called on the exporter's thread after
-     * cb_start. A sink that cannot be read back (a remote backend) leaves it NULL
-     * and relies on the core's delivery log.
+     * Optional, for exactly-once delivery with a spool. After a crash the
+     * intake log and the spool replay records the sink may already hold.
+     * Before replaying, the core asks the plugin what its sink already has:
+     * call `seen` for every (task, segment, sequence) it holds. Called on the
+     * exporter's thread after cb_start. A sink that cannot be read back (a
+     * remote backend) leaves it NULL and relies on the core's delivery log.
      */
     void (*cb_recover)(void *ctx, void (*seen)(void *arg, const char *task, const char *segment, int32_t seq),
                        void *arg);
-    /* Called before cb_destroy when cb_task_source was used; stops its threads. */
-    void (*cb_task_source_stop)(void *ctx);
-    void (*cb_destroy)(void *ctx);
 } cn_exporter_plugin;
 
-/* Lookup of compiled-in plugins (core/plugins.c, generated by the build). */
-const cn_receiver_plugin *cn_find_receiver(const char *type);
-const cn_processor_plugin *cn_find_processor(const char *type);
-const cn_exporter_plugin *cn_find_exporter(const char *type);
-/* Iteration for `canopy components` and the docs generator; NULL-terminated. */
-extern const cn_receiver_plugin *const cn_receiver_plugins[];
-extern const cn_processor_plugin *const cn_processor_plugins[];
-extern const cn_exporter_plugin *const cn_exporter_plugins[];
+/* Compiled-in plugins (core/plugins.c, generated by the build), every kind, NULL-terminated. */
+extern const cn_plugin *const cn_plugins[];
+/* The plugin of that kind and type, or NULL. */
+const cn_plugin *cn_find_plugin(cn_kind kind, const char *type);
+/* "receiver", "processor", "exporter", "extension". */
+const char *cn_kind_name(cn_kind kind);
 
 #endif

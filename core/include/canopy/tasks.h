@@ -41,7 +41,7 @@ typedef enum cn_task_state {
 
 typedef struct cn_task_registry cn_task_registry;
 
-/* Called (outside the registry lock) when an agent asks or reports. */
+/* Called (outside the registry lock) when an agent asks or reports; must not call cn_tasks_listen. */
 typedef struct cn_task_listener {
     void *arg;
     void (*on_query)(void *arg, const char *service, const char *instance, int64_t last_command_time);
@@ -75,6 +75,24 @@ void cn_tasks_report_finish(cn_task_registry *r, const char *service, const char
                             const char *task_id);
 /* Registers a listener (copied). */
 int cn_tasks_listen(cn_task_registry *r, const cn_task_listener *l);
+/* Removes the listeners whose arg is `arg`; none of their callbacks runs after it returns. */
+void cn_tasks_unlisten(cn_task_registry *r, void *arg);
+
+/*
+ * A task as the command agents run: SkyWalking's ProfileTaskQuery with its
+ * nine arguments (SerialNumber, TaskId, EndpointName, Duration in minutes,
+ * MinDurationThreshold, DumpPeriod, MaxSamplingCount, StartTime,
+ * CreateTime), all as strings. Both canopy's agent and SkyWalking's read it.
+ */
+#define CN_AGENT_COMMAND_ARGS 9
+typedef struct cn_agent_command {
+    const char *name;
+    const char *keys[CN_AGENT_COMMAND_ARGS];
+    const char *values[CN_AGENT_COMMAND_ARGS]; /* into the task and into numbers */
+    char numbers[6][24];
+} cn_agent_command;
+/* Fills out from t; out points into t, which must outlive it. */
+void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out);
 
 /* Removes ended tasks older than keep_ms after their end; returns how many. */
 size_t cn_tasks_expire(cn_task_registry *r, int64_t now_ms, int64_t keep_ms);

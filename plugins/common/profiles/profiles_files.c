@@ -13,6 +13,7 @@
 #include "canopy/dict.h"
 #include "canopy/log.h"
 #include "canopy/metrics.h"
+#include "fsutil.h"
 #include "profiles/profiles.h"
 
 struct cn_profile_files {
@@ -48,31 +49,10 @@ void cn_profile_file_name(const char *task_id, const char *suffix, char *out, si
     memcpy(out + n, suffix, slen + 1);
 }
 
-/* mkdir -p */
-static int make_dirs(const char *path, int mode)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 cn_profile_files *cn_profile_files_new(const cn_profile_files_config *cfg)
 {
     const char *comp = cfg->component ? cfg->component : "profiles";
-    if (make_dirs(cfg->directory, cfg->dir_mode ? cfg->dir_mode : 0755) != 0) {
+    if (cn_mkdirs(cfg->directory, cfg->dir_mode ? cfg->dir_mode : 0755) != 0) {
         cn_error(comp, "cannot create directory %s: %s", cfg->directory, strerror(errno));
         return NULL;
     }

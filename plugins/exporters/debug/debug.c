@@ -103,13 +103,17 @@ static void debug_destroy(void *ctx)
 }
 
 const cn_exporter_plugin cn_exporter_debug = {
-    .type = "debug",
-    .description = "Logs snapshot counts per task; for trying canopy out.",
-    .ctx_size = sizeof(debug_ctx),
-    .options = debug_options,
-    .cb_start = debug_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "debug",
+            .description = "Logs snapshot counts per task; for trying canopy out.",
+            .ctx_size = sizeof(debug_ctx),
+            .options = debug_options,
+            .cb_start = debug_start,
+            .cb_destroy = debug_destroy,
+        },
     .cb_export = debug_export,
     .cb_tick = debug_tick,
     .cb_flush = debug_flush,
-    .cb_destroy = debug_destroy,
 };

@@ -23,10 +23,14 @@ static cn_status discard_export(void *ctx, const cn_chunk *chunk)
 static void discard_destroy(void *ctx) { CN_UNUSED(ctx); }
 
 const cn_exporter_plugin cn_exporter_discard = {
-    .type = "discard",
-    .description = "Counts snapshots and drops them; for benchmarks.",
-    .ctx_size = sizeof(discard_ctx),
-    .cb_start = discard_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "discard",
+            .description = "Counts snapshots and drops them; for benchmarks.",
+            .ctx_size = sizeof(discard_ctx),
+            .cb_start = discard_start,
+            .cb_destroy = discard_destroy,
+        },
     .cb_export = discard_export,
-    .cb_destroy = discard_destroy,
 };

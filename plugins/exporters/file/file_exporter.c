@@ -20,7 +20,8 @@
 
 #include "canopy/dict.h"
 #include "canopy/plugin.h"
-#include "json_cache.h"
+#include "fsutil.h"
+#include "jsonl/jsonl.h"
 
 enum { FSYNC_NEVER, FSYNC_INTERVAL, FSYNC_ALWAYS };
 static const char *const fsync_choices[] = {"never", "interval", "always", NULL};
@@ -47,8 +48,7 @@ typedef struct file_ctx {
     cn_component *self;
     cn_dict *files; /* file name -> open_file */
     json_cache *json;
-    char *buf;      /* lines waiting for write(2) */
-    size_t buf_len, buf_cap;
+    cn_jsonl_buf out; /* lines waiting for write(2) */
     uint64_t retry_chunk; /* id of a chunk partly written, or 0 */
     uint64_t committed;   /* its bytes already in the files */
     int64_t next_sync_ms;
@@ -81,27 +81,6 @@ static int file_check(void *ctx, cn_component *self, cn_diag *d)
     return 0;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *path, int mode)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 static void flush_all(file_ctx *f, bool sync)
 {
     size_t pos = 0;
@@ -122,7 +101,7 @@ static int file_start(void *ctx, cn_component *self)
 {
     file_ctx *f = ctx;
     f->self = self;
-    if (make_dirs(f->directory, f->dir_mode) != 0) {
+    if (cn_mkdirs(f->directory, f->dir_mode) != 0) {
         cn_error(cn_component_id(self), "cannot create directory %s: %s", f->directory, strerror(errno));
         return -1;
     }
@@ -216,63 +195,17 @@ static open_file *file_for_task(file_ctx *f, const char *task, int64_t now)
     return of;
 }
 
-static int buf_add(file_ctx *f, const char *s, size_t n)
-{
-    if (f->buf_len + n > f->buf_cap) {
-        size_t cap = f->buf_cap ? f->buf_cap : 64 * 1024;
-        while (f->buf_len + n > cap)
-            cap *= 2;
-        char *grown = realloc(f->buf, cap);
-        if (!grown)
-            return -1;
-        f->buf = grown;
-        f->buf_cap = cap;
-    }
-    memcpy(f->buf + f->buf_len, s, n);
-    f->buf_len += n;
-    return 0;
-}
-
-#define ADD_LIT(lit) buf_add(f, lit, sizeof(lit) - 1)
-#define ADD_JSON(js) ((js) ? buf_add(f, (js)->text, (js)->len) : -1)
-
-/* Appends one snapshot as a JSON line to f->buf. */
-static int format_line(file_ctx *f, const cn_snap_ref *r)
-{
-    const cn_batch *b = r->batch;
-    const cn_snapshot *s = r->snap;
-    char num[64];
-    int rc = ADD_LIT("{\"taskId\":");
-    rc |= ADD_JSON(json_cache_get(f->json, b, s->task));
-    rc |= ADD_LIT(",\"traceSegmentId\":");
-    rc |= ADD_JSON(json_cache_get(f->json, b, s->segment));
-    int n = snprintf(num, sizeof num, ",\"time\":%lld,\"sequence\":%d", (long long)s->time_ms, s->sequence);
-    rc |= buf_add(f, num, (size_t)n);
-    rc |= ADD_LIT(",\"stack\":{\"codeSignatures\":[");
-    for (size_t i = 0; i < s->n_frames; i++) {
-        if (i)
-            rc |= ADD_LIT(",");
-        rc |= ADD_JSON(json_cache_get(f->json, b, s->frames[i]));
-    }
-    rc |= ADD_LIT("]},\"service\":");
-    rc |= ADD_JSON(json_cache_encode(f->json, b->agent->service));
-    rc |= ADD_LIT(",\"serviceInstance\":");
-    rc |= ADD_JSON(json_cache_encode(f->json, b->agent->instance));
-    rc |= ADD_LIT("}\n");
-    return rc ? -1 : 0;
-}
-
 /*
- * Writes f->buf to the file, skipping the part of the chunk's output already
+ * Writes f->out to the file, skipping the part of the chunk's output already
  * written by an earlier attempt. *produced counts the chunk's output so far.
  */
 static int write_out(file_ctx *f, open_file *of, const char *task, uint64_t *produced, uint64_t skip)
 {
     uint64_t start = *produced;
-    size_t off = skip > start ? (size_t)(skip - start < f->buf_len ? skip - start : f->buf_len) : 0;
-    *produced += f->buf_len;
-    while (off < f->buf_len) {
-        ssize_t n = write(of->fd, f->buf + off, f->buf_len - off);
+    size_t off = skip > start ? (size_t)(skip - start < f->out.len ? skip - start : f->out.len) : 0;
+    *produced += f->out.len;
+    while (off < f->out.len) {
+        ssize_t n = write(of->fd, f->out.data + off, f->out.len - off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -281,14 +214,14 @@ static int write_out(file_ctx *f, open_file *of, const char *task, uint64_t *pro
                            "write to %s for task %s failed: %s; retrying", f->directory, task,
                            n < 0 ? strerror(errno) : "no progress");
             f->committed = start + off;
-            f->buf_len = 0;
+            f->out.len = 0;
             return -1;
         }
         off += (size_t)n;
         cn_metric_add(f->bytes, n);
     }
     of->unsynced = true;
-    f->buf_len = 0;
+    f->out.len = 0;
     return 0;
 }
 
@@ -306,7 +239,7 @@ static cn_status file_export(void *ctx, const cn_chunk *chunk)
     int64_t now = cn_mono_ms();
     const char *task = NULL;
     open_file *of = NULL;
-    f->buf_len = 0;
+    f->out.len = 0;
     for (size_t i = 0; i < chunk->n; i++) {
         const cn_snap_ref *r = &chunk->refs[i];
         const char *t = cn_ref_task(r);
@@ -320,12 +253,12 @@ static cn_status file_export(void *ctx, const cn_chunk *chunk)
                 return CN_RETRY;
             }
         }
-        if (format_line(f, r) != 0) {
+        if (cn_jsonl_line(f->json, r, &f->out) != 0) {
             f->committed = produced > skip ? produced : skip;
-            f->buf_len = 0;
+            f->out.len = 0;
             return CN_RETRY;
         }
-        if (f->buf_len >= WRITE_CHUNK && write_out(f, of, task, &produced, skip) != 0)
+        if (f->out.len >= WRITE_CHUNK && write_out(f, of, task, &produced, skip) != 0)
             return CN_RETRY;
     }
     if (of && write_out(f, of, task, &produced, skip) != 0)
@@ -482,19 +415,23 @@ static void file_destroy(void *ctx)
         cn_dict_free(f->files, NULL);
     }
     json_cache_free(f->json);
-    free(f->buf);
+    free(f->out.data);
 }
 
 const cn_exporter_plugin cn_exporter_file = {
-    .type = "file",
-    .description = "Writes <directory>/<taskId>.jsonl, one snapshot per line.",
-    .ctx_size = sizeof(file_ctx),
-    .options = file_options,
-    .cb_check = file_check,
-    .cb_start = file_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "file",
+            .description = "Writes <directory>/<taskId>.jsonl, one snapshot per line.",
+            .ctx_size = sizeof(file_ctx),
+            .options = file_options,
+            .cb_check = file_check,
+            .cb_start = file_start,
+            .cb_destroy = file_destroy,
+        },
     .cb_export = file_export,
     .cb_tick = file_tick,
     .cb_flush = file_flush,
     .cb_recover = file_recover,
-    .cb_destroy = file_destroy,
 };

@@ -33,14 +33,18 @@ static int flamegraph_start(void *ctx, cn_component *self)
 }
 
 const cn_exporter_plugin cn_exporter_flamegraph = {
-    .type = "flamegraph",
-    .description = "Writes <directory>/<taskId>.svg: an interactive flame graph per task (hover, click to zoom, search).",
-    .ctx_size = sizeof(flamegraph_exporter),
-    .options = flamegraph_options,
-    .cb_check = cn_profile_file_exporter_check,
-    .cb_start = flamegraph_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "flamegraph",
+            .description = "Writes <directory>/<taskId>.svg: an interactive flame graph per task (hover, click to zoom, search).",
+            .ctx_size = sizeof(flamegraph_exporter),
+            .options = flamegraph_options,
+            .cb_check = cn_profile_file_exporter_check,
+            .cb_start = flamegraph_start,
+            .cb_destroy = cn_profile_file_exporter_destroy,
+        },
     .cb_export = cn_profile_file_exporter_export,
     .cb_tick = cn_profile_file_exporter_tick,
     .cb_flush = cn_profile_file_exporter_flush,
-    .cb_destroy = cn_profile_file_exporter_destroy,
 };

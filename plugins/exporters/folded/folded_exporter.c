@@ -31,14 +31,18 @@ static int folded_start(void *ctx, cn_component *self)
 }
 
 const cn_exporter_plugin cn_exporter_folded = {
-    .type = "folded",
-    .description = "Writes <directory>/<taskId>.folded: folded stacks (frame;frame;frame count) per task.",
-    .ctx_size = sizeof(folded_exporter),
-    .options = folded_options,
-    .cb_check = cn_profile_file_exporter_check,
-    .cb_start = folded_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "folded",
+            .description = "Writes <directory>/<taskId>.folded: folded stacks (frame;frame;frame count) per task.",
+            .ctx_size = sizeof(folded_exporter),
+            .options = folded_options,
+            .cb_check = cn_profile_file_exporter_check,
+            .cb_start = folded_start,
+            .cb_destroy = cn_profile_file_exporter_destroy,
+        },
     .cb_export = cn_profile_file_exporter_export,
     .cb_tick = cn_profile_file_exporter_tick,
     .cb_flush = cn_profile_file_exporter_flush,
-    .cb_destroy = cn_profile_file_exporter_destroy,
 };

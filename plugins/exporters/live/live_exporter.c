@@ -86,13 +86,17 @@ static void live_destroy(void *ctx)
 }
 
 const cn_exporter_plugin cn_exporter_live = {
-    .type = "live",
-    .description = "Keeps a call tree per task for the admin API: the task table, live flame graphs, folded "
-                   "stacks and pprof at /api/v1/tasks/<id>/..., and the web UI at /ui.",
-    .ctx_size = sizeof(live_exporter),
-    .options = live_options,
-    .cb_start = live_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "live",
+            .description = "Keeps a call tree per task for the admin API: the task table, live flame graphs, folded "
+                           "stacks and pprof at /api/v1/tasks/<id>/..., and the web UI at /ui.",
+            .ctx_size = sizeof(live_exporter),
+            .options = live_options,
+            .cb_start = live_start,
+            .cb_destroy = live_destroy,
+        },
     .cb_export = live_export,
     .cb_tick = live_tick,
-    .cb_destroy = live_destroy,
 };

@@ -31,14 +31,18 @@ static int pprof_start(void *ctx, cn_component *self)
 }
 
 const cn_exporter_plugin cn_exporter_pprof = {
-    .type = "pprof",
-    .description = "Writes <directory>/<taskId>.pb.gz: a gzipped pprof profile per task (go tool pprof).",
-    .ctx_size = sizeof(pprof_exporter),
-    .options = pprof_options,
-    .cb_check = cn_profile_file_exporter_check,
-    .cb_start = pprof_start,
+    .base =
+        {
+            .kind = CN_EXPORTER,
+            .type = "pprof",
+            .description = "Writes <directory>/<taskId>.pb.gz: a gzipped pprof profile per task (go tool pprof).",
+            .ctx_size = sizeof(pprof_exporter),
+            .options = pprof_options,
+            .cb_check = cn_profile_file_exporter_check,
+            .cb_start = pprof_start,
+            .cb_destroy = cn_profile_file_exporter_destroy,
+        },
     .cb_export = cn_profile_file_exporter_export,
     .cb_tick = cn_profile_file_exporter_tick,
     .cb_flush = cn_profile_file_exporter_flush,
-    .cb_destroy = cn_profile_file_exporter_destroy,
 };

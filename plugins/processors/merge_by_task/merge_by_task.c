@@ -22,6 +22,7 @@
 
 #include "canopy/dict.h"
 #include "canopy/lru.h"
+#include "canopy/seqset.h"
 #include "canopy/plugin.h"
 
 typedef struct pending_snap {
@@ -30,9 +31,7 @@ typedef struct pending_snap {
 } pending_snap;
 
 typedef struct merge_segment {
-    int64_t watermark;       /* every sequence below it was emitted */
-    int32_t *emitted_above;  /* sorted sequences >= watermark already emitted */
-    size_t n_above, cap_above;
+    cn_seqset emitted;       /* sequences already passed on */
     pending_snap *pending;
     size_t n_pending, cap_pending;
     bool unsorted;           /* pending arrived out of order */
@@ -104,7 +103,7 @@ static const cn_option merge_options[] = {
 static void segment_free(void *p)
 {
     merge_segment *s = p;
-    free(s->emitted_above);
+    cn_seqset_clear(&s->emitted);
     free(s->pending);
     free(s);
 }
@@ -200,56 +199,6 @@ static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, i
     return s;
 }
 
-static bool already_emitted(const merge_segment *s, int32_t seq)
-{
-    if (seq < s->watermark)
-        return true;
-    size_t lo = 0, hi = s->n_above;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (s->emitted_above[mid] < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < s->n_above && s->emitted_above[lo] == seq;
-}
-
-/* Records seq as emitted. Returns -1 when out of memory (duplicates of it may then pass). */
-static int mark_emitted(merge_segment *s, int32_t seq)
-{
-    if (seq == s->watermark) {
-        s->watermark++;
-        size_t absorbed = 0;
-        while (absorbed < s->n_above && s->emitted_above[absorbed] == s->watermark) {
-            s->watermark++;
-            absorbed++;
-        }
-        if (absorbed) {
-            memmove(s->emitted_above, s->emitted_above + absorbed, (s->n_above - absorbed) * sizeof(int32_t));
-            s->n_above -= absorbed;
-        }
-        return 0;
-    }
-    /* Emitted in order of sequence within a flush, so appends keep the array sorted,
-     * except after an out-of-order late arrival; insert in place then. */
-    if (s->n_above == s->cap_above) {
-        size_t cap = s->cap_above ? s->cap_above * 2 : 8;
-        int32_t *grown = realloc(s->emitted_above, cap * sizeof *grown);
-        if (!grown)
-            return -1;
-        s->emitted_above = grown;
-        s->cap_above = cap;
-    }
-    size_t pos = s->n_above;
-    while (pos > 0 && s->emitted_above[pos - 1] > seq)
-        pos--;
-    memmove(s->emitted_above + pos + 1, s->emitted_above + pos, (s->n_above - pos) * sizeof(int32_t));
-    s->emitted_above[pos] = seq;
-    s->n_above++;
-    return 0;
-}
-
 /* ---- flushing ------------------------------------------------------------------- */
 
 static int cmp_pending(const void *a, const void *b)
@@ -275,12 +224,12 @@ static void flush_task(merge_ctx *m, merge_task *t, bool final, int64_t now, cn_
             qsort(s->pending, s->n_pending, sizeof *s->pending, cmp_pending);
         for (size_t i = 0; i < s->n_pending; i++) {
             int32_t seq = s->pending[i].seq;
-            if (c && (already_emitted(s, seq) || (i > 0 && s->pending[i - 1].seq == seq))) {
+            if (c && (cn_seqset_has(&s->emitted, seq) || (i > 0 && s->pending[i - 1].seq == seq))) {
                 dups++; /* without a chunk every snapshot is counted once, as an out-of-memory drop */
                 continue;
             }
             if (c) {
-                mark_emitted(s, seq);
+                cn_seqset_add(&s->emitted, seq, 0); /* out of memory: a later duplicate may pass */
                 c->refs[c->n++] = s->pending[i].ref;
             }
         }
@@ -587,13 +536,17 @@ static void merge_destroy(void *ctx)
 }
 
 const cn_processor_plugin cn_processor_merge_by_task = {
-    .type = "merge_by_task",
-    .description = "Groups snapshots by task across agents, orders each segment by sequence, drops duplicates.",
-    .ctx_size = sizeof(merge_ctx),
-    .options = merge_options,
-    .cb_start = merge_start,
+    .base =
+        {
+            .kind = CN_PROCESSOR,
+            .type = "merge_by_task",
+            .description = "Groups snapshots by task across agents, orders each segment by sequence, drops duplicates.",
+            .ctx_size = sizeof(merge_ctx),
+            .options = merge_options,
+            .cb_start = merge_start,
+            .cb_destroy = merge_destroy,
+        },
     .cb_process = merge_process,
     .cb_tick = merge_tick,
     .cb_drain = merge_drain,
-    .cb_destroy = merge_destroy,
 };

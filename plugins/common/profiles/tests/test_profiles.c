@@ -144,7 +144,7 @@ static void sink_emit(cn_emitter *e, cn_chunk *c)
 {
     sink *s = (sink *)e;
     s->chunks++;
-    assert_int_equal(s->exporter->plugin.exporter->cb_export(s->exporter->ctx, c), CN_OK);
+    assert_int_equal(cn_exporter_of(s->exporter)->cb_export(s->exporter->ctx, c), CN_OK);
     cn_chunk_unref(c);
 }
 
@@ -166,21 +166,21 @@ static void test_merge_feeds_live_views(void **state)
             live = svc->components[i];
     assert_non_null(live);
     assert_null(svc->views);
-    assert_int_equal(merge->plugin.processor->cb_start(merge->ctx, merge), 0);
-    assert_int_equal(live->plugin.exporter->cb_start(live->ctx, live), 0);
+    assert_int_equal(merge->plugin->cb_start(merge->ctx, merge), 0);
+    assert_int_equal(live->plugin->cb_start(live->ctx, live), 0);
     /* The live exporter registered its views with this service's admin API, and only one may. */
     assert_non_null(svc->views);
     assert_int_equal(cn_component_serve_views(live, svc->views, svc->views_arg), -1);
     sink out = {.base.emit = sink_emit, .exporter = live};
     cn_batch *a = batch_of("1@h", 0, snaps_a, 4), *b = batch_of("2@h", 0, snaps_b, 2);
-    merge->plugin.processor->cb_process(merge->ctx, cn_chunk_from_batch(a), &out.base);
-    merge->plugin.processor->cb_process(merge->ctx, cn_chunk_from_batch(b), &out.base);
+    cn_processor_of(merge)->cb_process(merge->ctx, cn_chunk_from_batch(a), &out.base);
+    cn_processor_of(merge)->cb_process(merge->ctx, cn_chunk_from_batch(b), &out.base);
     cn_batch_unref(a);
     cn_batch_unref(b);
     cn_task_figures info;
     /* Nothing flushed yet: the exporter is fed at flush. */
     assert_int_equal(svc->views->figures(svc->views_arg, "t1", &info), CN_VIEW_NOT_FOUND);
-    merge->plugin.processor->cb_drain(merge->ctx, &out.base);
+    cn_processor_of(merge)->cb_drain(merge->ctx, &out.base);
     assert_int_equal(out.chunks, 2);
     assert_int_equal(svc->views->figures(svc->views_arg, "t1", &info), CN_VIEW_OK);
     assert_int_equal(info.snapshots, 5);

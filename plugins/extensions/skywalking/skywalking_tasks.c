@@ -1,5 +1,8 @@
 /*
- * Task source `tasks.skywalking`: proxies the OAP's profile tasks to agents.
+ * Extension `skywalking`, the task source under `tasks.skywalking`: proxies
+ * the OAP's profile tasks to agents. It talks to the OAPs of the skywalking
+ * exporter it names, with that exporter's TLS and token (the OAP client and
+ * its options are shared, plugins/common/skywalking).
  *
  * The OAP keeps a per-instance log of which instance was told about which
  * task, so canopy asks getProfileTaskCommands on behalf of each agent
@@ -18,7 +21,7 @@
 
 #include "canopy/dict.h"
 #include "skywalking/v3/profile.pb-c.h"
-#include "sw.h"
+#include "skywalking/sw_client.h"
 
 #define SW_METHOD_QUERY "/skywalking.v3.ProfileTask/getProfileTaskCommands"
 #define SW_METHOD_FINISH "/skywalking.v3.ProfileTask/reportTaskFinish"
@@ -82,11 +85,14 @@ typedef struct sw_poll {
     int64_t cursor;
 } sw_poll;
 
-struct sw_tasks {
-    sw_ctx *c;
+/* The extension's context. */
+typedef struct sw_tasks {
+    sw_tasks_opts opt;       /* first: the options table's offsets are the context's */
+    sw_client client;        /* the named exporter's endpoints, TLS and token */
+    bool client_applied;
+    sw_client *c;            /* &client */
+    cn_component *self;
     cn_task_registry *reg;
-    sw_tasks_opts opt;
-    bool opt_applied;
 
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -112,7 +118,7 @@ struct sw_tasks {
     cn_ratelimit rl_poll;
     cn_ratelimit rl_refused;
     cn_ratelimit rl_finish;
-};
+} sw_tasks;
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -327,7 +333,7 @@ static int call_with_failover(sw_tasks *t, const char *method, const ProtobufCMe
                               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                               sw_rpc_status *st, sw_endpoint **ep_out)
 {
-    sw_ctx *c = t->c;
+    sw_client *c = t->c;
     for (size_t i = 0; i < c->n_eps; i++) {
         sw_endpoint *ep = sw_pick_endpoint(c);
         *ep_out = ep;
@@ -544,6 +550,10 @@ static void *task_thread(void *arg)
             sw_instance *in = cn_dict_get(t->instances, polls[i].key);
             if (in && cursors && cursors[i] > in->cursor)
                 in->cursor = cursors[i];
+            /* poll_interval counts from the end of a call: a call slow to leave must not
+             * bring the next one closer than poll_interval at the OAP. */
+            if (in)
+                in->last_poll_ms = now;
             poll_clear(&polls[i]);
         }
         for (size_t i = 0; i < n_fins; i++) {
@@ -579,65 +589,32 @@ static void *task_thread(void *arg)
 
 /* ---- life cycle ----------------------------------------------------------- */
 
-int sw_tasks_check(const cn_node *cfg, cn_diag *d)
+/* The named exporter: a configured skywalking exporter, or an error at `exporter`. */
+static const cn_node *exporter_node(sw_tasks *t, cn_component *self, cn_diag *d)
 {
-    sw_tasks_opts opt;
-    memset(&opt, 0, sizeof opt);
-    int rc = cn_options_apply(sw_tasks_options, &opt, cfg, d);
-    cn_options_free(sw_tasks_options, &opt);
-    return rc == 0 ? 0 : -1;
+    const cn_node *node = NULL;
+    const char *type = NULL;
+    if (!cn_component_peer(self, CN_EXPORTER, t->opt.exporter, &node, &type) || strcmp(type, "skywalking") != 0) {
+        if (d) {
+            const cn_node *at = cn_options_node(cn_component_node(self), "exporter");
+            cn_diag_error(d, at ? at : cn_component_node(self),
+                          "tasks::skywalking: references exporter \"%s\" which is not a configured skywalking "
+                          "exporter",
+                          t->opt.exporter);
+        }
+        return NULL;
+    }
+    return node;
 }
 
-int sw_tasks_start(sw_ctx *c, const cn_node *cfg, cn_task_registry *reg, cn_diag *d)
+static int tasks_check(void *ctx, cn_component *self, cn_diag *d)
 {
-    if (c->tasks) {
-        cn_diag_error(d, cfg, "exporter %s already serves as a task source", c->id ? c->id : "skywalking");
-        return -1;
-    }
-    if (!c->cq) {
-        cn_diag_error(d, cfg, "exporter %s is not started; it cannot serve as a task source",
-                      c->id ? c->id : "skywalking");
-        return -1;
-    }
-    sw_tasks *t = calloc(1, sizeof *t);
-    if (!t) {
-        cn_diag_error(d, cfg, "out of memory");
-        return -1;
-    }
-    c->tasks = t; /* from here on sw_tasks_free cleans up whatever exists */
-    t->c = c;
-    t->reg = reg;
-    t->opt_applied = true;
-    if (cn_options_apply(sw_tasks_options, &t->opt, cfg, d) != 0)
-        return -1;
-    t->fq = calloc((size_t)t->opt.finish_queue_size, sizeof *t->fq);
-    t->instances = cn_dict_new(64);
-    if (!t->fq || !t->instances) {
-        cn_diag_error(d, cfg, "out of memory");
-        return -1;
-    }
-    if (pthread_mutex_init(&t->lock, NULL) != 0) {
-        cn_diag_error(d, cfg, "cannot create a mutex");
-        return -1;
-    }
-    t->lock_ok = true;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&t->cond, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0) {
-        cn_diag_error(d, cfg, "cannot create a condition variable");
-        return -1;
-    }
-    t->cond_ok = true;
-    t->slot.lock = &t->lock;
-    t->seed = (unsigned)cn_mono_ns() | 1u;
-    t->rl_poll.interval_ms = 30000;
-    t->rl_refused.interval_ms = 60000;
-    t->rl_finish.interval_ms = 10000;
+    return exporter_node(ctx, self, d) ? 0 : -1;
+}
 
-    const char *l = cn_component_labels(c->self);
+static void make_metrics(sw_tasks *t)
+{
+    const char *l = cn_component_labels(t->self);
     t->m_polls = cn_counter("canopy_skywalking_task_polls_total",
                             "getProfileTaskCommands calls made on behalf of agent instances", l);
     t->m_poll_errors = cn_counter("canopy_skywalking_task_poll_errors_total",
@@ -654,31 +631,85 @@ int sw_tasks_start(sw_ctx *c, const cn_node *cfg, cn_task_registry *reg, cn_diag
                                      "Finish report attempts that failed transiently", l);
     t->m_finish_dropped = cn_counter("canopy_skywalking_finish_reports_dropped_total",
                                      "Finish reports dropped (queue full, refused, or retried too long)", l);
+}
+
+/* The exporter's client settings, as its own check already accepted them. */
+static int apply_client(sw_tasks *t, const cn_node *node)
+{
+    cn_node view;
+    if (cn_node_view(&view, node, sw_client_options, true) != 0)
+        return -1;
+    cn_diag scratch = {0};
+    t->client_applied = true;
+    int rc = cn_options_apply(sw_client_options, &t->client, &view, &scratch);
+    cn_diag_free(&scratch);
+    cn_node_view_free(&view);
+    return rc;
+}
+
+static int tasks_start(void *ctx, cn_component *self)
+{
+    sw_tasks *t = ctx;
+    const char *id = cn_component_id(self);
+    t->self = self;
+    t->c = &t->client;
+    t->reg = cn_component_tasks(self);
+    const cn_node *node = exporter_node(t, self, NULL);
+    if (!node || apply_client(t, node) != 0 || sw_client_setup(&t->client, id, node) != 0) {
+        cn_error(id, "cannot set up the client of exporter %s's OAPs", t->opt.exporter);
+        return -1;
+    }
+    t->fq = calloc((size_t)t->opt.finish_queue_size, sizeof *t->fq);
+    t->instances = cn_dict_new(64);
+    if (!t->fq || !t->instances || pthread_mutex_init(&t->lock, NULL) != 0) {
+        cn_error(id, "out of memory");
+        return -1;
+    }
+    t->lock_ok = true;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&t->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) {
+        cn_error(id, "cannot create a condition variable");
+        return -1;
+    }
+    t->cond_ok = true;
+    t->slot.lock = &t->lock;
+    t->seed = (unsigned)cn_mono_ns() | 1u;
+    t->rl_poll.interval_ms = 30000;
+    t->rl_refused.interval_ms = 60000;
+    t->rl_finish.interval_ms = 10000;
+    make_metrics(t);
 
     cn_task_listener listener = {.arg = t, .on_query = on_query, .on_finish = on_finish};
-    if (cn_tasks_listen(reg, &listener) != 0) {
-        cn_diag_error(d, cfg, "cannot listen to the task registry");
+    if (cn_tasks_listen(t->reg, &listener) != 0) {
+        cn_error(id, "cannot listen to the task registry");
         return -1;
     }
     if (pthread_create(&t->thread, NULL, task_thread, t) != 0) {
-        cn_diag_error(d, cfg, "cannot start the task source thread");
-        /* The listener stays registered; stop makes it inert. */
+        cn_error(id, "cannot start the task source thread");
         pthread_mutex_lock(&t->lock);
         t->stop = true;
         pthread_mutex_unlock(&t->lock);
         return -1;
     }
     t->thread_ok = true;
-    cn_info(c->id, "task source: proxying the OAP's profile tasks, polling at most every %lld ms per agent instance",
-            (long long)t->opt.poll_interval_ms);
+    cn_info(id, "task source: proxying the profile tasks of exporter %s's OAPs, polling at most every %lld ms per "
+                "agent instance",
+            t->opt.exporter, (long long)t->opt.poll_interval_ms);
     return 0;
 }
 
-void sw_tasks_stop(sw_ctx *c)
+static void tasks_stop(void *ctx)
 {
-    sw_tasks *t = c->tasks;
-    if (!t || !t->lock_ok)
+    sw_tasks *t = ctx;
+    if (!t->lock_ok)
         return;
+    /* A reload keeps the registry: our callbacks must not outlive this context. */
+    if (t->reg)
+        cn_tasks_unlisten(t->reg, t);
     pthread_mutex_lock(&t->lock);
     t->stop = true;
     /* Cut short a call to a hung OAP instead of waiting out its deadline. */
@@ -694,19 +725,16 @@ void sw_tasks_stop(sw_ctx *c)
         t->thread_ok = false;
     }
     if (pending) {
-        cn_warn(c->id, "task source: %zu finish report%s not delivered to the OAP before shutdown",
+        cn_warn(cn_component_id(t->self), "task source: %zu finish report%s not delivered to the OAP before shutdown",
                 pending, pending == 1 ? "" : "s");
         cn_metric_add(t->m_finish_dropped, (int64_t)pending);
     }
 }
 
-void sw_tasks_free(sw_ctx *c)
+static void tasks_destroy(void *ctx)
 {
-    sw_tasks *t = c->tasks;
-    if (!t)
-        return;
-    if (t->thread_ok)
-        sw_tasks_stop(c);
+    sw_tasks *t = ctx;
+    tasks_stop(t);
     if (t->instances)
         cn_dict_free(t->instances, instance_free);
     if (t->fq) {
@@ -718,8 +746,19 @@ void sw_tasks_free(sw_ctx *c)
         pthread_cond_destroy(&t->cond);
     if (t->lock_ok)
         pthread_mutex_destroy(&t->lock);
-    if (t->opt_applied)
-        cn_options_free(sw_tasks_options, &t->opt);
-    free(t);
-    c->tasks = NULL;
+    /* The options of the context itself are freed by the core. */
+    sw_client_teardown(&t->client, t->client_applied ? sw_client_options : NULL);
 }
+
+const cn_plugin cn_extension_skywalking = {
+    .kind = CN_EXTENSION,
+    .type = "skywalking",
+    .description = "Task source: proxies a SkyWalking OAP's profile tasks to the agents, through the OAPs, TLS "
+                   "and token of the skywalking exporter it names.",
+    .ctx_size = sizeof(sw_tasks),
+    .options = sw_tasks_options,
+    .cb_check = tasks_check,
+    .cb_start = tasks_start,
+    .cb_stop = tasks_stop,
+    .cb_destroy = tasks_destroy,
+};

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "canopy/dict.h"
-#include "json_cache.h"
+#include "jsonl/json_cache.h"
 
 typedef struct batch_slot {
     const cn_batch *batch;

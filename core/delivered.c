@@ -9,29 +9,28 @@
 #include "canopy/common.h"
 #include "canopy/dict.h"
 #include "canopy/log.h"
-#include "hwm.h"
+#include "canopy/seqset.h"
+#include "delivered.h"
 #include "spool.h"
 
 /* Marks untouched this long are forgotten (log and memory) when the log is
  * compacted: a replay only ever covers the last few minutes of data. */
-#define HWM_KEEP_MS (3600 * 1000)
+#define DELIVERED_KEEP_MS (3600 * 1000)
 /* Compaction runs when the log doubles past its size after the last one (at
  * least 8 MiB), and every 10 minutes so old marks leave memory. */
-#define HWM_COMPACT_BYTES (8u << 20)
-#define HWM_COMPACT_EVERY_MS (600 * 1000)
+#define DELIVERED_COMPACT_BYTES (8u << 20)
+#define DELIVERED_COMPACT_EVERY_MS (600 * 1000)
 /* Sequences remembered above a segment's watermark; a gap that never fills
  * would otherwise grow the set for ever. */
-#define HWM_MAX_ABOVE 65536
+#define DELIVERED_MAX_ABOVE 65536
 
 typedef struct mark {
-    uint64_t until;    /* spool position past which the mark protects nothing */
-    int32_t watermark; /* every sequence below it was delivered */
-    int32_t *above;    /* sorted, delivered sequences > watermark */
-    uint32_t n_above, cap_above;
+    cn_delivery_pos until; /* positions past which the mark protects nothing */
+    cn_seqset delivered;
     int64_t updated_ms;
 } mark;
 
-struct cn_hwm {
+struct cn_delivered {
     char *path;
     char *name;
     int fd;
@@ -43,7 +42,7 @@ struct cn_hwm {
     cn_ratelimit log;
     uint64_t compact_at;      /* log size that triggers the next compaction */
     int64_t last_compact_ms;
-    uint64_t until;           /* `until` given to marks added now */
+    cn_delivery_pos until;    /* `until` given to marks added now */
 };
 
 /* ---- delivered sets ---------------------------------------------------------- */
@@ -51,62 +50,11 @@ struct cn_hwm {
 static void mark_free(void *p)
 {
     mark *m = p;
-    free(m->above);
+    cn_seqset_clear(&m->delivered);
     free(m);
 }
 
-static bool mark_has(const mark *m, int32_t seq)
-{
-    if (seq < m->watermark)
-        return true;
-    uint32_t lo = 0, hi = m->n_above;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (m->above[mid] < seq)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < m->n_above && m->above[lo] == seq;
-}
-
-static int mark_add(mark *m, int32_t seq)
-{
-    if (mark_has(m, seq))
-        return 0;
-    if (seq == m->watermark) {
-        m->watermark++;
-        uint32_t absorbed = 0;
-        while (absorbed < m->n_above && m->above[absorbed] == m->watermark) {
-            m->watermark++;
-            absorbed++;
-        }
-        if (absorbed) {
-            memmove(m->above, m->above + absorbed, (m->n_above - absorbed) * sizeof *m->above);
-            m->n_above -= absorbed;
-        }
-        return 0;
-    }
-    if (m->n_above >= HWM_MAX_ABOVE)
-        return -1;
-    if (m->n_above == m->cap_above) {
-        uint32_t cap = m->cap_above ? m->cap_above * 2 : 8;
-        int32_t *grown = realloc(m->above, cap * sizeof *grown);
-        if (!grown)
-            return -1;
-        m->above = grown;
-        m->cap_above = cap;
-    }
-    uint32_t pos = m->n_above;
-    while (pos > 0 && m->above[pos - 1] > seq)
-        pos--;
-    memmove(m->above + pos + 1, m->above + pos, (m->n_above - pos) * sizeof *m->above);
-    m->above[pos] = seq;
-    m->n_above++;
-    return 0;
-}
-
-static mark *mark_get(cn_hwm *h, const char *key, bool create)
+static mark *mark_get(cn_delivered *h, const char *key, bool create)
 {
     mark *m = cn_dict_get(h->marks, key);
     if (m || !create)
@@ -118,16 +66,18 @@ static mark *mark_get(cn_hwm *h, const char *key, bool create)
     return m;
 }
 
-static void add_range(cn_hwm *h, const char *key, int32_t first, int32_t last, int64_t now)
+static void add_range(cn_delivered *h, const char *key, int32_t first, int32_t last, int64_t now)
 {
     mark *m = mark_get(h, key, true);
     if (!m)
         return;
     m->updated_ms = now;
-    if (h->until > m->until)
-        m->until = h->until;
+    if (h->until.spool > m->until.spool)
+        m->until.spool = h->until.spool;
+    if (h->until.intake > m->until.intake)
+        m->until.intake = h->until.intake;
     for (int32_t q = first; q <= last && q >= first; q++)
-        if (mark_add(m, q) != 0) {
+        if (cn_seqset_add(&m->delivered, q, DELIVERED_MAX_ABOVE) != 0) {
             cn_log_limited(&h->log, CN_LOG_WARN, h->name,
                            "delivery log: segment %s has too many sequences out of order; a replay after a crash "
                            "may repeat some of them",
@@ -138,7 +88,7 @@ static void add_range(cn_hwm *h, const char *key, int32_t first, int32_t last, i
 
 /* ---- the log: records (u32 length, u32 crc, key bytes, int32 first, int32 last) ---- */
 
-static int buf_add(cn_hwm *h, const void *p, size_t n)
+static int buf_add(cn_delivered *h, const void *p, size_t n)
 {
     if (h->buf_len + n > h->buf_cap) {
         size_t cap = h->buf_cap ? h->buf_cap * 2 : 4096;
@@ -155,7 +105,7 @@ static int buf_add(cn_hwm *h, const void *p, size_t n)
     return 0;
 }
 
-static int log_range(cn_hwm *h, const char *key, int32_t first, int32_t last)
+static int log_range(cn_delivered *h, const char *key, int32_t first, int32_t last)
 {
     size_t klen = strlen(key);
     char payload[1024];
@@ -168,7 +118,7 @@ static int log_range(cn_hwm *h, const char *key, int32_t first, int32_t last)
     return buf_add(h, &len, 4) | buf_add(h, &crc, 4) | buf_add(h, payload, len);
 }
 
-static void load(cn_hwm *h)
+static void load(cn_delivered *h)
 {
     struct stat st;
     if (fstat(h->fd, &st) != 0)
@@ -198,9 +148,9 @@ static void load(cn_hwm *h)
     h->log_bytes = off;
 }
 
-cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name, uint64_t replay_end)
+cn_delivered *cn_delivered_open(const char *path, bool fsync_each, const char *name, cn_delivery_pos replay_end)
 {
-    cn_hwm *h = calloc(1, sizeof *h);
+    cn_delivered *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
     h->path = strdup(path);
@@ -208,20 +158,20 @@ cn_hwm *cn_hwm_open(const char *path, bool fsync_each, const char *name, uint64_
     h->fsync_each = fsync_each;
     h->marks = cn_dict_new(1024);
     h->log.interval_ms = 10000;
-    h->compact_at = HWM_COMPACT_BYTES;
+    h->compact_at = DELIVERED_COMPACT_BYTES;
     h->last_compact_ms = cn_now_ms();
     h->until = replay_end;
     h->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (!h->path || !h->name || !h->marks || h->fd < 0) {
         cn_error(name, "cannot open %s: %s", path, strerror(errno));
-        cn_hwm_close(h);
+        cn_delivered_close(h);
         return NULL;
     }
     load(h);
     return h;
 }
 
-void cn_hwm_close(cn_hwm *h)
+void cn_delivered_close(cn_delivered *h)
 {
     if (!h)
         return;
@@ -239,19 +189,27 @@ static void make_key(const cn_snap_ref *r, char *key, size_t len)
     snprintf(key, len, "%s\x1f%s", cn_ref_task(r), cn_ref_segment(r));
 }
 
-size_t cn_hwm_filter(cn_hwm *h, cn_chunk *chunk)
+size_t cn_delivered_filter(cn_delivered *h, cn_chunk *chunk)
 {
     size_t kept = 0, dropped = 0;
     char key[1024];
+    const mark *m = NULL;
+    const char *task = NULL, *segment = NULL;
+    /* Every ref is checked, not only replayed ones: an agent's resend of a batch
+     * that was delivered just before a crash (its ack lost) comes back as new
+     * data. Refs come grouped by segment, so a lookup serves a whole run. */
     for (size_t i = 0; i < chunk->n; i++) {
         const cn_snap_ref *r = &chunk->refs[i];
-        if (r->batch->replayed) {
+        const char *t = cn_ref_task(r), *sg = cn_ref_segment(r);
+        if (!segment || (sg != segment && strcmp(sg, segment) != 0) || (t != task && strcmp(t, task) != 0)) {
             make_key(r, key, sizeof key);
-            const mark *m = mark_get(h, key, false);
-            if (m && mark_has(m, r->snap->sequence)) {
-                dropped++;
-                continue;
-            }
+            m = mark_get(h, key, false);
+            task = t;
+            segment = sg;
+        }
+        if (m && cn_seqset_has(&m->delivered, r->snap->sequence)) {
+            dropped++;
+            continue;
         }
         chunk->refs[kept++] = *r;
     }
@@ -261,7 +219,7 @@ size_t cn_hwm_filter(cn_hwm *h, cn_chunk *chunk)
 
 /* Removes (and frees) the marks `gone` picks. Keys are collected first: the
  * dict must not change while it is iterated. */
-static void forget_marks(cn_hwm *h, bool (*gone)(const mark *, const void *), const void *arg)
+static void forget_marks(cn_delivered *h, bool (*gone)(const mark *, const void *), const void *arg)
 {
     size_t pos = 0, n = 0, cap = 0;
     const char *key;
@@ -288,14 +246,18 @@ static void forget_marks(cn_hwm *h, bool (*gone)(const mark *, const void *), co
     free(keys);
 }
 
-/* Untouched for HWM_KEEP_MS. */
-static bool mark_stale(const mark *m, const void *now) { return *(const int64_t *)now - m->updated_ms >= HWM_KEEP_MS; }
+/* Untouched for DELIVERED_KEEP_MS. */
+static bool mark_stale(const mark *m, const void *now) { return *(const int64_t *)now - m->updated_ms >= DELIVERED_KEEP_MS; }
 
 /* Every record holding it is below the saved cursor: never replayed. */
-static bool mark_passed(const mark *m, const void *cursor) { return m->until <= *(const uint64_t *)cursor; }
+static bool mark_passed(const mark *m, const void *cursor)
+{
+    const cn_delivery_pos *c = cursor;
+    return m->until.spool <= c->spool && m->until.intake <= c->intake;
+}
 
 /* Rewrites the log from memory, forgetting marks untouched for an hour. */
-static void compact(cn_hwm *h, int64_t now)
+static void compact(cn_delivered *h, int64_t now)
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", h->path);
@@ -308,9 +270,10 @@ static void compact(cn_hwm *h, int64_t now)
     void *value;
     while (cn_dict_next(h->marks, &pos, &key, &value)) {
         const mark *m = value;
-        int rc = m->watermark > 0 ? log_range(h, key, 0, m->watermark - 1) : 0;
-        for (uint32_t i = 0; i < m->n_above && rc == 0; i++)
-            rc = log_range(h, key, m->above[i], m->above[i]);
+        const cn_seqset *d = &m->delivered;
+        int rc = d->watermark > 0 ? log_range(h, key, 0, d->watermark - 1) : 0;
+        for (uint32_t i = 0; i < d->n_above && rc == 0; i++)
+            rc = log_range(h, key, d->above[i], d->above[i]);
         if (rc != 0)
             return;
     }
@@ -328,13 +291,13 @@ static void compact(cn_hwm *h, int64_t now)
     }
     h->buf_len = 0;
     /* Live marks alone may exceed the base threshold: wait for the log to double. */
-    h->compact_at = h->log_bytes * 2 > HWM_COMPACT_BYTES ? h->log_bytes * 2 : HWM_COMPACT_BYTES;
+    h->compact_at = h->log_bytes * 2 > DELIVERED_COMPACT_BYTES ? h->log_bytes * 2 : DELIVERED_COMPACT_BYTES;
 }
 
-void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk, uint64_t read_pos)
+void cn_delivered_commit(cn_delivered *h, const cn_chunk *chunk, cn_delivery_pos until)
 {
     int64_t now = cn_now_ms();
-    h->until = read_pos;
+    h->until = until;
     char key[1024];
     h->buf_len = 0;
     /* merge_by_task hands refs on grouped by segment and ascending: log runs as ranges. */
@@ -360,15 +323,15 @@ void cn_hwm_commit(cn_hwm *h, const cn_chunk *chunk, uint64_t read_pos)
             fdatasync(h->fd);
     }
     h->buf_len = 0;
-    if (h->log_bytes > h->compact_at || now - h->last_compact_ms > HWM_COMPACT_EVERY_MS)
+    if (h->log_bytes > h->compact_at || now - h->last_compact_ms > DELIVERED_COMPACT_EVERY_MS)
         compact(h, now);
 }
 
-void cn_hwm_seed(cn_hwm *h, const char *task, const char *segment, int32_t seq)
+void cn_delivered_seed(cn_delivered *h, const char *task, const char *segment, int32_t seq)
 {
     char key[1024];
     snprintf(key, sizeof key, "%s\x1f%s", task, segment);
     add_range(h, key, seq, seq, cn_now_ms());
 }
 
-void cn_hwm_prune(cn_hwm *h, uint64_t cursor) { forget_marks(h, mark_passed, &cursor); }
+void cn_delivered_prune(cn_delivered *h, cn_delivery_pos saved) { forget_marks(h, mark_passed, &saved); }

@@ -3,8 +3,8 @@
  * a few hundred distinct strings (code signatures above all), so each string
  * is encoded by jansson once per chunk, not once per line.
  */
-#ifndef CANOPY_FILE_JSON_CACHE_H
-#define CANOPY_FILE_JSON_CACHE_H
+#ifndef CN_COMMON_JSON_CACHE_H
+#define CN_COMMON_JSON_CACHE_H
 
 #include <stddef.h>
 

@@ -1,15 +1,19 @@
 /*
- * Calls to the OAP on the gRPC C core: one channel per configured endpoint,
- * shared by every call so the OAP sees one connection per address from this
- * collector, and one pluck completion queue per exporter context.
+ * The SkyWalking OAP client (sw_client.h) on the gRPC C core: one channel per
+ * configured endpoint, shared by every call of the client, and one pluck
+ * completion queue per client. Channels to the same target with the same
+ * settings share gRPC's subchannels, so the exporter's and the task source's
+ * calls reach an OAP over one connection.
  *
  * No generated gRPC stubs exist for C, so calls are made by hand: the method
  * path as a slice, messages packed with protobuf-c into byte buffers.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -17,8 +21,9 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "pem.h"
 #include "skywalking/v3/profile.pb-c.h"
-#include "sw.h"
+#include "skywalking/sw_client.h"
 
 #define SW_METHOD_COLLECT "/skywalking.v3.ProfileTask/collectSnapshot"
 
@@ -68,49 +73,14 @@ bool sw_status_retryable(const sw_rpc_status *st)
 
 static char *read_pem(const char *path, const char *what)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        cn_error(SW_LOG, "cannot open tls.%s %s: %s", what, path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
-        if (cap - len - 1 == 0) {
-            if (cap >= (16u << 20)) {
-                cn_error(SW_LOG, "tls.%s %s is larger than 16 MiB; not a PEM file?", what, path);
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    if (buf && ferror(f)) {
-        cn_error(SW_LOG, "cannot read tls.%s %s: %s", what, path, strerror(errno));
-        free(buf);
-        buf = NULL;
-    } else if (buf) {
-        buf[len] = '\0';
-    } else if (!ferror(f)) {
-        cn_error(SW_LOG, "out of memory reading tls.%s %s", what, path);
-    }
-    fclose(f);
-    return buf;
+    char *text = cn_pem_read(path, NULL);
+    if (!text)
+        cn_error(SW_LOG, "cannot read tls.%s %s: %s", what, path,
+                 errno == EINVAL ? "not a regular file" : strerror(errno));
+    return text;
 }
 
-static int make_credentials(sw_ctx *c)
+static int make_credentials(sw_client *c)
 {
     if (!c->tls_enabled) {
         c->creds = grpc_insecure_credentials_create();
@@ -135,15 +105,11 @@ static int make_credentials(sw_ctx *c)
 out:
     free(ca);
     free(cert);
-    if (key) {
-        /* A private key should not linger in freed heap memory. */
-        memset(key, 0, strlen(key));
-        free(key);
-    }
+    cn_pem_free_secret(key); /* a private key should not linger in freed heap memory */
     return rc;
 }
 
-int sw_grpc_setup(sw_ctx *c)
+static int grpc_setup(sw_client *c)
 {
     grpc_init();
     c->grpc_started = true;
@@ -194,7 +160,7 @@ int sw_grpc_setup(sw_ctx *c)
     return 0;
 }
 
-void sw_grpc_teardown(sw_ctx *c)
+void sw_client_teardown(sw_client *c, const cn_option *options)
 {
     for (size_t i = 0; c->eps && i < c->n_eps; i++) {
         if (c->eps[i].channel) {
@@ -217,11 +183,19 @@ void sw_grpc_teardown(sw_ctx *c)
         grpc_shutdown();
         c->grpc_started = false;
     }
+    free(c->eps);
+    c->eps = NULL;
+    if (c->ep_lock_ok) {
+        pthread_mutex_destroy(&c->ep_lock);
+        c->ep_lock_ok = false;
+    }
+    if (options)
+        cn_options_free(options, c);
 }
 
 /* ---- endpoint choice ------------------------------------------------------ */
 
-sw_endpoint *sw_pick_endpoint(sw_ctx *c)
+sw_endpoint *sw_pick_endpoint(sw_client *c)
 {
     pthread_mutex_lock(&c->ep_lock);
     int64_t now = cn_mono_ms();
@@ -253,7 +227,7 @@ sw_endpoint *sw_pick_endpoint(sw_ctx *c)
     return &c->eps[chosen];
 }
 
-void sw_endpoint_result(sw_ctx *c, sw_endpoint *ep, const sw_rpc_status *st)
+void sw_endpoint_result(sw_client *c, sw_endpoint *ep, const sw_rpc_status *st)
 {
     int prev_fails;
     pthread_mutex_lock(&c->ep_lock);
@@ -282,7 +256,7 @@ void sw_endpoint_result(sw_ctx *c, sw_endpoint *ep, const sw_rpc_status *st)
 /* ---- one call ------------------------------------------------------------- */
 
 typedef struct sw_call {
-    sw_ctx *c;
+    sw_client *c;
     grpc_call *call;
     grpc_metadata md[1];
     size_t n_md;
@@ -311,7 +285,7 @@ static void set_status(sw_rpc_status *st, grpc_status_code code, const char *det
     snprintf(st->detail, sizeof st->detail, "%s", detail ? detail : "");
 }
 
-static int call_begin(sw_ctx *c, sw_endpoint *ep, const char *method, sw_call *k, sw_cancel_slot *slot)
+static int call_begin(sw_client *c, sw_endpoint *ep, const char *method, sw_call *k, sw_cancel_slot *slot)
 {
     memset(k, 0, sizeof *k);
     k->c = c;
@@ -429,7 +403,7 @@ static ProtobufCMessage *unpack_reply(grpc_byte_buffer *bb, const ProtobufCMessa
     return m;
 }
 
-int sw_unary(sw_ctx *c, sw_endpoint *ep, const char *method, const ProtobufCMessage *req,
+int sw_unary(sw_client *c, sw_endpoint *ep, const char *method, const ProtobufCMessage *req,
              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, sw_cancel_slot *slot,
              sw_rpc_status *st)
 {
@@ -484,38 +458,24 @@ int sw_unary(sw_ctx *c, sw_endpoint *ep, const char *method, const ProtobufCMess
 
 /* ---- collectSnapshot ------------------------------------------------------ */
 
-static grpc_byte_buffer *encode_snapshot(sw_ctx *c, const cn_snap_ref *r)
+static grpc_byte_buffer *encode_snapshot(cn_sw_snapshot_encoder *enc, const cn_snap_ref *r)
 {
-    const cn_snapshot *s = r->snap;
-    if (s->n_frames > c->sig_cap) {
-        size_t cap = c->sig_cap ? c->sig_cap : 64;
-        while (cap < s->n_frames)
-            cap *= 2;
-        char **v = realloc(c->sig_scratch, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        c->sig_scratch = v;
-        c->sig_cap = cap;
-    }
-    /* protobuf-c wants char *; the strings are only read while packing. */
-    for (size_t i = 0; i < s->n_frames; i++)
-        c->sig_scratch[i] = (char *)cn_ref_frame(r, i);
-    Skywalking__V3__ThreadStack stack = SKYWALKING__V3__THREAD_STACK__INIT;
-    stack.n_codesignatures = s->n_frames;
-    stack.codesignatures = c->sig_scratch;
-    Skywalking__V3__ThreadSnapshot m = SKYWALKING__V3__THREAD_SNAPSHOT__INIT;
-    m.taskid = (char *)cn_ref_task(r);
-    m.tracesegmentid = (char *)cn_ref_segment(r);
-    m.time = s->time_ms;
-    m.sequence = s->sequence;
-    m.stack = &stack;
-    return pack_message(&m.base);
+    size_t len = cn_sw_snapshot_prepare(enc, r);
+    if (len == 0)
+        return NULL;
+    /* grpc_slice_malloc aborts rather than return NULL, as all gpr allocations do. */
+    grpc_slice s = grpc_slice_malloc(len);
+    cn_sw_snapshot_pack(enc, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
 }
 
-int sw_collect_snapshots(sw_ctx *c, sw_endpoint *ep, const cn_snap_ref *refs, size_t n, sw_rpc_status *st)
+int sw_collect_snapshots(sw_client *c, sw_endpoint *ep, cn_sw_snapshot_encoder *enc, sw_cancel_slot *slot,
+                         const cn_snap_ref *refs, size_t n, sw_rpc_status *st)
 {
     sw_call k;
-    if (call_begin(c, ep, SW_METHOD_COLLECT, &k, c->export_slot) != 0) {
+    if (call_begin(c, ep, SW_METHOD_COLLECT, &k, slot) != 0) {
         call_end(&k, st);
         set_status(st, GRPC_STATUS_INTERNAL, "cannot create a gRPC call");
         return -1;
@@ -527,7 +487,7 @@ int sw_collect_snapshots(sw_ctx *c, sw_endpoint *ep, const cn_snap_ref *refs, si
     /* Out of memory is worth a retry; gRPC refusing an operation is a bug. */
     grpc_status_code local_code = GRPC_STATUS_RESOURCE_EXHAUSTED;
 
-    cur = encode_snapshot(c, &refs[0]);
+    cur = encode_snapshot(enc, &refs[0]);
     if (!cur) {
         local_err = "out of memory encoding a snapshot";
         goto cancel;
@@ -563,7 +523,7 @@ int sw_collect_snapshots(sw_ctx *c, sw_endpoint *ep, const cn_snap_ref *refs, si
         }
         /* Encode the next snapshot while this one is on its way. */
         if (i + 1 < n) {
-            next = encode_snapshot(c, &refs[i + 1]);
+            next = encode_snapshot(enc, &refs[i + 1]);
         }
         ok = call_wait(&k, &k.tag_send) != 0;
         grpc_byte_buffer_destroy(cur);
@@ -599,4 +559,115 @@ cancel:
     call_end(&k, st);
     set_status(st, local_code, local_err);
     return -1;
+}
+
+/* ---- options, check, setup ------------------------------------------------ */
+
+const cn_option sw_client_tls_options[] = {
+    {.type = CN_OPT_STR, .name = "ca_file", .offset = offsetof(sw_tls_opts, ca_file),
+     .description = "PEM file with the CA certificates that sign the OAP's certificate; "
+                    "the system's roots when unset"},
+    {.type = CN_OPT_STR, .name = "cert_file", .offset = offsetof(sw_tls_opts, cert_file),
+     .description = "PEM client certificate chain, for OAPs that require mutual TLS (with key_file)"},
+    {.type = CN_OPT_STR, .name = "key_file", .offset = offsetof(sw_tls_opts, key_file),
+     .description = "PEM private key of cert_file"},
+    {.type = CN_OPT_STR, .name = "server_name", .offset = offsetof(sw_tls_opts, server_name),
+     .description = "Name to verify the OAP's certificate against, when it differs from the "
+                    "endpoint's host"},
+    CN_OPT_END,
+};
+
+const cn_option sw_client_options[] = {SW_CLIENT_OPTIONS, CN_OPT_END};
+
+/* host:port, [v6]:port, or a gRPC target URI such as dns:///oap:11800. */
+static const char *endpoint_problem(const char *ep)
+{
+    if (!ep || !ep[0])
+        return "is empty";
+    if (strstr(ep, ":///") || strncmp(ep, "unix:", 5) == 0 || strncmp(ep, "ipv4:", 5) == 0 ||
+        strncmp(ep, "ipv6:", 5) == 0)
+        return NULL;
+    const char *colon = strrchr(ep, ':');
+    if (!colon || colon == ep)
+        return "is not host:port (the OAP's gRPC port is usually 11800)";
+    if (ep[0] == '[' && colon[-1] != ']')
+        return "is not [ipv6]:port";
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || port < 1 || port > 65535)
+        return "has no valid port (1..65535)";
+    for (const char *p = ep; p < colon; p++) {
+        if (isspace((unsigned char)*p))
+            return "contains white space";
+    }
+    return NULL;
+}
+
+static void check_file(cn_diag *d, const cn_node *tls_node, const char *key, const char *path)
+{
+    if (path && access(path, R_OK) != 0) {
+        const cn_node *at = cn_options_node(tls_node, key);
+        cn_diag_error(d, at ? at : tls_node, "tls.%s: cannot read %s", key, path);
+    }
+}
+
+int sw_client_check(const sw_client *c, const cn_node *node, const char *owner, cn_diag *d)
+{
+    size_t before = d->n_errors;
+    const cn_node *eps_node = cn_options_node(node, "endpoints");
+    if (c->endpoints.n == 0)
+        cn_diag_error(d, eps_node ? eps_node : node, "%s: endpoints lists no OAP address", owner);
+    for (size_t i = 0; i < c->endpoints.n; i++) {
+        const char *why = endpoint_problem(c->endpoints.v[i]);
+        if (why) {
+            const cn_node *at = eps_node;
+            if (eps_node && eps_node->kind == CN_NODE_SEQ && i < eps_node->n)
+                at = eps_node->items[i];
+            cn_diag_error(d, at ? at : node, "endpoint \"%s\" %s", c->endpoints.v[i], why);
+        }
+    }
+    if (c->authentication) {
+        for (const char *p = c->authentication; *p; p++) {
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f) {
+                const cn_node *at = cn_options_node(node, "authentication");
+                cn_diag_error(d, at ? at : node, "authentication contains a control character, "
+                                                 "which gRPC metadata cannot carry");
+                break;
+            }
+        }
+    }
+    const cn_node *tls_node = cn_node_get(node, "tls");
+    if (tls_node) {
+        if ((c->tls.cert_file == NULL) != (c->tls.key_file == NULL))
+            cn_diag_error(d, tls_node, "tls: cert_file and key_file go together (client certificate)");
+        check_file(d, tls_node, "ca_file", c->tls.ca_file);
+        check_file(d, tls_node, "cert_file", c->tls.cert_file);
+        check_file(d, tls_node, "key_file", c->tls.key_file);
+    } else if (c->tls.ca_file || c->tls.cert_file || c->tls.key_file) {
+        cn_diag_error(d, node, "TLS files are set but tls is not");
+    }
+    return d->n_errors == before ? 0 : -1;
+}
+
+int sw_client_setup(sw_client *c, const char *id, const cn_node *node)
+{
+    c->id = id;
+    c->tls_enabled = cn_node_get(node, "tls") != NULL;
+    if (pthread_mutex_init(&c->ep_lock, NULL) != 0) {
+        cn_error(id, "cannot create a mutex");
+        return -1;
+    }
+    c->ep_lock_ok = true;
+    if (c->endpoints.n == 0) {
+        cn_error(id, "no OAP endpoint configured");
+        return -1;
+    }
+    if (!(c->eps = calloc(c->endpoints.n, sizeof *c->eps))) {
+        cn_error(id, "out of memory");
+        return -1;
+    }
+    c->n_eps = c->endpoints.n;
+    for (size_t i = 0; i < c->n_eps; i++)
+        c->eps[i].target = c->endpoints.v[i];
+    return grpc_setup(c);
 }

@@ -1,0 +1,1 @@
+"""Holds the sitecustomize.py that canopy-run puts first on PYTHONPATH."""

@@ -1,0 +1,31 @@
+/*
+ * Tasks as agent commands (canopy/tasks.h): SkyWalking's ProfileTaskQuery
+ * form, which canopy's own agent reads too. Every receiver that answers
+ * command queries turns tasks into commands here, so the two agents can never
+ * be told different things.
+ */
+#include <stdio.h>
+
+#include "canopy/tasks.h"
+
+void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out)
+{
+    static const char *const keys[CN_AGENT_COMMAND_ARGS] = {
+        "SerialNumber", "TaskId", "EndpointName", "Duration", "MinDurationThreshold",
+        "DumpPeriod", "MaxSamplingCount", "StartTime", "CreateTime",
+    };
+    out->name = "ProfileTaskQuery";
+    /* SkyWalking's Duration is whole minutes; rounded up so the agent never stops early. */
+    int64_t nums[6] = {(t->duration_ms + 59999) / 60000, t->min_duration_ms, t->dump_period_ms,
+                       t->max_sampling_count, t->start_ms, t->create_ms};
+    for (size_t i = 0; i < 6; i++)
+        snprintf(out->numbers[i], sizeof out->numbers[i], "%lld", (long long)nums[i]);
+    const char *values[CN_AGENT_COMMAND_ARGS] = {
+        t->serial,        t->id,           t->endpoint,      out->numbers[0], out->numbers[1],
+        out->numbers[2],  out->numbers[3], out->numbers[4],  out->numbers[5],
+    };
+    for (size_t i = 0; i < CN_AGENT_COMMAND_ARGS; i++) {
+        out->keys[i] = keys[i];
+        out->values[i] = values[i];
+    }
+}
