@@ -110,7 +110,8 @@ def bench_collector(args, work, name, exporter, exporter_id, live=False, bin_dir
     if bin_dir and not has_live_exporter(bin_dir):
         merge_extra = "    aggregate: {enabled: %s}\n" % ("true" if live else "false")
     elif live:
-        exporter, exporter_id = "  live: {}\n" + exporter, "live, " + exporter_id
+        # as config/canopy.yaml has it
+        exporter, exporter_id = "  live:\n    sending_queue: {queue_size: 16}\n" + exporter, "live, " + exporter_id
     with open(cfg, "w") as f:
         f.write(CONFIG.format(url=url, exporter=exporter, exporter_id=exporter_id, merge_extra=merge_extra))
     log = open(os.path.join(work, name + ".log"), "w")

@@ -1,5 +1,5 @@
 /*
- * The merged call tree (see canopy/calltree.h). Nodes live in one array;
+ * The merged call tree (see profiles/calltree.h). Nodes live in one array;
  * a child is found by an open-addressing table keyed by (parent, signature),
  * so adding a snapshot costs one integer hash probe per frame. Signatures are
  * interned once per tree into an arena.

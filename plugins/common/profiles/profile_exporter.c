@@ -1,4 +1,4 @@
-/* The life cycle the folded, pprof and flamegraph exporters share (canopy/profiles.h). */
+/* The life cycle the folded, pprof and flamegraph exporters share (profiles/profiles.h). */
 #include "profiles/profiles.h"
 
 int cn_profile_file_exporter_check(void *ctx, cn_component *self, cn_diag *d)

@@ -1,5 +1,5 @@
 /*
- * The per-task profile store (see canopy/profiles.h). One mutex guards it:
+ * The per-task profile store (see profiles/profiles.h). One mutex guards it:
  * the pipeline thread holds it for one chunk at a time, readers only long
  * enough to copy what they show.
  *

@@ -1,5 +1,5 @@
 /*
- * Per-task profiles: a merged call tree (canopy/calltree.h) per task, across
+ * Per-task profiles: a merged call tree (profiles/calltree.h) per task, across
  * every agent and segment, plus what the admin API shows about it (agents,
  * snapshots, segments, first and last snapshot time).
  *

@@ -1,6 +1,6 @@
 /*
  * One profile file per task for the folded, pprof and flamegraph exporters
- * (see cn_profile_files in canopy/profiles.h). The exporter's thread is the
+ * (see cn_profile_files in profiles/profiles.h). The exporter's thread is the
  * only caller, so nothing here locks beyond what the private store does.
  */
 #include <errno.h>

@@ -13,6 +13,7 @@ typedef struct live_exporter {
     cn_component *self;
     cn_task_registry *registry;
     cn_profiles *store; /* fed on the exporter's thread, read by the admin API's */
+    int64_t next_end_check_ms; /* monotonic */
 } live_exporter;
 
 /* What the live exporter shows in the admin API: its call trees and the web UI. */

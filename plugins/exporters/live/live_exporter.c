@@ -9,8 +9,12 @@
  * Chunks are added on the exporter's own thread, so building the trees never
  * slows the pipeline: when it falls behind, its queue fills and the core
  * counts what it drops (canopy_exporter_* metrics), as for any exporter.
+ * A dropped chunk may be a task's final one, so the exporter also ends, every
+ * second, the tasks the registry says are over: an ended task is the first
+ * to make room at max_tasks.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "live.h"
 
@@ -57,6 +61,23 @@ static cn_status live_export(void *ctx, const cn_chunk *chunk)
     return CN_OK;
 }
 
+static void live_tick(void *ctx, int64_t now_mono_ms)
+{
+    live_exporter *x = ctx;
+    if (now_mono_ms < x->next_end_check_ms)
+        return;
+    x->next_end_check_ms = now_mono_ms + 1000;
+    cn_task_figures *tasks = NULL;
+    size_t n = cn_profiles_list(x->store, &tasks);
+    int64_t wall = cn_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        if (!tasks[i].ended && cn_tasks_state(x->registry, tasks[i].task_id, wall) == CN_TASK_ENDED)
+            cn_profiles_end_task(x->store, tasks[i].task_id);
+        cn_task_figures_clear(&tasks[i]);
+    }
+    free(tasks);
+}
+
 static void live_destroy(void *ctx)
 {
     live_exporter *x = ctx;
@@ -77,4 +98,5 @@ const cn_exporter_plugin cn_exporter_live = {
             .cb_destroy = live_destroy,
         },
     .cb_export = live_export,
+    .cb_tick = live_tick,
 };
