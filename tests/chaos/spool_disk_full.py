@@ -44,7 +44,7 @@ def collector(args, wd, name, disk, when_full, segment_size):
         "file": sl.file_yaml(out) + "\n" + sl.oaplib.retry_yaml(initial="100ms", max_interval="500ms",
                                                                   max_elapsed="0s")
         + "\n" + sl.spool_yaml(spool, fsync="interval", when_full=when_full, segment_size=segment_size),
-    }, flush_interval="200ms", shutdown_timeout="30s")
+    }, flush_interval="200ms", shutdown_timeout="20s")
     col = sl.Collector(args.build_dir, wd, cfg, name=name)
     col.validate()
     col.start(admin)
@@ -126,7 +126,7 @@ def drop_oldest(args, wd):
         stalls = [os.path.join(out, "task-%d.jsonl" % i) for i in range(TASKS)]
         for d in stalls:
             os.makedirs(d)
-        col, url, out, spool = collector(args, wd, "drop", disk, "drop_oldest", "1MiB")
+        col, url, out, spool = collector(args, wd, "drop", disk, "drop_oldest", "256KiB")
         try:
             # A first small load gets the exporter stuck retrying its first chunk;
             # the next one waits, unread, in the spool.
