@@ -112,6 +112,7 @@ static void test_batch_acked_then_duplicate(void **state)
     assert_int_equal(r->batch_seq, 3);
     assert_false(r->retryable);
     canopy__v1__reply__free_unpacked(r, NULL);
+    free(buf);
 }
 
 static void test_malformed_and_oversized(void **state)
