@@ -5,8 +5,14 @@
  * With fsync: always, appends commit in groups: each writes its record under the
  * lock, then one of them runs a single fdatasync, with the lock released, for every
  * record written so far, while the others wait for it (cn_spool_append).
+ *
+ * The files themselves (record framing, segment scans, the cursor file) are in
+ * spool_files.c. What is left here is one thing at some 900 lines: the queue's
+ * state under that one lock (segments, reader, completion ring, group commit,
+ * cursor saves). Every function below reads or moves the same fields, and
+ * their invariants (synced_seq <= next_seq, cursor <= read_seq, a rotation
+ * waits for the last segment's sync) only hold when read together.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,18 +29,7 @@
 #include "canopy/metrics.h"
 #include "fsutil.h"
 #include "spool.h"
-
-#define RECORD_MAGIC 0x50534E43u /* "CNSP" read as little endian */
-#define MAX_RECORD (1u << 30)
-
-/* On-disk record header; host byte order (the spool never moves between machines). */
-typedef struct record_header {
-    uint32_t magic;
-    uint32_t len;
-    uint64_t seq;
-    uint32_t n_snapshots;
-    uint32_t crc; /* over seq, n_snapshots and the payload */
-} record_header;
+#include "spool_files.h"
 
 typedef struct segment {
     uint64_t first_seq;
@@ -112,20 +107,9 @@ struct cn_spool {
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static uint32_t record_crc(const record_header *h, const void *payload)
-{
-    /* CRC of (seq, n_snapshots) then payload, chained through one buffer-free pass. */
-    unsigned char head[12];
-    memcpy(head, &h->seq, 8);
-    memcpy(head + 8, &h->n_snapshots, 4);
-    uint32_t a = cn_crc32(head, sizeof head);
-    uint32_t b = cn_crc32(payload, h->len);
-    return a ^ (b * 0x9E3779B1u) ^ h->len;
-}
-
 static void seg_path(const cn_spool *s, uint64_t first_seq, char *out, size_t len)
 {
-    snprintf(out, len, "%s/seg-%020" PRIu64 ".log", s->o.directory, first_seq);
+    cn_spool_segment_path(s->o.directory, first_seq, out, len);
 }
 
 static int seg_push(cn_spool *s, uint64_t first_seq)
@@ -142,62 +126,25 @@ static int seg_push(cn_spool *s, uint64_t first_seq)
     return 0;
 }
 
-static int cmp_seg(const void *a, const void *b)
-{
-    uint64_t x = ((const segment *)a)->first_seq, y = ((const segment *)b)->first_seq;
-    return (x > y) - (x < y);
-}
-
 static void update_gauges(cn_spool *s)
 {
     cn_metric_set(s->m_bytes, (int64_t)s->total_bytes);
     cn_metric_set(s->m_pending, (int64_t)(s->next_seq - s->cursor));
 }
 
-/* Reads and checks the record at off; returns its total size, 0 at a clean end, -1 when torn or corrupt. */
-static long long read_record(int fd, uint64_t off, uint64_t limit, record_header *h, void **payload)
-{
-    if (off == limit)
-        return 0;
-    if (limit - off < sizeof *h || pread(fd, h, sizeof *h, (off_t)off) != (ssize_t)sizeof *h)
-        return -1;
-    if (h->magic != RECORD_MAGIC || h->len > MAX_RECORD || limit - off - sizeof *h < h->len)
-        return -1;
-    void *buf = malloc(h->len ? h->len : 1);
-    if (!buf)
-        return -1;
-    if (pread(fd, buf, h->len, (off_t)(off + sizeof *h)) != (ssize_t)h->len || record_crc(h, buf) != h->crc) {
-        free(buf);
-        return -1;
-    }
-    if (payload)
-        *payload = buf;
-    else
-        free(buf);
-    return (long long)(sizeof *h + h->len);
-}
-
 /* ---- recovery ---------------------------------------------------------------- */
 
 static int list_segments(cn_spool *s)
 {
-    DIR *d = opendir(s->o.directory);
-    if (!d)
+    uint64_t *first_seqs;
+    size_t n;
+    if (cn_spool_list_segments(s->o.directory, &first_seqs, &n) != 0)
         return -1;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        uint64_t first;
-        char tail[8];
-        if (sscanf(e->d_name, "seg-%20" SCNu64 ".%4s", &first, tail) == 2 && strcmp(tail, "log") == 0)
-            if (seg_push(s, first) != 0) {
-                closedir(d);
-                return -1;
-            }
-    }
-    closedir(d);
-    if (s->n_segs > 1)
-        qsort(s->segs, s->n_segs, sizeof *s->segs, cmp_seg);
-    return 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = seg_push(s, first_seqs[i]);
+    free(first_seqs);
+    return rc;
 }
 
 /* Validates a segment's records; cuts a torn tail of the last segment. */
@@ -206,90 +153,49 @@ static int scan_segment(cn_spool *s, size_t i)
     segment *g = &s->segs[i];
     char path[4200];
     seg_path(s, g->first_seq, path, sizeof path);
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0)
+    bool last = i + 1 == s->n_segs;
+    cn_spool_segment_scan scan;
+    if (cn_spool_scan_segment(path, g->first_seq, last, &scan) != 0)
         return -1;
-    struct stat st;
-    fstat(fd, &st);
-    uint64_t size = (uint64_t)st.st_size, off = 0, seq = g->first_seq;
-    record_header h;
-    long long n;
-    while ((n = read_record(fd, off, size, &h, NULL)) > 0 && h.seq == seq) {
-        off += (uint64_t)n;
-        seq++;
-        g->snapshots += h.n_snapshots;
-    }
-    if (off < size) {
-        bool last = i + 1 == s->n_segs;
+    int cut_error = errno;
+    if (scan.bytes < scan.size) {
         cn_metric_inc(s->m_corrupt);
         cn_warn(s->name, "spool %s: %s record at offset %" PRIu64 " (%" PRIu64 " bytes after it %s)", path,
-                last ? "torn or corrupt tail" : "corrupt", off, size - off,
+                last ? "torn or corrupt tail" : "corrupt", scan.bytes, scan.size - scan.bytes,
                 last ? "cut off; a crash interrupted that write" : "skipped");
-        if (last && ftruncate(fd, (off_t)off) != 0)
-            cn_warn(s->name, "spool %s: cannot cut the torn tail: %s", path, strerror(errno));
+        if (cut_error)
+            cn_warn(s->name, "spool %s: cannot cut the torn tail: %s", path, strerror(cut_error));
     }
-    close(fd);
-    g->bytes = off;
-    g->end_seq = seq;
-    s->total_bytes += off;
+    g->bytes = scan.bytes;
+    g->end_seq = scan.end_seq;
+    g->snapshots = scan.snapshots;
+    s->total_bytes += scan.bytes;
     return 0;
 }
 
 static void read_cursor(cn_spool *s)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/cursor", s->o.directory);
-    uint64_t v[2];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
     s->cursor = s->n_segs ? s->segs[0].first_seq : 0;
-    if (fd < 0)
-        return;
-    if (read(fd, v, sizeof v) == (ssize_t)sizeof v && v[1] == (uint64_t)cn_crc32(&v[0], sizeof v[0]))
-        s->cursor = v[0];
-    else
+    uint64_t saved;
+    int found = cn_spool_read_cursor(s->o.directory, &saved);
+    if (found > 0)
+        s->cursor = saved;
+    else if (found < 0)
         cn_warn(s->name, "spool %s: cursor file unreadable; replaying from the oldest record", s->o.directory);
-    close(fd);
 }
 
-/* fsyncs the spool directory, so that a rename in it survives a power loss. */
-static int sync_directory(const cn_spool *s)
-{
-    int fd = open(s->o.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd), err = errno;
-    close(fd);
-    errno = err;
-    return rc;
-}
-
-/* Saves the cursor (write a temporary file, rename it over the old one). Returns
- * true once a restart would read it: the caller may then forget what only
- * protected records below it (delivery marks). */
+/* Saves the cursor. Returns true once a restart would read it: the caller may
+ * then forget what only protected records below it (delivery marks). */
 static bool write_cursor(cn_spool *s, uint64_t cursor)
 {
-    char tmp[4200], path[4200];
-    snprintf(tmp, sizeof tmp, "%s/cursor.tmp", s->o.directory);
-    snprintf(path, sizeof path, "%s/cursor", s->o.directory);
-    uint64_t v[2] = {cursor, cn_crc32(&cursor, sizeof cursor)};
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    bool ok = fd >= 0 && write(fd, v, sizeof v) == (ssize_t)sizeof v &&
-              (s->o.fsync == CN_SPOOL_FSYNC_NEVER || fdatasync(fd) == 0);
-    int err = errno;
-    if (fd >= 0 && close(fd) != 0 && ok) {
-        ok = false;
-        err = errno;
-    }
     /* With fsync: always the rename itself must be durable too: a power loss that
      * brought the old cursor back would replay records whose marks are forgotten. */
-    if (ok && (rename(tmp, path) != 0 || (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && sync_directory(s) != 0))) {
-        ok = false;
-        err = errno;
-    }
-    if (!ok)
+    int err = cn_spool_write_cursor(s->o.directory, cursor, s->o.fsync != CN_SPOOL_FSYNC_NEVER,
+                                    s->o.fsync == CN_SPOOL_FSYNC_ALWAYS);
+    if (err)
         cn_log_limited(&s->cursor_log, CN_LOG_WARN, s->name, "spool %s: cannot save the cursor: %s",
                        s->o.directory, strerror(err));
-    return ok;
+    return err == 0;
 }
 
 static int open_segment_for_append(cn_spool *s)
@@ -302,7 +208,7 @@ static int open_segment_for_append(cn_spool *s)
         return -1;
     /* fsync: always acks a record once its file is synced; POSIX wants the
      * directory synced too before a new file's name survives a power loss. */
-    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && sync_directory(s) != 0) {
+    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && cn_spool_sync_directory(s->o.directory) != 0) {
         close(s->write_fd);
         s->write_fd = -1;
         return -1;
@@ -437,10 +343,10 @@ cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const ch
         cn_spool_close(s);
         return NULL;
     }
-    record_header h;
+    cn_spool_record_header h;
     long long n;
     while (s->read_seq < s->cursor &&
-           (n = read_record(s->read_fd, s->read_off, s->segs[seg].bytes, &h, NULL)) > 0) {
+           (n = cn_spool_read_record(s->read_fd, s->read_off, s->segs[seg].bytes, &h, NULL)) > 0) {
         s->read_off += (uint64_t)n;
         s->read_seq++;
         s->read_snapshots += h.n_snapshots;
@@ -533,7 +439,7 @@ static int rotate(cn_spool *s)
         return -1;
     /* With fsync: always the new file's name must be durable before a record in
      * it is acked (once per segment, so cheap). */
-    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && sync_directory(s) != 0) {
+    if (s->o.fsync == CN_SPOOL_FSYNC_ALWAYS && cn_spool_sync_directory(s->o.directory) != 0) {
         close(fd);
         unlink(path);
         return -1;
@@ -632,7 +538,7 @@ cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint3
 
 cn_spool_result cn_spool_append_at(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots, uint64_t *seq)
 {
-    record_header h = {RECORD_MAGIC, (uint32_t)len, 0, n_snapshots, 0};
+    cn_spool_record_header h = {CN_SPOOL_RECORD_MAGIC, (uint32_t)len, 0, n_snapshots, 0};
     uint64_t rec = sizeof h + len;
     bool always = s->o.fsync == CN_SPOOL_FSYNC_ALWAYS;
     const char *failed = "write";
@@ -679,7 +585,7 @@ cn_spool_result cn_spool_append_at(cn_spool *s, const void *data, size_t len, ui
     }
     h.seq = s->next_seq;
     *seq = h.seq;
-    h.crc = record_crc(&h, data);
+    h.crc = cn_spool_record_crc(&h, data);
     for (int attempt = 0;; attempt++) {
         struct iovec iov[2] = {{&h, sizeof h}, {(void *)data, len}};
         ssize_t n = writev(s->write_fd, iov, 2);
@@ -768,9 +674,9 @@ int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t 
                 reader_open(s, s->read_seg + 1);
                 continue;
             }
-            record_header h;
+            cn_spool_record_header h;
             void *buf = NULL;
-            long long n = read_record(s->read_fd, s->read_off, g->bytes, &h, &buf);
+            long long n = cn_spool_read_record(s->read_fd, s->read_off, g->bytes, &h, &buf);
             if (n <= 0 || h.seq != s->read_seq) {
                 free(buf);
                 /* Checked at open; only a middle segment's damaged tail can get here. Skip it. */
