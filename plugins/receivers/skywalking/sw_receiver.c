@@ -1,0 +1,147 @@
+/*
+ * Receiver `skywalking`: SkyWalking agents (Python, Java, Go, ...) point
+ * SW_AGENT_COLLECTOR_BACKEND_SERVICES at canopy and report as to an OAP.
+ * Their snapshots go through the same durable intake as canopy's own
+ * agent's; their task queries are answered from the same registry. See
+ * sw_receiver.h for the files.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sw_receiver.h"
+
+const char *const swrx_method_labels[N_METHODS] = {
+    "collectSnapshot", "getProfileTaskCommands", "reportTaskFinish", "reportInstanceProperties", "keepAlive",
+    "other",
+};
+const char *const swrx_reason_labels[N_REASONS] = {
+    "unauthenticated", "malformed", "stream_error", "no_upstream", "overloaded", "shutting_down", "internal",
+};
+
+static const cn_option sw_options[] = {
+    {CN_OPT_STR, "listen", "127.0.0.1:11800", offsetof(sw_receiver, listen),
+     "host:port of the gRPC server (SkyWalking's own port by default). Must be a loopback address unless "
+     "allow_insecure is true."},
+    {CN_OPT_BOOL, "allow_insecure", "false", offsetof(sw_receiver, allow_insecure),
+     "Allow plaintext gRPC on a non-loopback address (anyone who can reach the port can send data and read "
+     "task definitions)."},
+    {CN_OPT_STR, "authentication", NULL, offsetof(sw_receiver, authentication),
+     "Token every call must carry as the `authentication` metadata (SW_AGENT_AUTHENTICATION on the agents); "
+     "calls without it get UNAUTHENTICATED and are counted. None: no check."},
+    {CN_OPT_SIZE, "max_message_size", "4MiB", offsetof(sw_receiver, max_message_size),
+     "Largest gRPC message accepted; a larger one fails its call with RESOURCE_EXHAUSTED and is counted "
+     "(reason stream_error).",
+     .min = 1024, .max = 1LL << 30},
+    {CN_OPT_INT, "max_streams_per_connection", "100", offsetof(sw_receiver, max_streams_per_connection),
+     "Calls one agent connection may have open at once (HTTP/2 concurrent streams).", .min = 1, .max = 100000},
+    {CN_OPT_INT, "batch_size", "1024", offsetof(sw_receiver, batch_size),
+     "Snapshots of a collectSnapshot stream per batch handed to the pipelines; a longer stream is handed on "
+     "in several batches, and answered once all are durable.",
+     .min = 1, .max = 100000},
+    {CN_OPT_INT, "max_agents", "10000", offsetof(sw_receiver, max_agents),
+     "Agent connections whose service and instance are remembered (from their ManagementService and "
+     "getProfileTaskCommands calls); past it the oldest are forgotten.",
+     .min = 16, .max = 10000000},
+    CN_OPT_END};
+
+/* True for hosts only this machine can reach. */
+static bool host_is_loopback(const char *host)
+{
+    if (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+        return true;
+    struct in_addr a;
+    return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
+static int sw_check(void *ctx, cn_component *self, cn_diag *d)
+{
+    sw_receiver *rx = ctx;
+    const cn_node *at = cn_options_node(cn_component_node(self), "listen");
+    if (!at)
+        at = cn_component_node(self);
+    const char *colon = strrchr(rx->listen, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon == rx->listen || !end || *end || port < 0 || port > 65535) {
+        cn_diag_error(d, at, "listen: %s is not host:port (e.g. 127.0.0.1:11800)", rx->listen);
+        return -1;
+    }
+    char host[256];
+    snprintf(host, sizeof host, "%.*s", (int)(colon - rx->listen), rx->listen);
+    if (!rx->allow_insecure && !host_is_loopback(host)) {
+        cn_diag_error(d, at,
+                      "listen: refusing plaintext gRPC on non-loopback %s: anyone who can reach it could send "
+                      "data and read tasks. Listen on 127.0.0.1, or set allow_insecure: true",
+                      rx->listen);
+        return -1;
+    }
+    return 0;
+}
+
+static void make_metrics(sw_receiver *rx)
+{
+    const char *labels = cn_component_labels(rx->self);
+    char l[256];
+    for (size_t i = 0; i < N_METHODS; i++) {
+        snprintf(l, sizeof l, "%s,type=\"%s\"", labels, swrx_method_labels[i]);
+        rx->calls[i] = cn_counter("canopy_receiver_requests_total", "Requests received from agents, by type.", l);
+    }
+    for (size_t i = 0; i < N_REASONS; i++) {
+        snprintf(l, sizeof l, "%s,reason=\"%s\"", labels, swrx_reason_labels[i]);
+        rx->refused[i] = cn_counter("canopy_receiver_refused_total",
+                                    "Requests refused with an error reply, by reason.", l);
+        rx->refuse_log[i].interval_ms = SWRX_LOG_INTERVAL_MS;
+    }
+    rx->accepted_batches =
+        cn_counter("canopy_receiver_accepted_batches_total", "Batches acked into the pipelines.", labels);
+    rx->accepted_snapshots =
+        cn_counter("canopy_receiver_accepted_snapshots_total", "Snapshots acked into the pipelines.", labels);
+    rx->connected_agents = cn_gauge("canopy_skywalking_receiver_agents",
+                                    "SkyWalking agent connections whose service and instance are known.", labels);
+    rx->clamped_tasks = cn_counter("canopy_skywalking_receiver_clamped_tasks_total",
+                                   "Task commands changed or left out to fit the SkyWalking agents' ranges.",
+                                   labels);
+    rx->clamp_log.interval_ms = SWRX_LOG_INTERVAL_MS;
+}
+
+static void free_str(void *p) { free(p); }
+
+static void sw_destroy(void *ctx);
+
+static int sw_start(void *ctx, cn_component *self)
+{
+    sw_receiver *rx = ctx;
+    rx->self = self;
+    make_metrics(rx);
+    /* Batch numbers only need to differ within a run: nothing deduplicates this receiver's by them. */
+    rx->next_batch_seq = (uint64_t)cn_now_ms() << 16;
+    if (!(rx->agents = cn_dict_new(64))) {
+        cn_error(cn_component_id(self), "out of memory");
+        return -1;
+    }
+    return swrx_server_start(rx);
+}
+
+static void sw_stop(void *ctx) { swrx_server_stop(ctx); }
+
+static void sw_destroy(void *ctx)
+{
+    sw_receiver *rx = ctx;
+    swrx_server_stop(rx);
+    cn_dict_free(rx->agents, free_str);
+    rx->agents = NULL;
+}
+
+const cn_plugin cn_receiver_skywalking = {
+    .kind = CN_RECEIVER,
+    .type = "skywalking",
+    .description = "SkyWalking agents over gRPC (ProfileTask, ManagementService), in place of an OAP or Satellite.",
+    .ctx_size = sizeof(sw_receiver),
+    .options = sw_options,
+    .cb_check = sw_check,
+    .cb_start = sw_start,
+    .cb_stop = sw_stop,
+    .cb_destroy = sw_destroy,
+};
