@@ -77,6 +77,15 @@ static int sw_check(void *ctx, cn_component *self, cn_diag *d)
                       rx->listen);
         return -1;
     }
+    /* gRPC metadata values are printable ASCII: an agent could never send such a token. */
+    for (const char *t = rx->authentication; t && *t; t++) {
+        if ((unsigned char)*t < 0x20 || (unsigned char)*t > 0x7e) {
+            const cn_node *an = cn_options_node(cn_component_node(self), "authentication");
+            cn_diag_error(d, an ? an : cn_component_node(self),
+                          "authentication contains a character gRPC metadata cannot carry (printable ASCII only)");
+            return -1;
+        }
+    }
     return 0;
 }
 
