@@ -47,7 +47,7 @@ def stubs():
 
 
 class Agent:
-    def __init__(self, target, service, token=None, instance=None):
+    def __init__(self, target, service, token=None, instance=None, creds=None):
         import grpc
         self.grpc = grpc
         self.s = stubs()
@@ -55,7 +55,8 @@ class Agent:
         # The agent's default: a uuid1 in hex, with -child(<pid>) under fork support.
         self.instance = instance or "%s-child(%d)" % (uuid.uuid1().hex, os.getpid())
         self.token = token
-        self.channel = grpc.insecure_channel(target)
+        # The agent's default is plaintext; SW_AGENT_FORCE_TLS gives it ssl_channel_credentials.
+        self.channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
         self.mgmt = self.s["mgmt_grpc"].ManagementServiceStub(self.channel)
         self.profile = self.s["profile_grpc"].ProfileTaskStub(self.channel)
         self.last_command_time = -1

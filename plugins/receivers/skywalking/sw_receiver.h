@@ -48,10 +48,20 @@ typedef enum swrx_reason {
 extern const char *const swrx_method_labels[N_METHODS];
 extern const char *const swrx_reason_labels[N_REASONS];
 
+typedef enum { CLIENT_AUTH_NONE = 0, CLIENT_AUTH_OPTIONAL, CLIENT_AUTH_REQUIRED } swrx_client_auth;
+
+typedef struct swrx_tls {
+    char *cert_file;
+    char *key_file;
+    char *ca_file;
+    int client_auth; /* swrx_client_auth */
+} swrx_tls;
+
 typedef struct sw_receiver {
     /* ---- options ---- */
     char *listen;
     bool allow_insecure;
+    swrx_tls tls;
     char *authentication;
     int64_t max_message_size;
     int64_t max_streams_per_connection;

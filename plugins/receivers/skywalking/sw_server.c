@@ -10,6 +10,7 @@
  * blocks its profiler when its queue fills), and a reply waits only for the
  * durable intake (cn_receiver_submit), never for an exporter.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 
+#include "pem.h"
 #include "sw_receiver.h"
 
 /* Calls requested from the server at once: how many new calls can arrive between two loop turns. */
@@ -259,6 +261,37 @@ static void *server_main(void *arg)
     return NULL;
 }
 
+/* Plaintext, or TLS from the PEM files (client certificates as client_auth says). NULL after logging why. */
+static grpc_server_credentials *make_credentials(sw_receiver *rx)
+{
+    const swrx_tls *t = &rx->tls;
+    if (!t->cert_file)
+        return grpc_insecure_server_credentials_create();
+    const char *id = cn_component_id(rx->self);
+    char *cert = cn_pem_read(t->cert_file, NULL);
+    char *key = cert ? cn_pem_read(t->key_file, NULL) : NULL;
+    char *ca = key && t->ca_file ? cn_pem_read(t->ca_file, NULL) : NULL;
+    grpc_server_credentials *creds = NULL;
+    if (!cert || !key || (t->ca_file && !ca)) {
+        cn_error(id, "cannot read the tls files (cert_file, key_file, ca_file): %s", strerror(errno));
+    } else {
+        static const grpc_ssl_client_certificate_request_type request[] = {
+            [CLIENT_AUTH_NONE] = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+            [CLIENT_AUTH_OPTIONAL] = GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY,
+            [CLIENT_AUTH_REQUIRED] = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
+        };
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+        /* The credentials copy the PEM text, so ours are freed right after. */
+        creds = grpc_ssl_server_credentials_create_ex(ca, &pair, 1, request[t->client_auth], NULL);
+        if (!creds)
+            cn_error(id, "gRPC refused the tls settings (cert_file, key_file, ca_file)");
+    }
+    free(cert);
+    free(ca);
+    cn_pem_free_secret(key); /* the key must not linger in freed memory */
+    return creds;
+}
+
 int swrx_server_start(sw_receiver *rx)
 {
     const char *id = cn_component_id(rx->self);
@@ -278,7 +311,9 @@ int swrx_server_start(sw_receiver *rx)
         return -1;
     }
     grpc_server_register_completion_queue(rx->server, rx->cq, NULL);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = make_credentials(rx);
+    if (!creds)
+        return -1;
     int port = grpc_server_add_http2_port(rx->server, rx->listen, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {
@@ -295,8 +330,10 @@ int swrx_server_start(sw_receiver *rx)
         return -1;
     }
     rx->thread_started = true;
-    cn_info(id, "SkyWalking agents' gRPC on %s%s", rx->listen,
-            rx->authentication ? " (authentication token required)" : "");
+    cn_info(id, "SkyWalking agents' gRPC on %s (%s%s%s)", rx->listen, rx->tls.cert_file ? "TLS" : "plaintext",
+            rx->tls.cert_file && rx->tls.client_auth == CLIENT_AUTH_REQUIRED ? ", client certificates required"
+                                                                            : "",
+            rx->authentication ? ", authentication token required" : "");
     return 0;
 }
 
