@@ -8,7 +8,8 @@ exporter, jsonl):
 - snapshots it streams land in jsonl with its service and instance, dense
   from 0 per segment; a re-sent stream's duplicates are dropped;
 - a wrong token gets UNAUTHENTICATED and is counted;
-- garbage messages, an oversized message and a service with no upstream get
+- garbage messages, an oversized message, a stream that never ends (its
+  snapshot kept) and a service with no upstream get
   gRPC errors and counters, while the good agent is still served."""
 import os
 import sys
@@ -29,6 +30,7 @@ def config(grpc_port, admin_port, outdir):
     listen: "127.0.0.1:%d"
     authentication: "%s"
     max_message_size: 64KiB
+    max_call_duration: 1s
 processors:
   merge_by_task:
     flush_interval: 200ms
@@ -159,6 +161,20 @@ def main(args):
             except grpc.RpcError as e:
                 check(e.code() == grpc.StatusCode.UNIMPLEMENTED and "upstream" in (e.details() or ""),
                       "no upstream: %s %r" % (e.code(), e.details()))
+            def endless():  # a stream that never ends: one snapshot, then nothing
+                yield agent.s["profile"].ThreadSnapshot(taskId="task-checkout", traceSegmentId="seg-endless",
+                                                        sequence=0, time=1,
+                                                        stack=agent.s["profile"].ThreadStack(codeSignatures=["x"]))
+                time.sleep(4)
+            t0 = time.time()
+            try:
+                agent.profile.collectSnapshot(endless(), metadata=md)
+                check(False, "an endless stream was answered OK")
+            except grpc.RpcError as e:
+                check(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.time() - t0 < 3.5,
+                      "endless stream: %s after %.1f s" % (e.code(), time.time() - t0))
+            wait_for("the endless stream's snapshot kept", lambda: any(
+                k[1] == "seg-endless" for k in oaplib.read_jsonl_dir(outdir)), 10)
             agent.keep_alive()  # the good agent is still served
             check(agent.query_commands() == [], "good agent after hostile input")
             m = col.metrics()
@@ -169,8 +185,9 @@ def main(args):
             check(series("canopy_receiver_refused_total", 'reason="malformed"') == 2, "malformed count")
             check(series("canopy_receiver_refused_total", 'reason="stream_error"') >= 1, "oversize count")
             check(series("canopy_receiver_refused_total", 'reason="no_upstream"') == 1, "no upstream count")
-            check(series("canopy_receiver_accepted_snapshots_total", "skywalking") == 30, "accepted snapshots")
-            check(series("canopy_receiver_requests_total", 'type="collectSnapshot"') == 4, "stream count")
+            check(series("canopy_receiver_refused_total", 'reason="too_long"') == 1, "too long count")
+            check(series("canopy_receiver_accepted_snapshots_total", "skywalking") == 31, "accepted snapshots")
+            check(series("canopy_receiver_requests_total", 'type="collectSnapshot"') == 5, "stream count")
             log("hostile input refused and counted; good agent still served")
         finally:
             agent.close()

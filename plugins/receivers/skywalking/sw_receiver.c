@@ -17,7 +17,8 @@ const char *const swrx_method_labels[N_METHODS] = {
     "other",
 };
 const char *const swrx_reason_labels[N_REASONS] = {
-    "unauthenticated", "malformed", "stream_error", "no_upstream", "overloaded", "shutting_down", "internal",
+    "unauthenticated", "malformed", "stream_error", "too_long", "no_upstream", "overloaded", "shutting_down",
+    "internal",
 };
 
 static const char *const client_auth_choices[] = {"none", "optional", "required", NULL};
@@ -62,6 +63,11 @@ static const cn_option sw_options[] = {
      "Agent connections whose service and instance are remembered (from their ManagementService and "
      "getProfileTaskCommands calls); past it the oldest are forgotten.",
      .min = 16, .max = 10000000},
+    {CN_OPT_DURATION, "max_call_duration", "5m", offsetof(sw_receiver, max_call_duration_ms),
+     "Longest a call may stay open waiting for its messages (a stream that never ends, or a unary call "
+     "whose request never comes); past it the call is ended with DEADLINE_EXCEEDED and counted (reason "
+     "too_long). Snapshots received before are kept. Checked every 0.5 s.",
+     .min = 1000, .max = 24LL * 3600 * 1000},
     CN_OPT_END};
 
 /* True for hosts only this machine can reach. */

@@ -38,6 +38,7 @@ typedef enum swrx_reason {
     R_UNAUTHENTICATED = 0,
     R_MALFORMED,      /* a message that does not decode, or lacks a field */
     R_STREAM_ERROR,   /* the read failed: message over max_message_size, the peer went away */
+    R_TOO_LONG,       /* open longer than max_call_duration */
     R_NO_UPSTREAM,    /* a service other than ProfileTask/ManagementService without `upstream` */
     R_OVERLOADED,     /* the pipelines refused the batch (queue, spool or memory full) */
     R_SHUTTING_DOWN,
@@ -67,6 +68,7 @@ typedef struct sw_receiver {
     int64_t max_streams_per_connection;
     int64_t batch_size;
     int64_t max_agents;
+    int64_t max_call_duration_ms;
 
     /* ---- runtime ---- */
     cn_component *self;
@@ -77,6 +79,8 @@ typedef struct sw_receiver {
     bool thread_started;
     atomic_bool stopping;
     int shutdown_tag;           /* its address is the server-shutdown tag */
+    struct swrx_call *open_calls; /* calls reading, for max_call_duration; server thread only */
+    int64_t next_sweep_ms;
     uint64_t next_batch_seq;    /* only the server thread touches it */
     /* Connection (gRPC peer) -> "service\x1finstance" its agent named; server thread only. */
     cn_dict *agents;

@@ -17,6 +17,7 @@
 
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
 
 #include "pem.h"
 #include "sw_receiver.h"
@@ -39,7 +40,60 @@ typedef struct swrx_call {
     int cancelled;           /* RECV_CLOSE_ON_SERVER */
     grpc_slice status_detail;
     swrx_reply reply;
+    int64_t started_ms;      /* monotonic, when reading began */
+    bool timed_out;          /* cancelled for max_call_duration */
+    struct swrx_call *prev, *next; /* rx->open_calls while reading */
+    bool listed;
 } swrx_call;
+
+static void open_link(swrx_call *c)
+{
+    sw_receiver *rx = c->rx;
+    c->started_ms = cn_mono_ms();
+    c->prev = NULL;
+    c->next = rx->open_calls;
+    if (c->next)
+        c->next->prev = c;
+    rx->open_calls = c;
+    c->listed = true;
+}
+
+static void open_unlink(swrx_call *c)
+{
+    if (!c->listed)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->rx->open_calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->listed = false;
+}
+
+/*
+ * Ends calls open past max_call_duration: a stream that never ends (or a
+ * request that never comes) would otherwise hold its memory and a stream
+ * slot for good. The cancel completes their pending read as failed, which
+ * keeps what they sent and frees them.
+ */
+static void sweep_open_calls(sw_receiver *rx)
+{
+    int64_t now = cn_mono_ms();
+    if (now < rx->next_sweep_ms)
+        return;
+    rx->next_sweep_ms = now + 500;
+    for (swrx_call *c = rx->open_calls; c; c = c->next) {
+        if (c->timed_out || now - c->started_ms <= rx->max_call_duration_ms)
+            continue;
+        c->timed_out = true;
+        swrx_reply r = {0};
+        swrx_refuse(rx, &r, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, c->peer,
+                    "%s open for over max_call_duration (%lld ms); ended", swrx_method_labels[c->method],
+                    (long long)rx->max_call_duration_ms);
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, r.detail, NULL);
+    }
+}
 
 /* Full method paths, and the unprefixed names older agents called (Satellite serves both). */
 static swrx_method method_of(grpc_slice path)
@@ -86,6 +140,7 @@ static bool token_ok(const sw_receiver *rx, const grpc_metadata_array *md)
 
 static void call_free(swrx_call *c)
 {
+    open_unlink(c);
     if (c->stream)
         swrx_stream_free(c->stream);
     if (c->recv)
@@ -123,6 +178,7 @@ static void request_call(sw_receiver *rx)
 /* Sends the reply (c->reply) and the status; the call is freed when that completes. */
 static void finish(swrx_call *c)
 {
+    open_unlink(c);
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
@@ -194,6 +250,7 @@ static void on_accept(swrx_call *c, bool ok)
         finish(c);
         return;
     }
+    open_link(c);
     read_next(c);
 }
 
@@ -203,12 +260,17 @@ static void on_read(swrx_call *c, bool ok)
     grpc_byte_buffer *bb = c->recv;
     c->recv = NULL;
     if (!ok) {
-        /* The peer went away or the message broke a limit (gRPC already told the client why). */
+        /* The peer went away, the message broke a limit (gRPC already told the client why), or we ended it. */
         if (bb)
             grpc_byte_buffer_destroy(bb);
-        swrx_refuse(rx, &c->reply, R_STREAM_ERROR, GRPC_STATUS_CANCELLED, c->peer,
-                    "%s: reading the call failed (message over max_message_size %lld, or the agent went away)",
-                    swrx_method_labels[c->method], (long long)rx->max_message_size);
+        if (c->timed_out) {
+            c->reply.status = GRPC_STATUS_DEADLINE_EXCEEDED; /* counted by the sweep */
+            snprintf(c->reply.detail, sizeof c->reply.detail, "open for over max_call_duration");
+        } else {
+            swrx_refuse(rx, &c->reply, R_STREAM_ERROR, GRPC_STATUS_CANCELLED, c->peer,
+                        "%s: reading the call failed (message over max_message_size %lld, or the agent went away)",
+                        swrx_method_labels[c->method], (long long)rx->max_message_size);
+        }
         if (c->stream) { /* what arrived before the failure is kept */
             swrx_reply ignored = {0};
             swrx_stream_end(rx, c->stream, &ignored);
@@ -242,9 +304,11 @@ static void *server_main(void *arg)
 {
     sw_receiver *rx = arg;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(rx->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        gpr_timespec tick = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(500, GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(rx->cq, tick, NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
+        sweep_open_calls(rx);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
         if (ev.tag == &rx->shutdown_tag) {
