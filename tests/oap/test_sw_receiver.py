@@ -9,7 +9,8 @@ exporter, jsonl):
   from 0 per segment; a re-sent stream's duplicates are dropped;
 - a wrong token gets UNAUTHENTICATED and is counted;
 - garbage messages, an oversized message, a stream that never ends (its
-  snapshot kept) and a service with no upstream get
+  snapshot kept), 300 connections that never speak (closed after
+  handshake_timeout) and a service with no upstream get
   gRPC errors and counters, while the good agent is still served."""
 import os
 import sys
@@ -31,6 +32,7 @@ def config(grpc_port, admin_port, outdir):
     authentication: "%s"
     max_message_size: 64KiB
     max_call_duration: 1s
+    handshake_timeout: 1s
 processors:
   merge_by_task:
     flush_interval: 200ms
@@ -175,6 +177,28 @@ def main(args):
                       "endless stream: %s after %.1f s" % (e.code(), time.time() - t0))
             wait_for("the endless stream's snapshot kept", lambda: any(
                 k[1] == "seg-endless" for k in oaplib.read_jsonl_dir(outdir)), 10)
+            # Hundreds of connections that never speak: the good agent is served meanwhile, and the
+            # server closes them after handshake_timeout.
+            import socket
+            idle = []
+            for _ in range(300):
+                sk = socket.create_connection(("127.0.0.1", grpc_port), timeout=5)
+                idle.append(sk)
+            check(agent.query_commands() == [], "good agent with 300 idle connections open")
+            time.sleep(2.5)
+            closed = 0
+            for sk in idle:
+                sk.settimeout(0.05)
+                try:
+                    while True:  # the server's SETTINGS frame first, then the end when it closed
+                        if sk.recv(4096) == b"":
+                            closed += 1
+                            break
+                except (socket.timeout, OSError) as e:
+                    closed += isinstance(e, ConnectionResetError)
+                sk.close()
+            check(closed >= 290, "only %d of 300 silent connections closed after handshake_timeout" % closed)
+            log("300 silent connections: good agent served, %d closed by handshake_timeout" % closed)
             agent.keep_alive()  # the good agent is still served
             check(agent.query_commands() == [], "good agent after hostile input")
             m = col.metrics()

@@ -68,6 +68,14 @@ static const cn_option sw_options[] = {
      "whose request never comes); past it the call is ended with DEADLINE_EXCEEDED and counted (reason "
      "too_long). Snapshots received before are kept. Checked every 0.5 s.",
      .min = 1000, .max = 24LL * 3600 * 1000},
+    {CN_OPT_DURATION, "handshake_timeout", "10s", offsetof(sw_receiver, handshake_timeout_ms),
+     "A connection that has not finished its HTTP/2 (and TLS) handshake within this long is closed: "
+     "thousands of connections that never speak cannot pile up.",
+     .min = 100, .max = 600 * 1000},
+    {CN_OPT_DURATION, "max_connection_idle", "5m", offsetof(sw_receiver, max_connection_idle_ms),
+     "A connection with no call for this long is closed (the agent reconnects on its next call; the Python "
+     "agent calls every few seconds).",
+     .min = 1000, .max = 24LL * 3600 * 1000},
     CN_OPT_END};
 
 /* True for hosts only this machine can reach. */

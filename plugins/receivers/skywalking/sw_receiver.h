@@ -69,6 +69,8 @@ typedef struct sw_receiver {
     int64_t batch_size;
     int64_t max_agents;
     int64_t max_call_duration_ms;
+    int64_t handshake_timeout_ms;
+    int64_t max_connection_idle_ms;
 
     /* ---- runtime ---- */
     cn_component *self;

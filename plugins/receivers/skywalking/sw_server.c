@@ -361,13 +361,17 @@ int swrx_server_start(sw_receiver *rx)
     const char *id = cn_component_id(rx->self);
     grpc_init();
     rx->grpc_started = true;
-    grpc_arg args[2] = {
+    grpc_arg args[] = {
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
          .value.integer = (int)rx->max_message_size},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONCURRENT_STREAMS,
          .value.integer = (int)rx->max_streams_per_connection},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+         .value.integer = (int)rx->handshake_timeout_ms},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+         .value.integer = (int)rx->max_connection_idle_ms},
     };
-    grpc_channel_args chargs = {.num_args = 2, .args = args};
+    grpc_channel_args chargs = {.num_args = sizeof args / sizeof args[0], .args = args};
     rx->server = grpc_server_create(&chargs, NULL);
     rx->cq = grpc_completion_queue_create_for_next(NULL);
     if (!rx->server || !rx->cq) {
