@@ -33,6 +33,7 @@ def config(grpc_port, admin_port, outdir):
     max_message_size: 64KiB
     max_call_duration: 1s
     handshake_timeout: 1s
+    agent_idle_timeout: 3s
 processors:
   merge_by_task:
     flush_interval: 200ms
@@ -213,6 +214,10 @@ def main(args):
             check(series("canopy_receiver_accepted_snapshots_total", "skywalking") == 31, "accepted snapshots")
             check(series("canopy_receiver_requests_total", 'type="collectSnapshot"') == 5, "stream count")
             log("hostile input refused and counted; good agent still served")
+            check(series("canopy_skywalking_receiver_agents", "skywalking") == 1, "connected agents gauge")
+            wait_for("the idle agent forgotten after agent_idle_timeout",
+                     lambda: col.metric("canopy_skywalking_receiver_agents") == 0, 10)
+            log("connected agents: 1, then 0 after agent_idle_timeout")
         finally:
             agent.close()
             rc = col.stop()

@@ -76,17 +76,20 @@ static void remember_agent(sw_receiver *rx, const char *peer, const char *servic
 {
     if (!service || !*service || !instance || !*instance)
         return;
-    char *v = malloc(strlen(service) + strlen(instance) + 2);
-    if (!v)
-        return; /* the stream is then named by its peer: counted nowhere, but never wrong */
-    sprintf(v, "%s\x1f%s", service, instance);
-    char *old = cn_dict_get(rx->agents, peer);
-    if (old && strcmp(old, v) == 0) {
-        free(v);
+    size_t len = strlen(service) + strlen(instance) + 2;
+    swrx_agent *a = malloc(sizeof *a + len);
+    if (!a)
+        return; /* the stream is then named by its peer: never wrong, only less useful */
+    a->seen_ms = cn_mono_ms();
+    snprintf(a->ident, len, "%s\x1f%s", service, instance);
+    swrx_agent *old = cn_dict_get(rx->agents, peer);
+    if (old && strcmp(old->ident, a->ident) == 0) {
+        old->seen_ms = a->seen_ms;
+        free(a);
         return;
     }
     if (!old && (int64_t)cn_dict_size(rx->agents) >= rx->max_agents) {
-        /* Full: forget one (gRPC gives no disconnect event for the peers that left). */
+        /* Full before any went idle: forget one to make room. */
         size_t pos = 0;
         const char *k;
         void *val;
@@ -97,8 +100,31 @@ static void remember_agent(sw_receiver *rx, const char *peer, const char *servic
         }
     }
     free(cn_dict_remove(rx->agents, peer));
-    if (cn_dict_put(rx->agents, peer, v) != 0)
-        free(v);
+    if (cn_dict_put(rx->agents, peer, a) != 0)
+        free(a);
+    cn_metric_set(rx->connected_agents, (int64_t)cn_dict_size(rx->agents));
+}
+
+void swrx_expire_agents(sw_receiver *rx)
+{
+    int64_t now = cn_mono_ms();
+    if (now < rx->next_agent_expiry_ms)
+        return;
+    /* Every 10 s, or more often for a short timeout, so an agent is forgotten at most 1.5 timeouts late. */
+    rx->next_agent_expiry_ms = now + (rx->agent_idle_timeout_ms < 20000 ? rx->agent_idle_timeout_ms / 2 : 10000);
+    /* Keys are collected first: the dict must not change while it is walked. */
+    enum { PASS = 256 };
+    char *old[PASS];
+    size_t n = 0, pos = 0;
+    const char *k;
+    void *v;
+    while (n < PASS && cn_dict_next(rx->agents, &pos, &k, &v))
+        if (now - ((swrx_agent *)v)->seen_ms > rx->agent_idle_timeout_ms && (old[n] = strdup(k)))
+            n++;
+    for (size_t i = 0; i < n; i++) {
+        free(cn_dict_remove(rx->agents, old[i]));
+        free(old[i]);
+    }
     cn_metric_set(rx->connected_agents, (int64_t)cn_dict_size(rx->agents));
 }
 
@@ -108,8 +134,11 @@ swrx_call_state *swrx_stream_new(sw_receiver *rx, const char *peer)
     if (!st)
         return NULL;
     snprintf(st->peer, sizeof st->peer, "%s", peer);
-    const char *known = cn_dict_get(rx->agents, peer);
+    swrx_agent *a = cn_dict_get(rx->agents, peer);
+    const char *known = a ? a->ident : NULL;
     const char *sep = known ? strchr(known, '\x1f') : NULL;
+    if (a)
+        a->seen_ms = cn_mono_ms();
     if (sep) {
         snprintf(st->service, sizeof st->service, "%.*s", (int)(sep - known), known);
         snprintf(st->instance, sizeof st->instance, "%s", sep + 1);

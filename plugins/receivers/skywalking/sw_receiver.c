@@ -63,6 +63,11 @@ static const cn_option sw_options[] = {
      "Agent connections whose service and instance are remembered (from their ManagementService and "
      "getProfileTaskCommands calls); past it the oldest are forgotten.",
      .min = 16, .max = 10000000},
+    {CN_OPT_DURATION, "agent_idle_timeout", "5m", offsetof(sw_receiver, agent_idle_timeout_ms),
+     "An agent connection not heard from for this long is forgotten (no longer counted as connected; a "
+     "later stream on it is attributed again by its next ManagementService call). SkyWalking agents send "
+     "keepAlive every 30 s by default.",
+     .min = 1000, .max = 24LL * 3600 * 1000},
     {CN_OPT_DURATION, "max_call_duration", "5m", offsetof(sw_receiver, max_call_duration_ms),
      "Longest a call may stay open waiting for its messages (a stream that never ends, or a unary call "
      "whose request never comes); past it the call is ended with DEADLINE_EXCEEDED and counted (reason "
@@ -177,7 +182,7 @@ static void make_metrics(sw_receiver *rx)
     rx->accepted_snapshots =
         cn_counter("canopy_receiver_accepted_snapshots_total", "Snapshots acked into the pipelines.", labels);
     rx->connected_agents = cn_gauge("canopy_skywalking_receiver_agents",
-                                    "SkyWalking agent connections whose service and instance are known.", labels);
+                                    "SkyWalking agent connections heard from within agent_idle_timeout.", labels);
     rx->clamped_tasks = cn_counter("canopy_skywalking_receiver_clamped_tasks_total",
                                    "Task commands changed or left out to fit the SkyWalking agents' ranges.",
                                    labels);

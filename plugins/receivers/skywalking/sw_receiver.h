@@ -68,6 +68,7 @@ typedef struct sw_receiver {
     int64_t max_streams_per_connection;
     int64_t batch_size;
     int64_t max_agents;
+    int64_t agent_idle_timeout_ms;
     int64_t max_call_duration_ms;
     int64_t handshake_timeout_ms;
     int64_t max_connection_idle_ms;
@@ -84,8 +85,9 @@ typedef struct sw_receiver {
     struct swrx_call *open_calls; /* calls reading, for max_call_duration; server thread only */
     int64_t next_sweep_ms;
     uint64_t next_batch_seq;    /* only the server thread touches it */
-    /* Connection (gRPC peer) -> "service\x1finstance" its agent named; server thread only. */
+    /* Connection (gRPC peer) -> swrx_agent its agent named; server thread only. */
     cn_dict *agents;
+    int64_t next_agent_expiry_ms;
 
     cn_metric *calls[N_METHODS];
     cn_metric *refused[N_REASONS];
@@ -116,6 +118,14 @@ void swrx_stream_end(sw_receiver *rx, swrx_call_state *st, swrx_reply *reply);
 void swrx_stream_free(swrx_call_state *st);
 /* A unary call's one message (bb NULL: none came). */
 void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buffer *bb, swrx_reply *reply);
+
+/* What an agent connection said it is, and when it last said so. */
+typedef struct swrx_agent {
+    int64_t seen_ms;  /* monotonic */
+    char ident[];     /* "service\x1finstance" */
+} swrx_agent;
+/* Forgets agent connections not heard from within agent_idle_timeout (every 10 s at most). */
+void swrx_expire_agents(sw_receiver *rx);
 
 /* Counts and logs (rate limited) a refusal; fills reply. */
 void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_reason r, grpc_status_code code, const char *peer,

@@ -309,6 +309,7 @@ static void *server_main(void *arg)
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         sweep_open_calls(rx);
+        swrx_expire_agents(rx);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
         if (ev.tag == &rx->shutdown_tag) {
