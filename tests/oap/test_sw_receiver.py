@@ -200,6 +200,12 @@ def main(args):
                 sk.close()
             check(closed >= 290, "only %d of 300 silent connections closed after handshake_timeout" % closed)
             log("300 silent connections: good agent served, %d closed by handshake_timeout" % closed)
+            # The unprefixed compat name older agents call (Satellite serves both).
+            compat = agent.channel.unary_unary("/ProfileTask/getProfileTaskCommands")
+            q = agent.s["profile"].ProfileTaskCommandQuery(service="shop", serviceInstance=agent.instance,
+                                                           lastCommandTime=-1)
+            reply = agent.s["common"].Commands.FromString(compat(q.SerializeToString(), metadata=md))
+            check(len(reply.commands) == 2, "compat name: %r" % reply)
             agent.keep_alive()  # the good agent is still served
             check(agent.query_commands() == [], "good agent after hostile input")
             m = col.metrics()
@@ -213,6 +219,8 @@ def main(args):
             check(series("canopy_receiver_refused_total", 'reason="too_long"') == 1, "too long count")
             check(series("canopy_receiver_accepted_snapshots_total", "skywalking") == 31, "accepted snapshots")
             check(series("canopy_receiver_requests_total", 'type="collectSnapshot"') == 5, "stream count")
+            # 2 at the start, the wrong token, the garbage, beside the idle connections, compat, the last.
+            check(series("canopy_receiver_requests_total", 'type="getProfileTaskCommands"') == 7, "query count")
             log("hostile input refused and counted; good agent still served")
             check(series("canopy_skywalking_receiver_agents", "skywalking") == 1, "connected agents gauge")
             wait_for("the idle agent forgotten after agent_idle_timeout",
