@@ -3,11 +3,13 @@
  * cn_option. This file turns a YAML map into the component's context struct
  * using that array: defaults, types, bounds and unknown keys.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "canopy/config.h"
+#include "pem.h"
 
 #define FIELD(ctx, opt, type) ((type *)((char *)(ctx) + (opt)->offset))
 
@@ -347,4 +349,21 @@ void cn_node_view_free(cn_node *view)
     view->keys = NULL;
     view->items = NULL;
     view->n = 0;
+}
+
+int cn_diag_check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what)
+{
+    char *text = cn_pem_read(path, NULL);
+    if (!text) {
+        cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path,
+                      errno == EINVAL ? "not a regular file" : strerror(errno));
+        return -1;
+    }
+    bool found = cn_pem_has_block(text, what);
+    cn_pem_free_secret(text); /* it may be the private key */
+    if (!found) {
+        cn_diag_error(d, at, "tls.%s: %s holds no PEM \"%s\" block", key, path, what);
+        return -1;
+    }
+    return 0;
 }

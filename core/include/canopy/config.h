@@ -42,6 +42,13 @@ void cn_diag_error(cn_diag *d, const cn_node *at, const char *fmt, ...) CN_PRINT
 /* For errors with no node (a file that cannot be opened). */
 void cn_diag_error_at(cn_diag *d, const char *file, int line, int col, const char *fmt, ...)
     CN_PRINTF(5, 6);
+/*
+ * For a TLS option `tls.<key>` naming a PEM file: an error at `at` unless the
+ * file is readable and holds a block whose label contains `what`
+ * ("CERTIFICATE", "PRIVATE KEY"). Returns 0 or -1. Shared by every component
+ * with TLS files, so they all refuse the same mistakes the same way.
+ */
+int cn_diag_check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what);
 void cn_diag_free(cn_diag *d);
 
 typedef struct cn_document {

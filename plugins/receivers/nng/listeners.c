@@ -86,24 +86,6 @@ static const cn_node *opt_at(const cn_node *node, const char *name, const cn_nod
     return n ? n : fallback;
 }
 
-/* Whether a PEM file is readable and holds a block whose label contains `what`. */
-static int check_pem(cn_diag *d, const cn_node *at, const char *key, const char *path, const char *what)
-{
-    char *text = cn_pem_read(path, NULL);
-    if (!text) {
-        cn_diag_error(d, at, "tls.%s: cannot read %s: %s", key, path,
-                      errno == EINVAL ? "not a regular file" : strerror(errno));
-        return -1;
-    }
-    bool found = cn_pem_has_block(text, what);
-    cn_pem_free_secret(text); /* it may be the private key */
-    if (!found) {
-        cn_diag_error(d, at, "tls.%s: %s holds no PEM \"%s\" block", key, path, what);
-        return -1;
-    }
-    return 0;
-}
-
 static int check_tls(nng_receiver *rx, cn_component *self, bool has_tls_url, cn_diag *d)
 {
     const cn_node *node = cn_node_get(cn_component_node(self), "tls");
@@ -128,11 +110,11 @@ static int check_tls(nng_receiver *rx, cn_component *self, bool has_tls_url, cn_
                       nngrx_client_auth_choices[t->client_auth]);
         rc = -1;
     }
-    if (t->cert_file && check_pem(d, opt_at(node, "cert_file", at), "cert_file", t->cert_file, "CERTIFICATE"))
+    if (t->cert_file && cn_diag_check_pem(d, opt_at(node, "cert_file", at), "cert_file", t->cert_file, "CERTIFICATE"))
         rc = -1;
-    if (t->key_file && check_pem(d, opt_at(node, "key_file", at), "key_file", t->key_file, "PRIVATE KEY"))
+    if (t->key_file && cn_diag_check_pem(d, opt_at(node, "key_file", at), "key_file", t->key_file, "PRIVATE KEY"))
         rc = -1;
-    if (t->ca_file && check_pem(d, opt_at(node, "ca_file", at), "ca_file", t->ca_file, "CERTIFICATE"))
+    if (t->ca_file && cn_diag_check_pem(d, opt_at(node, "ca_file", at), "ca_file", t->ca_file, "CERTIFICATE"))
         rc = -1;
     return rc;
 }

@@ -1,0 +1,134 @@
+/*
+ * Receiver `skywalking`: unmodified SkyWalking agents report to canopy over
+ * gRPC, as they would to an OAP or to Satellite. Files:
+ *   sw_receiver.c  options, config checks, metrics, start/stop/destroy
+ *   sw_server.c    the gRPC server: one completion queue, one thread, each
+ *                  call a small state machine (accept -> read* -> reply)
+ *   sw_handlers.c  what each method does with its messages: snapshots into
+ *                  batches, task commands, finish reports, ManagementService
+ */
+#ifndef CN_SW_RECEIVER_H
+#define CN_SW_RECEIVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+
+#include "canopy/dict.h"
+#include "canopy/plugin.h"
+
+#define SWRX_LOG_INTERVAL_MS 10000
+
+/* The methods counted apart; METHOD_OTHER is any other path. */
+typedef enum swrx_method {
+    M_COLLECT_SNAPSHOT = 0,
+    M_GET_COMMANDS,
+    M_REPORT_FINISH,
+    M_INSTANCE_PROPERTIES,
+    M_KEEP_ALIVE,
+    M_OTHER,
+    N_METHODS
+} swrx_method;
+
+/* Why a call was refused (metric label). */
+typedef enum swrx_reason {
+    R_UNAUTHENTICATED = 0,
+    R_MALFORMED,      /* a message that does not decode, or lacks a field */
+    R_STREAM_ERROR,   /* the read failed: message over max_message_size, the peer went away */
+    R_TOO_LONG,       /* open longer than max_call_duration */
+    R_NO_UPSTREAM,    /* a service other than ProfileTask/ManagementService without `upstream` */
+    R_OVERLOADED,     /* the pipelines refused the batch (queue, spool or memory full) */
+    R_SHUTTING_DOWN,
+    R_INTERNAL,       /* out of memory */
+    N_REASONS
+} swrx_reason;
+
+extern const char *const swrx_method_labels[N_METHODS];
+extern const char *const swrx_reason_labels[N_REASONS];
+
+typedef enum { CLIENT_AUTH_NONE = 0, CLIENT_AUTH_OPTIONAL, CLIENT_AUTH_REQUIRED } swrx_client_auth;
+
+typedef struct swrx_tls {
+    char *cert_file;
+    char *key_file;
+    char *ca_file;
+    int client_auth; /* swrx_client_auth */
+} swrx_tls;
+
+typedef struct sw_receiver {
+    /* ---- options ---- */
+    char *listen;
+    bool allow_insecure;
+    swrx_tls tls;
+    char *authentication;
+    int64_t max_message_size;
+    int64_t max_streams_per_connection;
+    int64_t batch_size;
+    int64_t max_agents;
+    int64_t agent_idle_timeout_ms;
+    int64_t max_call_duration_ms;
+    int64_t handshake_timeout_ms;
+    int64_t max_connection_idle_ms;
+
+    /* ---- runtime ---- */
+    cn_component *self;
+    bool grpc_started;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool stopping;
+    int shutdown_tag;           /* its address is the server-shutdown tag */
+    struct swrx_call *open_calls; /* calls reading, for max_call_duration; server thread only */
+    int64_t next_sweep_ms;
+    uint64_t next_batch_seq;    /* only the server thread touches it */
+    /* Connection (gRPC peer) -> swrx_agent its agent named; server thread only. */
+    cn_dict *agents;
+    int64_t next_agent_expiry_ms;
+
+    cn_metric *calls[N_METHODS];
+    cn_metric *refused[N_REASONS];
+    cn_metric *accepted_batches, *accepted_snapshots, *connected_agents, *clamped_tasks;
+    cn_ratelimit refuse_log[N_REASONS];
+    cn_ratelimit clamp_log;
+} sw_receiver;
+
+/* sw_server.c */
+int swrx_server_start(sw_receiver *rx);
+void swrx_server_stop(sw_receiver *rx);
+
+/* sw_handlers.c: one call's view for the handlers. */
+typedef struct swrx_call_state swrx_call_state;
+/* A finished unary or stream reply: status, detail, and the packed Commands (or none). */
+typedef struct swrx_reply {
+    grpc_status_code status;
+    char detail[256];
+    grpc_byte_buffer *message; /* owned; NULL unless status is OK */
+} swrx_reply;
+
+/* Starts a collectSnapshot stream for connection `peer`. NULL when out of memory. */
+swrx_call_state *swrx_stream_new(sw_receiver *rx, const char *peer);
+/* One ThreadSnapshot of the stream; 0, or -1 with reply filled (the call ends). */
+int swrx_stream_message(sw_receiver *rx, swrx_call_state *st, grpc_byte_buffer *bb, swrx_reply *reply);
+/* The client half-closed: submits what is left, then fills the reply (OK only when all is durable). */
+void swrx_stream_end(sw_receiver *rx, swrx_call_state *st, swrx_reply *reply);
+void swrx_stream_free(swrx_call_state *st);
+/* A unary call's one message (bb NULL: none came). */
+void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buffer *bb, swrx_reply *reply);
+
+/* What an agent connection said it is, and when it last said so. */
+typedef struct swrx_agent {
+    int64_t seen_ms;  /* monotonic */
+    char ident[];     /* "service\x1finstance" */
+} swrx_agent;
+/* Forgets agent connections not heard from within agent_idle_timeout (every 10 s at most). */
+void swrx_expire_agents(sw_receiver *rx);
+
+/* Counts and logs (rate limited) a refusal; fills reply. */
+void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_reason r, grpc_status_code code, const char *peer,
+                 const char *fmt, ...) CN_PRINTF(6, 7);
+
+#endif
