@@ -132,8 +132,10 @@ static int pyro_check(void *vctx, cn_component *self, cn_diag *d)
                 cn_diag_error(d, at ? at : node, "label \"%s\" is set by canopy for every profile", k);
     }
     int auths = (p->basic_auth.username != NULL) + (p->bearer_token != NULL) + (p->bearer_token_file != NULL);
-    if (auths > 1)
-        cn_diag_error(d, node, "basic_auth, bearer_token and bearer_token_file: set one of them");
+    if (auths > 1) {
+        const cn_node *at = cn_options_node(node, p->bearer_token ? "bearer_token" : "bearer_token_file");
+        cn_diag_error(d, at ? at : node, "basic_auth, bearer_token and bearer_token_file: set one of them");
+    }
     if (p->bearer_token && !*p->bearer_token)
         cn_diag_error(d, cn_options_node(node, "bearer_token"),
                       "bearer_token is empty (is the environment variable set?)");
@@ -327,7 +329,9 @@ static void push_pending(pyro_ctx *p)
     while (p->pending && !atomic_load(&p->interrupted)) {
         if (cn_mono_ms() < p->next_attempt_ms)
             return;
-        if (!push_one(p, p->pending)) {
+        bool done = push_one(p, p->pending);
+        p->last_busy_ms = cn_mono_ms(); /* time spent pushing is not idle time: chunks may have queued */
+        if (!done) {
             p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : p->retry_initial_ms;
             if (p->backoff_ms > p->retry_max_ms)
                 p->backoff_ms = p->retry_max_ms;
@@ -345,8 +349,10 @@ static void push_pending(pyro_ctx *p)
 static cn_status pyro_export(void *vctx, const cn_chunk *chunk)
 {
     pyro_ctx *p = vctx;
-    pyro_windows_close(p, cn_now_ms(), false);
-    push_pending(p);
+    /* Pushing is cb_tick's job, between chunks; here only when the pending pushes are over their bound
+     * (the core is then retrying this chunk, and no tick runs until it is taken). */
+    if (p->pending_bytes > p->max_pending_bytes)
+        push_pending(p);
     if (p->pending_bytes > p->max_pending_bytes && chunk->id != p->last_chunk) {
         /* The server has been away a while: the chunk waits in the core (retry_on_failure, spool). */
         cn_log_limited(&p->rl_retry, CN_LOG_WARN, p->id,
@@ -356,6 +362,7 @@ static cn_status pyro_export(void *vctx, const cn_chunk *chunk)
         return CN_RETRY;
     }
     pyro_windows_add(p, chunk);
+    pyro_windows_close(p, pyro_windows_clock(p), false);
     return CN_OK;
 }
 
@@ -363,7 +370,7 @@ static void pyro_tick(void *vctx, int64_t now_mono_ms)
 {
     (void)now_mono_ms;
     pyro_ctx *p = vctx;
-    pyro_windows_close(p, cn_now_ms(), false);
+    pyro_windows_close(p, pyro_windows_clock(p), false);
     push_pending(p);
 }
 

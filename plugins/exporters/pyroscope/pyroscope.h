@@ -110,6 +110,16 @@ typedef struct pyro_ctx {
     /* Windows (pyroscope_windows.c). */
     cn_dict *open;            /* key -> pyro_profile */
     int64_t closed_until_ms;  /* every interval ending at or before this is closed */
+    /*
+     * How far the exporter has caught up: the latest receipt time (wall) of a
+     * batch it took. While chunks keep coming (a backlog behind a slow or
+     * returning server, or steady load), intervals close by it, not by the
+     * wall clock, so queued snapshots still find their interval open. Once
+     * the exporter has been idle (last_busy_ms, monotonic) for `delay`, the
+     * wall clock closes what is left.
+     */
+    int64_t watermark_ms;
+    int64_t last_busy_ms;
     uint64_t last_chunk;      /* the last chunk taken: a retried chunk is never added twice */
     uint32_t *sigs;           /* the snapshot being added, as interned signatures */
     size_t cap_sigs;
@@ -148,6 +158,8 @@ void pyro_windows_free(pyro_ctx *p);
 void pyro_windows_add(pyro_ctx *p, const cn_chunk *chunk);
 /* Closes every interval that ended `delay` before now_ms (all of them with `all`), queueing its pushes. */
 void pyro_windows_close(pyro_ctx *p, int64_t now_ms, bool all);
+/* The clock intervals close by: the watermark while busy, the wall clock once idle (see watermark_ms). */
+int64_t pyro_windows_clock(const pyro_ctx *p);
 void pyro_push_free(pyro_push *x);
 
 /* ---- pyroscope_http.c ---- */

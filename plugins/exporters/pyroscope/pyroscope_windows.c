@@ -198,6 +198,10 @@ void pyro_windows_add(pyro_ctx *p, const cn_chunk *chunk)
         if (!prof || add_snapshot(p, prof, ref) != 0)
             dropped++;
     }
+    for (size_t i = 0; i < chunk->n_batches; i++)
+        if (chunk->batches[i]->received_ms > p->watermark_ms)
+            p->watermark_ms = chunk->batches[i]->received_ms;
+    p->last_busy_ms = cn_mono_ms();
     if (late)
         cn_metric_add(p->m_late_snapshots, late);
     if (dropped) {
@@ -265,6 +269,15 @@ static int by_interval(const void *a, const void *b)
         return x->from_ms < y->from_ms ? -1 : 1;
     int c = strcmp(x->task_id, y->task_id);
     return c ? c : strcmp(x->endpoint, y->endpoint);
+}
+
+int64_t pyro_windows_clock(const pyro_ctx *p)
+{
+    int64_t now = cn_now_ms();
+    int64_t idle_after = p->delay_ms > 1000 ? p->delay_ms : 1000;
+    if (cn_mono_ms() - p->last_busy_ms > idle_after || p->watermark_ms > now)
+        return now;
+    return p->watermark_ms;
 }
 
 void pyro_windows_close(pyro_ctx *p, int64_t now_ms, bool all)
