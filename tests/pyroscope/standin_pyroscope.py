@@ -20,6 +20,7 @@ import gzip
 import http.server
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -114,7 +115,9 @@ class Push:
 
 
 class Standin:
-    def __init__(self, workdir, port=0, auth=None, slow_s=0.0, tenant=None):
+    def __init__(self, workdir, port=0, auth=None, slow_s=0.0, tenant=None, tls=None):
+        # tls: {"cert", "key", "client_ca"}: HTTPS, asking for a client certificate signed by client_ca.
+        self.tls = tls
         self.profile_pb2 = profile_stubs(workdir)
         self.workdir = workdir
         self.port = port
@@ -131,7 +134,7 @@ class Standin:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def _authorized(self, headers):
         if not self.auth:
@@ -207,6 +210,13 @@ class Standin:
 
         self.connections = set()
         self.server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.tls["cert"], self.tls["key"])
+            if self.tls.get("client_ca"):
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(self.tls["client_ca"])
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
