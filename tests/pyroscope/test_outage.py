@@ -33,7 +33,6 @@ def main(args):
             down_at = time.time()
             log("stand-in stopped; down for %d s under load" % DOWN_S)
             time.sleep(DOWN_S)
-            requests_down = server.requests
             server.start()
             log("stand-in back on %s" % server.url)
             time.sleep(6)
@@ -56,7 +55,6 @@ def main(args):
             check(failures and failures >= 1, "no failed push counted during the outage (%r)" % failures)
             # Backoff up to max_interval 2s: about DOWN_S / 2 attempts, never one per interval per task per tick.
             check(failures <= DOWN_S, "%d failed pushes in %d s: a retry storm" % (failures, DOWN_S))
-            check(requests_down == server.requests - len(mine) or True, "")
             log("%d snapshots in %d intervals, %d of them from the %d s outage, each once; %d failed pushes retried"
                 % (sent, len(mine), len(during), DOWN_S, failures))
         finally:
