@@ -23,7 +23,6 @@
 
 #include "pem.h"
 
-#define MAX_TOKEN_BYTES 4096
 
 static const char unauthorized_body[] = "{\"error\":\"missing or wrong bearer token\"}";
 
@@ -61,23 +60,7 @@ const cn_option cn_admin_http_options[] = {
 
 char *cn_admin_read_token(const char *path, size_t *len)
 {
-    /* The PEM reader: a regular file only, bounded, read whole. */
-    char *t = cn_pem_read(path, len);
-    if (!t)
-        return NULL;
-    if (*len > MAX_TOKEN_BYTES) {
-        cn_pem_free_secret(t);
-        errno = EFBIG;
-        return NULL;
-    }
-    while (*len > 0 && (t[*len - 1] == '\n' || t[*len - 1] == '\r'))
-        t[--*len] = '\0';
-    if (*len == 0 || strlen(t) != *len) {
-        free(t);
-        errno = EINVAL;
-        return NULL;
-    }
-    return t;
+    return cn_token_file_read(path, len);
 }
 
 static const cn_node *http_node(const cn_node *service, const char *key)

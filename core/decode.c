@@ -135,7 +135,7 @@ static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdenti
         if (!read_field(&r, &field, &wire, &f))
             return DECODE_MALFORMED;
         uint64_t v = 0;
-        if (wire == WT_LEN && (field == 1 || field == 2 || field == 3 || field == 5)) {
+        if (wire == WT_LEN && (field == 1 || field == 2 || field == 3 || field == 5 || field == 7)) {
             char *s = arena_string(a, &f);
             if (!s)
                 return DECODE_NO_MEMORY;
@@ -145,8 +145,10 @@ static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdenti
                 out->instance = s;
             else if (field == 3)
                 out->host = s;
-            else
+            else if (field == 5)
                 out->agent_version = s;
+            else
+                out->mode = s;
         } else if (wire == WT_VARINT && (field == 4 || field == 6)) {
             if (!read_varint(&r, &v))
                 return DECODE_MALFORMED;
@@ -154,7 +156,7 @@ static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdenti
                 out->pid = (uint32_t)v;
             else
                 out->session = v;
-        } else if (field <= 6) {
+        } else if (field <= 7) {
             return DECODE_MALFORMED; /* a known field with the wrong wire type, as protobuf-c says */
         } else if (!skip_value(&r, wire)) {
             return DECODE_MALFORMED;

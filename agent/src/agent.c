@@ -195,6 +195,12 @@ static void agent_free_strings(cn_agent *a)
     free(a->tls_server_name);
 }
 
+void cn_agent_set_mode(cn_agent *a, const char *mode)
+{
+    if (a)
+        atomic_store(&a->mode, mode);
+}
+
 int cn_agent_new(const cn_agent_options *o, cn_agent **out)
 {
     if (!o || !o->service || !out)

@@ -68,6 +68,8 @@ struct cn_agent {
     atomic_uint epoch;   /* fork epoch the state belongs to */
     atomic_int resetting;
     _Atomic(cn_ag_state *) st;
+    /* cn_agent_set_mode: a string that outlives the agent (a literal), read when a batch is encoded. */
+    _Atomic(const char *) mode;
 };
 
 /* agent_thread.c */

@@ -68,7 +68,10 @@ static void send_batch(cn_ag_state *st, cn_builder *b, bool have_sender)
     size_t len = 0;
     /* Only this thread (or cn_agent_free after joining it) uses next_seq. */
     uint64_t seq = st->next_seq;
-    int rv = have_sender ? cn_builder_encode(b, &st->id, seq, &bytes, &len) : -CN_ECLOSED;
+    /* The mode goes with each batch: the app may switch it after start. */
+    cn_identity id = st->id;
+    id.mode = atomic_load(&st->agent->mode);
+    int rv = have_sender ? cn_builder_encode(b, &id, seq, &bytes, &len) : -CN_ECLOSED;
     bool encoded = rv == 0;
     if (encoded)
         rv = cn_ag_sender_submit(st->sender, CN_AG_BATCH, bytes, len, seq, (uint32_t)n);

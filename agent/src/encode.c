@@ -16,6 +16,7 @@ static void identity_fill(Canopy__V1__AgentIdentity *m, const cn_identity *id)
     m->pid = id->pid;
     m->agent_version = (char *)(id->agent_version ? id->agent_version : CN_AGENT_VERSION);
     m->session = id->session;
+    m->mode = (char *)(id->mode ? id->mode : "");
 }
 
 static int pack(const Canopy__V1__Request *req, uint8_t **out, size_t *out_len)

@@ -90,3 +90,27 @@ void cn_pem_free_secret(char *text)
         *p = '\0';
     free(text);
 }
+
+char *cn_token_file_read(const char *path, size_t *len)
+{
+    size_t n = 0;
+    /* The PEM reader: a regular file only, bounded, read whole. */
+    char *t = cn_pem_read(path, &n);
+    if (!t)
+        return NULL;
+    if (n > CN_TOKEN_MAX_SIZE) {
+        cn_pem_free_secret(t);
+        errno = EFBIG;
+        return NULL;
+    }
+    while (n > 0 && (t[n - 1] == '\n' || t[n - 1] == '\r'))
+        t[--n] = '\0';
+    if (n == 0 || strlen(t) != n) {
+        free(t);
+        errno = EINVAL;
+        return NULL;
+    }
+    if (len)
+        *len = n;
+    return t;
+}

@@ -26,4 +26,15 @@ bool cn_pem_has_block(const char *text, const char *label);
 /* Zeroes then frees a buffer that held a private key, so no key lingers in freed memory. NULL is fine. */
 void cn_pem_free_secret(char *text);
 
+/* Largest token file read (a bearer token, a password). */
+#define CN_TOKEN_MAX_SIZE 4096u
+
+/*
+ * Reads a secret kept in a file of its own (a bearer token): a regular file
+ * of at most CN_TOKEN_MAX_SIZE bytes, its trailing line breaks cut. NULL with
+ * errno set: EINVAL (empty, or holds a NUL byte), EFBIG, or as cn_pem_read.
+ * Free it with cn_pem_free_secret.
+ */
+char *cn_token_file_read(const char *path, size_t *len);
+
 #endif

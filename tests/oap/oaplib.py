@@ -545,7 +545,8 @@ class Fleet:
     """`gunicorn -k gevent -w N` with the canopy agent (build/python), serving
     CHECKOUT_APP from wd, its agents pointed at collector_url."""
 
-    def __init__(self, build_dir, wd, collector_url, workers=4, service="shop"):
+    def __init__(self, build_dir, wd, collector_url, workers=4, service="shop", mode="auto"):
+        self.mode = mode  # CANOPY_MODE of the workers
         self.pkg = os.path.join(build_dir, "python")
         self.wd = wd
         self.url = collector_url
@@ -565,7 +566,7 @@ class Fleet:
             f.write(CHECKOUT_APP)
         port = free_port()
         genv = dict(os.environ, PYTHONPATH=self.pkg + os.pathsep + self.wd, CANOPY_COLLECTOR=self.url,
-                    CANOPY_SERVICE=self.service, CANOPY_COMMAND_POLL_MS="300", CANOPY_MODE="auto")
+                    CANOPY_SERVICE=self.service, CANOPY_COMMAND_POLL_MS="300", CANOPY_MODE=self.mode)
         self.log_path = os.path.join(self.wd, "gunicorn.log")
         self.logf = open(self.log_path, "w")
         self.proc = subprocess.Popen(

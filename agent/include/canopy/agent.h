@@ -76,6 +76,7 @@ typedef struct cn_identity {
     uint32_t pid;
     const char *agent_version;
     uint64_t session;  /* random per process start, see cn_session_random */
+    const char *mode;  /* "greenlet", "sampling", "thread"; NULL: not said (see cn_agent_set_mode) */
 } cn_identity;
 
 /* A random 64-bit session id (getrandom, with a clock/pid fallback); never 0. */
@@ -258,6 +259,12 @@ typedef struct cn_agent cn_agent;
 
 /* Copies the options. Starts no thread and no nng (see FORK AND NNG). */
 int cn_agent_new(const cn_agent_options *o, cn_agent **out);
+/*
+ * The profiling mode sent with every later batch ("greenlet", "sampling",
+ * "thread"), so the collector can label profiles with it. `mode` must outlive
+ * the agent (a string literal): it is not copied. Thread safe.
+ */
+void cn_agent_set_mode(cn_agent *a, const char *mode);
 /* Starts the native thread (flush timer, command polling, sender; nng on the
  * first send). Idempotent; implied by add/poll/report. Call it in the worker. */
 int cn_agent_start(cn_agent *a);

@@ -298,6 +298,8 @@ static PyObject *m_configure(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     cx.agent = agent;
+    if (atomic_load(&cx.mode) != CX_MODE_OFF) /* set_mode may have come first */
+        cn_agent_set_mode(agent, mode_name(atomic_load(&cx.mode)));
     memset(&cx.c, 0, sizeof(cx.c)); /* stats() describes this agent's life */
     cx.max_snapshots_per_segment = (uint32_t)max_snaps;
     cx.max_segment_ms = max_segment_ms;
@@ -329,6 +331,9 @@ static PyObject *m_set_mode(PyObject *self, PyObject *arg)
         return NULL;
     }
     int old = atomic_exchange(&cx.mode, m);
+    /* Batches say which mode took them (the collector labels profiles with it); "off" sends none. */
+    if (cx.agent && m != CX_MODE_OFF)
+        cn_agent_set_mode(cx.agent, mode_name(m));
     /* Segments were registered under the old mode's keys; end them. */
     if (old != m && reset_registries() != 0)
         return PyErr_NoMemory();

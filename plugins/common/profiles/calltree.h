@@ -137,6 +137,27 @@ int cn_calltree_write_folded(const cn_calltree *t, FILE *out);
  */
 int cn_calltree_write_pprof(const cn_calltree *t, const cn_profile_meta *meta, FILE *out);
 
+/* What the second sample type (wall) of a pprof holds. */
+typedef enum cn_pprof_wall {
+    CN_PPROF_WALL_DURATION_MS = 0, /* SkyWalking's durations minus the children's, in ms (the files) */
+    CN_PPROF_WALL_DURATION_NS,     /* the same in ns: wall time where snapshots are taken at switches */
+    CN_PPROF_WALL_SAMPLES_NS,      /* snapshots ending in a node x period_ns: time-proportional sampling */
+} cn_pprof_wall;
+
+typedef struct cn_pprof_style {
+    cn_pprof_wall wall;
+    int64_t period_ns; /* CN_PPROF_WALL_SAMPLES_NS: what one snapshot weighs */
+} cn_pprof_style;
+
+/*
+ * cn_calltree_write_pprof with the wall sample type chosen: samples/count,
+ * then wall/milliseconds or wall/nanoseconds, period type wall in the same
+ * unit (period: meta->period_ms). With meta->start_ms and end_ms the profile's
+ * time_nanos and duration_nanos give its time range.
+ */
+int cn_calltree_write_pprof_styled(const cn_calltree *t, const cn_profile_meta *meta, const cn_pprof_style *style,
+                                   FILE *out);
+
 /*
  * A self-contained interactive SVG flame graph (root at the bottom): hover
  * for details, click to zoom, search by regular expression. width is in

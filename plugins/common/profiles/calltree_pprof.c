@@ -124,6 +124,29 @@ static int write_gzip(const uint8_t *buf, size_t len, FILE *out)
 
 int cn_calltree_write_pprof(const cn_calltree *t, const cn_profile_meta *meta, FILE *out)
 {
+    cn_pprof_style style = {.wall = CN_PPROF_WALL_DURATION_MS};
+    return cn_calltree_write_pprof_styled(t, meta, &style, out);
+}
+
+/* A node's wall value in the style's unit. */
+static int64_t wall_value(const cn_pprof_style *style, const cn_calltree_node *node, int64_t self_dur_ms)
+{
+    switch (style->wall) {
+    case CN_PPROF_WALL_DURATION_NS:
+        return self_dur_ms * 1000000;
+    case CN_PPROF_WALL_SAMPLES_NS:
+        return node->self * style->period_ns;
+    default:
+        return self_dur_ms;
+    }
+}
+
+int cn_calltree_write_pprof_styled(const cn_calltree *t, const cn_profile_meta *meta, const cn_pprof_style *style,
+                                   FILE *out)
+{
+    /* Durations count only when they are the wall value; a sampled wall is carried by snapshots alone. */
+    bool by_duration = style->wall != CN_PPROF_WALL_SAMPLES_NS;
+    bool nanos = style->wall != CN_PPROF_WALL_DURATION_MS;
     const cn_calltree_node *nodes = cn_calltree_nodes(t);
     size_t n = cn_calltree_node_count(t);
     /* Upper bounds: a location per signature used (at most one per node), a function per location,
@@ -165,7 +188,7 @@ int cn_calltree_write_pprof(const cn_calltree *t, const cn_profile_meta *meta, F
             child_duration[nodes[id].parent] += nodes[id].duration_ms;
 
     for (size_t id = 0; id < n; id++)
-        if (nodes[id].self > 0 || nodes[id].duration_ms > child_duration[id])
+        if (nodes[id].self > 0 || (by_duration && nodes[id].duration_ms > child_duration[id]))
             loc_cap += nodes[id].depth + 1;
     if (!(loc_ids = malloc((loc_cap ? loc_cap : 1) * sizeof *loc_ids)))
         goto out;
@@ -174,7 +197,7 @@ int cn_calltree_write_pprof(const cn_calltree *t, const cn_profile_meta *meta, F
         int64_t self_dur = nodes[id].duration_ms - child_duration[id];
         if (self_dur < 0)
             self_dur = 0;
-        if (nodes[id].self <= 0 && self_dur <= 0)
+        if (nodes[id].self <= 0 && (!by_duration || self_dur <= 0))
             continue;
         if (loc_used + nodes[id].depth + 1 > loc_cap)
             goto out; /* cannot happen: sized by the first pass */
@@ -213,7 +236,7 @@ int cn_calltree_write_pprof(const cn_calltree *t, const cn_profile_meta *meta, F
         loc_used += s->n_location_id;
         s->value = values + 2 * n_samples;
         s->value[0] = nodes[id].self;
-        s->value[1] = self_dur;
+        s->value[1] = wall_value(style, &nodes[id], self_dur);
         s->n_value = 2;
         samples[n_samples++] = s;
     }
@@ -226,14 +249,14 @@ int cn_calltree_write_pprof(const cn_calltree *t, const cn_profile_meta *meta, F
     types[0].type = str_index(&b, "samples", 7);
     types[0].unit = str_index(&b, "count", 5);
     types[1].type = str_index(&b, "wall", 4);
-    types[1].unit = str_index(&b, "milliseconds", 12);
+    types[1].unit = nanos ? str_index(&b, "nanoseconds", 11) : str_index(&b, "milliseconds", 12);
     period_type.type = types[1].type;
     period_type.unit = types[1].unit;
     prof.n_sample_type = 2;
     prof.sample_type = type_ptrs;
     prof.default_sample_type = types[0].type;
     prof.period_type = &period_type;
-    prof.period = meta && meta->period_ms > 0 ? meta->period_ms : 0;
+    prof.period = meta && meta->period_ms > 0 ? meta->period_ms * (nanos ? 1000000 : 1) : 0;
     if (meta && meta->start_ms > 0) {
         prof.time_nanos = meta->start_ms * 1000000;
         if (meta->end_ms >= meta->start_ms)

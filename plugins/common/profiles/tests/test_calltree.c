@@ -254,6 +254,68 @@ static void test_pprof(void **state)
     cn_calltree_free(t);
 }
 
+static Perftools__Profiles__Profile *unpack_gzip(const char *gz, size_t len)
+{
+    static uint8_t raw[65536];
+    z_stream z = {0};
+    assert_int_equal(inflateInit2(&z, 15 + 16), Z_OK);
+    z.next_in = (Bytef *)gz;
+    z.avail_in = (uInt)len;
+    z.next_out = raw;
+    z.avail_out = sizeof raw;
+    assert_int_equal(inflate(&z, Z_FINISH), Z_STREAM_END);
+    size_t raw_len = sizeof raw - z.avail_out;
+    inflateEnd(&z);
+    Perftools__Profiles__Profile *p = perftools__profiles__profile__unpack(NULL, raw_len, raw);
+    assert_non_null(p);
+    return p;
+}
+
+static cn_pprof_style test_style;
+
+static int write_pprof_styled(const cn_calltree *t, FILE *out)
+{
+    cn_profile_meta meta = {.task_id = "t1", .start_ms = 20000, .end_ms = 30000, .period_ms = 10};
+    return cn_calltree_write_pprof_styled(t, &meta, &test_style, out);
+}
+
+/* The pyroscope exporter's styles: wall in nanoseconds, from durations or from snapshots x period. */
+static void test_pprof_wall_styles(void **state)
+{
+    (void)state;
+    cn_calltree *t = cn_calltree_new(100);
+    cn_calltree_run run = {0};
+    add(t, &run, 0, 100, P("a.py.main: 1", "a.py.work: 2"));
+    add(t, &run, 1, 110, P("a.py.main: 1", "a.py.work: 2"));
+    add(t, &run, 2, 150, P("a.py.main: 1"));
+    for (int style = 0; style < 2; style++) {
+        test_style = style == 0 ? (cn_pprof_style){.wall = CN_PPROF_WALL_SAMPLES_NS, .period_ns = 10000000}
+                                : (cn_pprof_style){.wall = CN_PPROF_WALL_DURATION_NS};
+        size_t len;
+        char *gz = render_to_string(write_pprof_styled, t, &len);
+        Perftools__Profiles__Profile *p = unpack_gzip(gz, len);
+        /* Pyroscope files a profile with a "wall" sample type as its wall profile type. */
+        assert_string_equal(p->string_table[p->sample_type[1]->type], "wall");
+        assert_string_equal(p->string_table[p->sample_type[1]->unit], "nanoseconds");
+        assert_string_equal(p->string_table[p->period_type->unit], "nanoseconds");
+        assert_int_equal(p->period, 10 * 1000000LL);
+        assert_int_equal(p->time_nanos, 20000 * 1000000LL);
+        assert_int_equal(p->duration_nanos, 10000 * 1000000LL);
+        int64_t count = 0, wall = 0;
+        for (size_t i = 0; i < p->n_sample; i++) {
+            count += p->sample[i]->value[0];
+            wall += p->sample[i]->value[1];
+        }
+        assert_int_equal(count, 3);
+        /* Sampled: 3 snapshots x 10 ms. Durations: main on the stack 100..150 ms. */
+        assert_int_equal(wall, style == 0 ? 30 * 1000000LL : 50 * 1000000LL);
+        perftools__profiles__profile__free_unpacked(p, NULL);
+        free(gz);
+    }
+    cn_calltree_run_clear(&run);
+    cn_calltree_free(t);
+}
+
 static int write_svg_plain(const cn_calltree *t, FILE *out)
 {
     cn_profile_meta meta = {.task_id = "t<&>\"", .service = "shop", .endpoint = "/checkout", .agents = 2};
@@ -318,6 +380,7 @@ int main(void)
         cmocka_unit_test(test_signature_parse),
         cmocka_unit_test(test_folded),
         cmocka_unit_test(test_pprof),
+        cmocka_unit_test(test_pprof_wall_styles),
         cmocka_unit_test(test_svg),
         cmocka_unit_test(test_clone),
     };
