@@ -23,11 +23,12 @@ def main(args):
     with sl.oaplib.Workdir("chaos-kill9-oap") as wd:
         oap = sl.oaplib.Standin(wd)
         url = "ipc://%s/canopy.sock" % wd
+        spool_dir = os.path.join(wd, "spool")
         admin = sl.free_port()
         cfg = sl.config(url, admin, {
             "skywalking": sl.oaplib.sw_exporter_yaml([oap.target], timeout="5s") + "\n"
             + sl.oaplib.retry_yaml(initial="200ms", max_interval="1s", max_elapsed="0s") + "\n"
-            + sl.spool_yaml(os.path.join(wd, "spool"), fsync="interval"),
+            + sl.spool_yaml(spool_dir, fsync="interval"),
         }, shutdown_timeout="30s")
         col = sl.Collector(args.build_dir, wd, cfg)
         lg = None
@@ -39,7 +40,10 @@ def main(args):
 
             def mid_run():
                 check(lg.running(), "the loadgen finished before the kill")
-                return lg.started and time.time() - lg.t0 > 1.0 and oap.stats()["snapshots_stored"] > 0
+                # Kill as soon as acked data sits in the spool: waiting for a
+                # second or for the OAP's first store let a quiet machine's
+                # loadgen (done in ~1.3 s) finish first.
+                return lg.started and sl.spool_bytes(spool_dir) > 0
             sl.wait_for("the run to be under way", mid_run, 60, interval=0.05)
             col.kill9()
             at_kill = oap.stats()
