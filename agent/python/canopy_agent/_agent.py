@@ -89,6 +89,8 @@ def start(**settings):
         try:
             _canopy.set_mode(mode)
             if mode in ("greenlet", "sampling"):
+                _canopy.follow_children(bool(config.follow_children), config.max_children_per_segment,
+                                        _hub_types())
                 _canopy.install_tracer()
         except Exception:
             _canopy.shutdown()
@@ -103,6 +105,17 @@ def start(**settings):
         # Ask for tasks right away rather than at the end of the first poll interval.
         _canopy.poll_now()
         return mode
+
+
+def _hub_types():
+    """Greenlet types that are never a request's child: gevent's hub runs
+    everybody's callbacks, so its loop is nobody's work. Not imported here
+    (the app may not have monkey-patched yet): the extension looks gevent.hub
+    up itself when it was not loaded at start."""
+    import sys
+
+    hub = sys.modules.get("gevent.hub")
+    return (hub.Hub,) if hub is not None else ()
 
 
 def ensure_tracer():
