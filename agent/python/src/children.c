@@ -363,6 +363,16 @@ static void sweep_dead(cx_segment *owner)
     }
 }
 
+/* 1 and a new ref in *out if obj has the attribute, 0 and NULL if not, -1 on error. */
+static int optional_attr(PyObject *obj, PyObject *name, PyObject **out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, out);
+#else
+    return _PyObject_LookupAttr(obj, name, out);
+#endif
+}
+
 /* gevent's Hub type, once gevent.hub is loaded (by the app: never imported here). */
 static void find_hub_type(void)
 {
@@ -388,7 +398,11 @@ static void follow(PyObject *origin, PyObject *target)
 
     PyObject *spawner = NULL; /* borrowed */
     PyObject *chain = NULL;   /* new ref: gevent's spawning_stack */
-    PyObject *ref = PyObject_GetAttr(target, s_spawning_greenlet);
+    PyObject *ref = NULL;
+    /* Most greenlets of a raw-greenlet app lack the attribute: look it up
+     * without making an AttributeError (about 1 us each). */
+    if (optional_attr(target, s_spawning_greenlet, &ref) < 0)
+        PyErr_Clear();
     if (ref) {
         if (PyWeakref_Check(ref)) {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -413,7 +427,6 @@ static void follow(PyObject *origin, PyObject *target)
         }
     } else {
         /* A raw greenlet: whoever first switches into it, if profiled. */
-        PyErr_Clear();
         if (cx_registry_get(&cx.greenlets, (uintptr_t)origin)) {
             spawner = origin;
         } else {
