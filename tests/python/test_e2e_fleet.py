@@ -79,6 +79,18 @@ class FleetEndToEnd(unittest.TestCase):
             self.assertLess(names.index("app"), names.index("checkout"))
             self.assertLess(names.index("__call__"), names.index("app"))
 
+        # Greenlet mode follows child greenlets (issue 12): _remote_call's
+        # responder thread is a greenlet under gevent, and its switches
+        # (recv, sleep) are snapshots rooted at the spawn site.
+        children = [r["stack"]["codeSignatures"] for r in rows if "<greenlet spawn>" in r["stack"]["codeSignatures"]]
+        self.assertTrue(children, "no snapshot of a child greenlet")
+        for sigs in children:
+            i = sigs.index("<greenlet spawn>")
+            names = [s.rsplit(": ", 1)[0].rsplit(".", 1)[-1] for s in sigs]
+            self.assertIn("checkout", names[:i])
+            self.assertIn("_remote_call", names[:i])
+            self.assertIn("peer", names[i + 1:])
+
     def test_sampling_mode_sees_cpu_work(self):
         # Sampling mode: time-proportional samples every 10 ms. checkout's
         # CPU work (sign_payment's hashing loop, compute_totals' JSON) runs
