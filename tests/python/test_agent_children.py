@@ -417,6 +417,99 @@ class Bounded(ChildrenTestCase):
         self.assert_registry_empty()
 
 
+def thread_work():
+    burn(0.08)
+
+
+def start_threads():
+    import threading
+
+    ts = [threading.Thread(target=thread_work) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+class ThreadMode(unittest.TestCase):
+    """Thread mode: a threading.Thread started by a profiled thread is
+    followed under its segment, rooted at the start() call."""
+
+    def setUp(self):
+        canopy_agent.stop()
+        self.assertEqual(canopy_agent.start(collector=NOWHERE, service="children", mode="thread",
+                                            command_poll_ms=0, shutdown_timeout_ms=100), "thread")
+        self.captured = []
+        _canopy.capture(self.captured)
+
+    def tearDown(self):
+        canopy_agent.stop()
+
+    def test_started_thread_followed(self):
+        import threading
+
+        out = []
+
+        def handler():
+            _canopy.begin("task", "seg", dump_period_ms=10)
+            try:
+                start_threads()
+            finally:
+                out.append(_canopy.end())
+
+        t = threading.Thread(target=handler)
+        t.start()
+        t.join()
+        n = out[0]
+        self.assertEqual([c[3] for c in self.captured], list(range(n)))
+        stacks = [c[4] for c in self.captured if "thread_work" in names(c[4])]
+        self.assertGreater(len(stacks), 4, [names(c[4]) for c in self.captured])
+        site = sig(start_threads, "t.start()")
+        for frames in stacks:
+            i = frames.index(MARK)
+            self.assertEqual(frames[i - 1], site)
+            self.assertIn("handler", names(frames[:i]))
+            self.assertNotIn("start", names(frames[i - 2:i]))  # canopy's wrapper is not in it
+            self.assertIn("thread_work", names(frames[i + 1:]))
+        st = _canopy.stats()
+        self.assertEqual(st["children_followed"], 2)
+        self.assertEqual(st["children_followed"], st["children_ended"])
+        self.assertEqual(st["registry_count"], 0)
+
+    def test_thread_outliving_its_request_dropped(self):
+        import threading
+
+        go = threading.Event()
+        kids = []
+
+        def late():
+            go.wait(5)
+            burn(0.03)
+
+        def handler():
+            _canopy.begin("task", "seg", dump_period_ms=10)
+            kids.append(threading.Thread(target=late))
+            kids[0].start()
+            time.sleep(0.02)  # it runs: registered
+            _canopy.end()
+
+        t = threading.Thread(target=handler)
+        t.start()
+        t.join()
+        st = _canopy.stats()
+        self.assertEqual((st["children_followed"], st["children_ended"], st["registry_count"]), (1, 1, 0))
+        before = len(self.captured)
+        go.set()
+        kids[0].join()
+        self.assertEqual(len(self.captured), before)  # nothing after its segment ended
+        self.assertEqual(_canopy.stats()["children_ended"], 1)
+
+    def test_unprofiled_thread_start_untouched(self):
+        start_threads()
+        self.assertEqual(self.captured, [])
+        self.assertEqual(_canopy.stats()["children_followed"], 0)
+
+
 def rss_kb():
     with open("/proc/self/status") as f:
         for line in f:

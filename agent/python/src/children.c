@@ -28,11 +28,17 @@
  * site plus the code objects and lines of the spawner's frames) and shared,
  * refcounted, by every child spawned there; a snapshot only copies pointers.
  *
+ * Thread mode has no switch to watch: canopy_agent wraps threading.Thread.
+ * start, which asks thread_spawn() for a token (owner and spawn site) in the
+ * starting thread and registers the new thread with it when it runs (see the
+ * end of this file).
+ *
  * Everything here runs with the GIL held, inside the tracer or the
  * middleware's end(): errors are cleared and counted, never raised.
  */
 #include "cx.h"
 
+#include <pythread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -353,7 +359,7 @@ static void sweep_dead(cx_segment *owner)
     cx_segment *c = owner->children;
     while (c) {
         cx_segment *next = c->children;
-        if (is_dead(c->greenlet)) {
+        if (c->greenlet && is_dead(c->greenlet)) {
             child_unlink(owner, c);
             cx_registry_pop(&cx.greenlets, c->key);
             cx.c.children_ended++;
@@ -545,9 +551,11 @@ void cx_children_end(cx_segment *owner)
 {
     /* Unregister them all first: freeing a child that still runs can throw
      * GreenletExit into it, which switches and re-enters the tracer. */
+    /* Thread mode's segments hold no greenlet and live in cx.threads. */
+    cx_registry *reg = owner->greenlet ? &cx.greenlets : &cx.threads;
     cx_segment *c = owner->children;
     for (cx_segment *i = c; i; i = i->children)
-        cx_registry_pop(&cx.greenlets, i->key);
+        cx_registry_pop(reg, i->key);
     owner->children = NULL;
     owner->n_children = 0;
     while (c) {
@@ -596,4 +604,133 @@ PyObject *cx_py_follow_children(PyObject *self, PyObject *args, PyObject *kw)
     cx.max_children = (uint32_t)max;
     cx.follow_children = enabled && max > 0;
     return PyBool_FromLong(cx.follow_children);
+}
+
+/* ---- thread mode: threading.Thread started by a profiled thread ------------ */
+
+/* What thread_child_begin needs: the owner (by key and serial, since thread
+ * ids are reused by the next request on the same worker thread) and the
+ * spawn site. */
+typedef struct thread_token {
+    uintptr_t owner_key;
+    uint64_t serial;
+    cx_spawn *spawn;
+} thread_token;
+
+static const char TOKEN_NAME[] = "canopy_agent._canopy.thread_token";
+
+static void token_free(PyObject *capsule)
+{
+    thread_token *t = PyCapsule_GetPointer(capsule, TOKEN_NAME);
+    if (t) {
+        cx_spawn_release(t->spawn);
+        free(t);
+    }
+    PyErr_Clear();
+}
+
+PyObject *cx_py_thread_spawn(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int skip = 0;
+    if (!PyArg_ParseTuple(args, "|i", &skip))
+        return NULL;
+    if (!cx.follow_children || atomic_load(&cx.mode) != CX_MODE_THREAD || !cx.agent)
+        Py_RETURN_NONE;
+    cx_segment *pseg = cx_registry_find(&cx.threads, (uintptr_t)PyThread_get_thread_ident());
+    if (!pseg)
+        Py_RETURN_NONE;
+    cx_segment *owner = pseg->owner ? pseg->owner : pseg;
+    /* The starting thread's frames, leaf first, less the caller's wrappers. */
+    frame_list *site = &scratch_a;
+    site->n = 0;
+    PyFrameObject *f = PyThreadState_GetFrame(PyThreadState_GET());
+    for (int i = 0; f && i < skip; i++) {
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    PyFrameObject *keep = f; /* holds the older frames, and their codes */
+    while (f && site->n < MAX_SPAWN_FRAMES) {
+        PyCodeObject *co = PyFrame_GetCode(f);
+        site->f[site->n].code = (PyObject *)co;
+        site->f[site->n].line = PyFrame_GetLineNumber(f);
+        site->n++;
+        Py_DECREF(co);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_XDECREF(back);
+        f = back;
+    }
+    reverse_frames(site);
+    cx_spawn *sp = site_get(pseg->spawn, site->f, site->n);
+    Py_XDECREF(keep);
+    if (!sp)
+        return PyErr_NoMemory();
+    thread_token *t = malloc(sizeof(*t));
+    if (!t) {
+        cx_spawn_release(sp);
+        return PyErr_NoMemory();
+    }
+    t->owner_key = owner->key;
+    t->serial = owner->serial;
+    t->spawn = sp;
+    PyObject *cap = PyCapsule_New(t, TOKEN_NAME, token_free);
+    if (!cap) {
+        cx_spawn_release(sp);
+        free(t);
+    }
+    return cap;
+}
+
+PyObject *cx_py_thread_child_begin(PyObject *self, PyObject *token)
+{
+    (void)self;
+    thread_token *t = PyCapsule_GetPointer(token, TOKEN_NAME);
+    if (!t)
+        return NULL;
+    if (atomic_load(&cx.mode) != CX_MODE_THREAD)
+        Py_RETURN_FALSE;
+    cx_segment *owner = cx_registry_find(&cx.threads, t->owner_key);
+    if (!owner || owner->owner || owner->serial != t->serial)
+        Py_RETURN_FALSE; /* the request ended before the thread ran */
+    if (owner->n_children >= cx.max_children) {
+        cx.c.children_dropped++;
+        Py_RETURN_FALSE;
+    }
+    uintptr_t key = (uintptr_t)PyThread_get_thread_ident();
+    if (cx_registry_get(&cx.threads, key))
+        Py_RETURN_FALSE;
+    cx_segment *c = calloc(1, sizeof(*c));
+    if (!c)
+        return PyErr_NoMemory();
+    t->spawn->refs++;
+    c->key = key;
+    c->owner = owner;
+    c->spawn = t->spawn;
+    c->dump_period_ms = owner->dump_period_ms;
+    if (cx_registry_put(&cx.threads, c) != 0) {
+        cx.c.children_dropped++;
+        cx.c.registry_full++;
+        cx_segment_free(c);
+        Py_RETURN_FALSE;
+    }
+    c->children = owner->children;
+    owner->children = c;
+    owner->n_children++;
+    cx.c.children_followed++;
+    Py_RETURN_TRUE;
+}
+
+PyObject *cx_py_thread_child_end(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    uintptr_t key = (uintptr_t)PyThread_get_thread_ident();
+    cx_segment *c = cx_registry_find(&cx.threads, key);
+    if (!c || !c->owner)
+        Py_RETURN_FALSE; /* its segment ended first, and took it along */
+    cx_registry_pop(&cx.threads, key);
+    child_unlink(c->owner, c);
+    cx.c.children_ended++;
+    cx_segment_free(c);
+    Py_RETURN_TRUE;
 }

@@ -109,6 +109,7 @@ typedef struct cx_segment {
     struct cx_segment *children; /* owner: first child; child: next sibling */
     struct cx_spawn *spawn;      /* child: its spawn site's frames (shared, refcounted) */
     uint32_t n_children;         /* owner: children registered now */
+    uint64_t serial;             /* unique per begin(): thread ids are reused */
     char buf[];               /* task id NUL segment id NUL */
 } cx_segment;
 
@@ -178,6 +179,12 @@ void cx_children_end(cx_segment *owner);
 void cx_spawn_release(struct cx_spawn *sp);
 /* Forgets the cached spawn sites (shutdown). */
 void cx_children_clear_sites(void);
+/* Thread mode: _canopy.thread_spawn(skip=0) in the starting thread (a token,
+ * or None when it is not profiled), thread_child_begin(token) and
+ * thread_child_end() in the started thread. */
+PyObject *cx_py_thread_spawn(PyObject *self, PyObject *args);
+PyObject *cx_py_thread_child_begin(PyObject *self, PyObject *token);
+PyObject *cx_py_thread_child_end(PyObject *self, PyObject *unused);
 /* _canopy.follow_children(enabled, max_per_segment=64, skip_types=()) */
 PyObject *cx_py_follow_children(PyObject *self, PyObject *args, PyObject *kw);
 
@@ -237,6 +244,7 @@ typedef struct cx_state {
     int follow_children;        /* CANOPY_FOLLOW_CHILDREN */
     uint32_t max_children;      /* per segment */
     PyObject *skip_types;       /* tuple: greenlet types never followed (gevent's Hub) */
+    uint64_t next_serial;       /* cx_segment.serial */
 
     /* task end tracking for finish reports (sampler thread only) */
     cx_task_end tasks[CX_MAX_TASKS];

@@ -517,6 +517,7 @@ static PyObject *m_begin(PyObject *self, PyObject *args, PyObject *kw)
     seg->dump_period_ms = dump_ms;
     seg->next_seq = 0;
     seg->max_snapshots = cx.max_snapshots_per_segment;
+    seg->serial = ++cx.next_serial;
     if (cx_registry_put(reg, seg) != 0) {
         cx.c.registry_full++;
         cx_segment_free(seg);
@@ -912,6 +913,11 @@ static PyMethodDef methods[] = {
      "frame_walk(name=None) -> 'fast' or 'public': the frame walker in use, after setting it to name"},
     {"follow_children", (PyCFunction)(void (*)(void))cx_py_follow_children, METH_VARARGS | METH_KEYWORDS,
      "follow_children(enabled, max_per_segment=64, skip_types=()): profile greenlets spawned by profiled ones"},
+    {"thread_spawn", cx_py_thread_spawn, METH_VARARGS,
+     "thread_spawn(skip=0): in a profiled thread starting another, a token for thread_child_begin(), else None"},
+    {"thread_child_begin", cx_py_thread_child_begin, METH_O,
+     "thread_child_begin(token): profile this thread under the starting thread's segment -> bool"},
+    {"thread_child_end", cx_py_thread_child_end, METH_NOARGS, "unregister this thread if it is a followed child"},
     {"shutdown", m_shutdown, METH_NOARGS, "stop sampling, remove tracers, flush and free the agent"},
     {"after_fork_child", m_after_fork_child, METH_NOARGS, "reset after fork (child side)"},
     {NULL, NULL, 0, NULL},

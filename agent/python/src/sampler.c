@@ -179,7 +179,7 @@ static void sample_tick(int tick_ms)
     } else if (mode == CX_MODE_THREAD) {
         for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t; t = PyThreadState_Next(t)) {
             cx_segment *seg = cx_registry_find(&cx.threads, (uintptr_t)t->thread_id);
-            if (seg && due(seg, now, tick_ms))
+            if (seg && due(seg->owner ? seg->owner : seg, now, tick_ms))
                 cx_snapshot(seg, cx_frame_of_tstate(t), now);
         }
     }
