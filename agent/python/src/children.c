@@ -30,15 +30,14 @@
  *
  * Thread mode has no switch to watch: canopy_agent wraps threading.Thread.
  * start, which asks thread_spawn() for a token (owner and spawn site) in the
- * starting thread and registers the new thread with it when it runs (see the
- * end of this file).
+ * starting thread and registers the new thread with it when it runs (see
+ * threads.c).
  *
  * Everything here runs with the GIL held, inside the tracer or the
  * middleware's end(): errors are cleared and counted, never raised.
  */
 #include "cx.h"
 
-#include <pythread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -606,42 +605,11 @@ PyObject *cx_py_follow_children(PyObject *self, PyObject *args, PyObject *kw)
     return PyBool_FromLong(cx.follow_children);
 }
 
-/* ---- thread mode: threading.Thread started by a profiled thread ------------ */
+/* ---- for thread mode (threads.c) ---------------------------------------- */
 
-/* What thread_child_begin needs: the owner (by key and serial, since thread
- * ids are reused by the next request on the same worker thread) and the
- * spawn site. */
-typedef struct thread_token {
-    uintptr_t owner_key;
-    uint64_t serial;
-    cx_spawn *spawn;
-} thread_token;
-
-static const char TOKEN_NAME[] = "canopy_agent._canopy.thread_token";
-
-static void token_free(PyObject *capsule)
+cx_spawn *cx_spawn_here(cx_spawn *parent, int skip)
 {
-    thread_token *t = PyCapsule_GetPointer(capsule, TOKEN_NAME);
-    if (t) {
-        cx_spawn_release(t->spawn);
-        free(t);
-    }
-    PyErr_Clear();
-}
-
-PyObject *cx_py_thread_spawn(PyObject *self, PyObject *args)
-{
-    (void)self;
-    int skip = 0;
-    if (!PyArg_ParseTuple(args, "|i", &skip))
-        return NULL;
-    if (!cx.follow_children || atomic_load(&cx.mode) != CX_MODE_THREAD || !cx.agent)
-        Py_RETURN_NONE;
-    cx_segment *pseg = cx_registry_find(&cx.threads, (uintptr_t)PyThread_get_thread_ident());
-    if (!pseg)
-        Py_RETURN_NONE;
-    cx_segment *owner = pseg->owner ? pseg->owner : pseg;
-    /* The starting thread's frames, leaf first, less the caller's wrappers. */
+    /* The running thread's frames, leaf first, less the caller's wrappers. */
     frame_list *site = &scratch_a;
     site->n = 0;
     PyFrameObject *f = PyThreadState_GetFrame(PyThreadState_GET());
@@ -658,79 +626,30 @@ PyObject *cx_py_thread_spawn(PyObject *self, PyObject *args)
         site->n++;
         Py_DECREF(co);
         PyFrameObject *back = PyFrame_GetBack(f);
-        Py_XDECREF(back);
+        Py_XDECREF(back); /* borrowed: the running frames keep their objects */
         f = back;
     }
     reverse_frames(site);
-    cx_spawn *sp = site_get(pseg->spawn, site->f, site->n);
+    cx_spawn *sp = site_get(parent, site->f, site->n);
     Py_XDECREF(keep);
-    if (!sp)
-        return PyErr_NoMemory();
-    thread_token *t = malloc(sizeof(*t));
-    if (!t) {
-        cx_spawn_release(sp);
-        return PyErr_NoMemory();
-    }
-    t->owner_key = owner->key;
-    t->serial = owner->serial;
-    t->spawn = sp;
-    PyObject *cap = PyCapsule_New(t, TOKEN_NAME, token_free);
-    if (!cap) {
-        cx_spawn_release(sp);
-        free(t);
-    }
-    return cap;
+    return sp;
 }
 
-PyObject *cx_py_thread_child_begin(PyObject *self, PyObject *token)
+void cx_spawn_ref(cx_spawn *sp)
 {
-    (void)self;
-    thread_token *t = PyCapsule_GetPointer(token, TOKEN_NAME);
-    if (!t)
-        return NULL;
-    if (atomic_load(&cx.mode) != CX_MODE_THREAD)
-        Py_RETURN_FALSE;
-    cx_segment *owner = cx_registry_find(&cx.threads, t->owner_key);
-    if (!owner || owner->owner || owner->serial != t->serial)
-        Py_RETURN_FALSE; /* the request ended before the thread ran */
-    if (owner->n_children >= cx.max_children) {
-        cx.c.children_dropped++;
-        Py_RETURN_FALSE;
-    }
-    uintptr_t key = (uintptr_t)PyThread_get_thread_ident();
-    if (cx_registry_get(&cx.threads, key))
-        Py_RETURN_FALSE;
-    cx_segment *c = calloc(1, sizeof(*c));
-    if (!c)
-        return PyErr_NoMemory();
-    t->spawn->refs++;
-    c->key = key;
-    c->owner = owner;
-    c->spawn = t->spawn;
-    c->dump_period_ms = owner->dump_period_ms;
-    if (cx_registry_put(&cx.threads, c) != 0) {
-        cx.c.children_dropped++;
-        cx.c.registry_full++;
-        cx_segment_free(c);
-        Py_RETURN_FALSE;
-    }
-    c->children = owner->children;
-    owner->children = c;
+    sp->refs++;
+}
+
+void cx_children_link(cx_segment *owner, cx_segment *child)
+{
+    child->owner = owner;
+    child->children = owner->children;
+    owner->children = child;
     owner->n_children++;
     cx.c.children_followed++;
-    Py_RETURN_TRUE;
 }
 
-PyObject *cx_py_thread_child_end(PyObject *self, PyObject *unused)
+void cx_children_unlink(cx_segment *owner, cx_segment *child)
 {
-    (void)self;
-    uintptr_t key = (uintptr_t)PyThread_get_thread_ident();
-    cx_segment *c = cx_registry_find(&cx.threads, key);
-    if (!c || !c->owner)
-        Py_RETURN_FALSE; /* its segment ended first, and took it along */
-    cx_registry_pop(&cx.threads, key);
-    child_unlink(c->owner, c);
-    cx.c.children_ended++;
-    cx_segment_free(c);
-    Py_RETURN_TRUE;
+    child_unlink(owner, child);
 }

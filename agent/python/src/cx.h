@@ -1,6 +1,7 @@
 /*
  * _canopy: the C half of canopy_agent. Internal declarations shared by the
- * extension's files (module.c, frames.c, registry.c, tracer.c, sampler.c).
+ * extension's files (module.c, frames.c, registry.c, tracer.c, sampler.c,
+ * children.c, threads.c).
  *
  * Concurrency model. Everything that touches Python objects, the registry or
  * the signature cache runs with the GIL held: the greenlet switch callback,
@@ -179,6 +180,16 @@ void cx_children_end(cx_segment *owner);
 void cx_spawn_release(struct cx_spawn *sp);
 /* Forgets the cached spawn sites (shutdown). */
 void cx_children_clear_sites(void);
+/* The running thread's spawn site under parent, skipping the leaf `skip`
+ * frames (a new reference; NULL when out of memory). */
+struct cx_spawn *cx_spawn_here(struct cx_spawn *parent, int skip);
+void cx_spawn_ref(struct cx_spawn *sp);
+/* Links a registered child to its owner / unlinks it (no registry change). */
+void cx_children_link(cx_segment *owner, cx_segment *child);
+void cx_children_unlink(cx_segment *owner, cx_segment *child);
+
+/* ---- threads.c: thread mode's child threads ------------------------------- */
+
 /* Thread mode: _canopy.thread_spawn(skip=0) in the starting thread (a token,
  * or None when it is not profiled), thread_child_begin(token) and
  * thread_child_end() in the started thread. */
