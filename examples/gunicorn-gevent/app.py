@@ -107,6 +107,73 @@ def search(environ):
     return {"hits": len(hits)}
 
 
+# ---- fan-out: work a request spawns (needs gevent) ---------------------------
+#
+# canopy profiles the greenlets a request spawns under the request, rooted at
+# the spawn site: the flame graph of /fanout shows
+# app -> fan_out -> <greenlet spawn> -> quote_prices / quote_taxes.
+
+def _burn(seconds):
+    """CPU for `seconds` with no switch inside, like checksumming a payload."""
+    end = time.perf_counter() + seconds
+    digest = b"canopy"
+    while time.perf_counter() < end:
+        for _ in range(50):
+            digest = hashlib.sha256(digest).digest()
+    return digest.hex()[:8]
+
+
+def quote_prices():
+    """The price service's computation: 70% of /fanout's CPU."""
+    return _burn(0.035)
+
+
+def quote_taxes():
+    """The tax computation: 30% of /fanout's CPU."""
+    return _burn(0.015)
+
+
+def fan_out(environ):
+    """Two computations in parallel greenlets, then the answer."""
+    import gevent
+
+    jobs = [gevent.spawn(quote_prices), gevent.spawn(quote_taxes)]
+    gevent.joinall(jobs)
+    return {"prices": jobs[0].value, "taxes": jobs[1].value}
+
+
+def render_chart():
+    return _burn(0.02)
+
+
+def build_report():
+    """A child that fans out itself: render_chart is the request's grandchild."""
+    import gevent
+
+    chart = gevent.spawn(render_chart)
+    chart.join()
+    return chart.value + _burn(0.005)
+
+
+def fan_out_nested(environ):
+    import gevent
+
+    job = gevent.spawn(build_report)
+    job.join()
+    return {"report": job.value}
+
+
+def make_thumbnail(i):
+    return _burn(0.01)
+
+
+def fan_out_pool(environ):
+    """A gevent pool: map() runs in a helper greenlet that spawns the workers."""
+    import gevent.pool
+
+    return {"thumbnails": gevent.pool.Pool(3).map(make_thumbnail, range(3))}
+
+
 def health(environ):
     return {"ok": True, "time": time.time()}
 
@@ -124,6 +191,9 @@ ROUTES = {
     "/checkout": checkout,
     "/products": list_products,
     "/search": search,
+    "/fanout": fan_out,
+    "/fanout/nested": fan_out_nested,
+    "/fanout/pool": fan_out_pool,
     "/health": health,
     "/_canopy/stats": canopy_stats,
 }

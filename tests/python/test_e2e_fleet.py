@@ -66,8 +66,11 @@ class FleetEndToEnd(unittest.TestCase):
             sigs = r["stack"]["codeSignatures"]
             self.assertTrue(sigs, "empty stack")
             for s in sigs:
-                # "<filename>.<function>: <lineno>"
-                self.assertRegex(s, r"^.+\.[^.]+: \d+$")
+                # "<filename>.<function>: <lineno>", or the marker between a
+                # spawner's frames and a child greenlet's (the shop's
+                # _remote_call starts a monkey-patched thread: a greenlet).
+                if s != "<greenlet spawn>":
+                    self.assertRegex(s, r"^.+\.[^.]+: \d+$")
             self.assertTrue(any(s.startswith(handler) for s in sigs),
                             "handler missing from %s" % sigs)
             # Root first: the app's WSGI entry is above the handler, and the
@@ -75,6 +78,18 @@ class FleetEndToEnd(unittest.TestCase):
             names = [s.rsplit(": ", 1)[0].rsplit(".", 1)[-1] for s in sigs]
             self.assertLess(names.index("app"), names.index("checkout"))
             self.assertLess(names.index("__call__"), names.index("app"))
+
+        # Greenlet mode follows child greenlets (issue 12): _remote_call's
+        # responder thread is a greenlet under gevent, and its switches
+        # (recv, sleep) are snapshots rooted at the spawn site.
+        children = [r["stack"]["codeSignatures"] for r in rows if "<greenlet spawn>" in r["stack"]["codeSignatures"]]
+        self.assertTrue(children, "no snapshot of a child greenlet")
+        for sigs in children:
+            i = sigs.index("<greenlet spawn>")
+            names = [s.rsplit(": ", 1)[0].rsplit(".", 1)[-1] for s in sigs]
+            self.assertIn("checkout", names[:i])
+            self.assertIn("_remote_call", names[:i])
+            self.assertIn("peer", names[i + 1:])
 
     def test_sampling_mode_sees_cpu_work(self):
         # Sampling mode: time-proportional samples every 10 ms. checkout's

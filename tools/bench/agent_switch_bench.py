@@ -17,6 +17,17 @@ The worker greenlet sits at a chosen stack depth. Cases:
                                 when one runs, else dropped and counted)
   ... public frame API          the same at depth 20 with the fallback walker
                                 (PyFrame_GetBack & co., CANOPY_FRAME_WALK=public)
+  canopy profiled child, ...    the worker is a child greenlet of a profiled
+                                greenlet (issue 12): it was first switched
+                                into by a greenlet profiled at depth 10, so
+                                each snapshot is 10 spawn-site frames, the
+                                marker and the worker's own 20 frames
+  spawn, ...                    the cost of one spawn inside a profiled
+                                request at depth 20 (us per spawn, not per
+                                switch): a raw greenlet.greenlet(noop).switch()
+                                and a gevent.spawn(noop).join(), with children
+                                followed and with CANOPY_FOLLOW_CHILDREN off;
+                                "added" is over the same spawn unprofiled
   SkyWalking, depth D           SkyWalking Python's published greenlet
                                 profiler: a Python trace function calling
                                 traceback.extract_stack on every switch of the
@@ -120,8 +131,8 @@ service:
 
 # ---- the workload -------------------------------------------------------------
 
-def make_worker(greenlet, depth, rounds_box):
-    main = greenlet.getcurrent()
+def make_worker(greenlet, depth, rounds_box, main=None):
+    main = main or greenlet.getcurrent()
 
     def descend(n):
         if n > 0:
@@ -154,6 +165,78 @@ def time_switches(greenlet, depth, rounds, before=None, after=None):
     while not g.dead:
         g.switch()
     return (t1 - t0) / ((rounds - 1) * 2) / 1000.0  # microseconds per switch
+
+
+def time_loop(g, rounds):
+    sw = g.switch
+    t0 = time.thread_time_ns()
+    for _ in range(rounds - 1):
+        sw()
+    t1 = time.thread_time_ns()
+    return (t1 - t0) / ((rounds - 1) * 2) / 1000.0
+
+
+def time_child_switches(greenlet, _canopy, depth, rounds, spawn_depth=10):
+    """The worker is a child: a greenlet profiled at spawn_depth does the
+    first switch into it, then main ping-pongs with it as usual."""
+    box = [rounds]
+    main = greenlet.getcurrent()
+    holder = []
+
+    def spawner(n):
+        if n > 1:
+            return spawner(n - 1)
+        g = make_worker(greenlet, depth, box, main)
+        holder.append(g)
+        g.switch()  # first switch-in from a profiled greenlet: g is its child now
+
+    p = greenlet.greenlet(lambda: spawner(spawn_depth - 1))
+    key = _canopy.begin("bench-task", "seg-child", target=p)
+    p.switch()  # p spawns g; g parks at `depth` and switches back to main
+    g = holder[0]
+    if _canopy.stats()["children_followed"] != 1:
+        raise SystemExit("agent_switch_bench: the worker was not followed as a child")
+    us = time_loop(g, rounds)
+    n = _canopy.end(target=key)
+    while not g.dead:
+        g.switch()
+    return us, n
+
+
+def noop():
+    pass
+
+
+def time_spawns(greenlet, _canopy, n, kind, profiled, depth=20):
+    """us per spawn (create, run to the end, back) from a greenlet at depth."""
+    import gevent
+
+    out = []
+
+    def body(k):
+        if k > 1:
+            return body(k - 1)
+        if kind == "raw":
+            t0 = time.thread_time_ns()
+            for _ in range(n):
+                greenlet.greenlet(noop).switch()
+        else:
+            spawn = gevent.spawn
+            t0 = time.thread_time_ns()
+            for _ in range(n):
+                spawn(noop).join()
+        out.append((time.thread_time_ns() - t0) / n / 1000.0)
+
+    def request():
+        key = _canopy.begin("bench-task", "seg-spawn") if profiled else None
+        try:
+            body(depth - 1)
+        finally:
+            if key is not None:
+                _canopy.end()
+
+    gevent.spawn(request).join()
+    return out[0]
 
 
 # ---- SkyWalking's algorithm (skywalking-python GreenletProfiler) ---------------
@@ -213,10 +296,10 @@ def main():
     rounds = args.rounds
     prof_rounds = max(rounds // 5, 2000)
 
-    def canopy_on():
+    def canopy_on(follow=True):
         canopy_agent.start(collector=url, service="bench", mode="greenlet", command_poll_ms=0,
                            max_buffered_bytes=64 << 20, shutdown_timeout_ms=3000,
-                           max_snapshots_per_segment=10 ** 9)
+                           max_snapshots_per_segment=10 ** 9, follow_children=follow)
 
     def canopy_off():
         canopy_agent.stop()
@@ -271,6 +354,28 @@ def main():
                 canopy_off()
         return run
 
+    def case_canopy_child(depth):
+        def run():
+            canopy_on()
+            try:
+                us, n = time_child_switches(greenlet, _canopy, depth, prof_rounds)
+                results["_child_snapshots_%d" % depth].append(n)
+                return us
+            finally:
+                canopy_off()
+        return run
+
+    spawns = max(rounds // 25, 1000)
+
+    def case_spawn(kind, profiled, follow=True):
+        def run():
+            canopy_on(follow)
+            try:
+                return time_spawns(greenlet, _canopy, spawns, kind, profiled)
+            finally:
+                canopy_off()
+        return run
+
     def case_skywalking(depth):
         def run():
             profiled = [None]
@@ -292,6 +397,7 @@ def main():
         ("canopy profiled, depth 20", case_canopy_profiled(20)),
         ("canopy profiled, depth 50", case_canopy_profiled(50)),
         ("canopy profiled, depth 20, public frame API", case_canopy_profiled(20, "public")),
+        ("canopy profiled child, depth 20+11", case_canopy_child(20)),
         ("SkyWalking algorithm, depth 20", case_skywalking(20)),
         ("SkyWalking algorithm, depth 50", case_skywalking(50)),
     ]
@@ -299,11 +405,28 @@ def main():
         for _ in range(args.repeat):
             for name, fn in cases:
                 results[name].append(fn())
+    except BaseException:
+        if collector:
+            collector.stop()
+        raise
+
+    spawn_cases = [
+        ("spawn raw, unprofiled", case_spawn("raw", False)),
+        ("spawn raw, profiled, following", case_spawn("raw", True)),
+        ("spawn raw, profiled, follow off", case_spawn("raw", True, False)),
+        ("spawn gevent, unprofiled", case_spawn("gevent", False)),
+        ("spawn gevent, profiled, following", case_spawn("gevent", True)),
+        ("spawn gevent, profiled, follow off", case_spawn("gevent", True, False)),
+    ]
+    try:
+        for _ in range(args.repeat):
+            for name, fn in spawn_cases:
+                results[name].append(fn())
     finally:
         if collector:
             collector.stop()
 
-    best = {name: min(results[name]) for name, _ in cases}
+    best = {name: min(results[name]) for name, _ in cases + spawn_cases}
     base = best["no tracer"]
     print("greenlet switch cost (us of CPU per switch on the app thread; best of %d runs;"
           " %d-core machine, shared: expect noise)" % (args.repeat, os.cpu_count()))
@@ -315,6 +438,12 @@ def main():
     for name, _ in cases:
         med = sorted(results[name])[len(results[name]) // 2]
         print("%-34s %10.3f %10.3f %10.3f" % (name, best[name], best[name] - base, med))
+    print()
+    print("%-34s %10s %10s %10s" % ("spawn inside a request, depth 20", "per spawn", "added", "median"))
+    for name, _ in spawn_cases:
+        med = sorted(results[name])[len(results[name]) // 2]
+        ref = best["spawn %s, unprofiled" % name.split()[1].rstrip(",")]
+        print("%-34s %10.3f %10.3f %10.3f" % (name, best[name], best[name] - ref, med))
     print()
     added_idle = best["canopy, nothing profiled"] - base
     floor = best["any C tracer (operator.is_)"] - base
@@ -331,13 +460,17 @@ def main():
     print("target: <= 0.15 us added per switch, nothing profiled: %.3f us  %s" % (added_idle, "OK" if ok_idle else "MISSED"))
     print("target: <= 2 us per profiled switch at depth 20:      %.3f us  %s"
           % (best["canopy profiled, depth 20"] - base, "OK" if ok_20 else "MISSED"))
+    child = best["canopy profiled child, depth 20+11"] - base
+    print("target: <= 2 us per profiled child switch, depth 20:  %.3f us  %s (stacks of 31 frames)"
+          % (child, "OK" if child <= 2.0 else "MISSED"))
     snaps = results.get("_snapshots_20")
     if snaps:
         print("(profiled depth-20 runs took %s snapshots per run; stacks are %s frames)"
               % (snaps[-1][0], 20))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"python": sys.version.split()[0], "greenlet": greenlet.__version__, "cases": [n for n, _ in cases],
+            json.dump({"python": sys.version.split()[0], "greenlet": greenlet.__version__,
+                       "cases": [n for n, _ in cases + spawn_cases],
                        "best_us": best, "runs_us": {k: v for k, v in results.items() if not k.startswith("_")}},
                       f, indent=2)
     return 0

@@ -88,8 +88,12 @@ def start(**settings):
         )
         try:
             _canopy.set_mode(mode)
+            _canopy.follow_children(bool(config.follow_children), config.max_children_per_segment,
+                                    _hub_types())
             if mode in ("greenlet", "sampling"):
                 _canopy.install_tracer()
+            elif mode == "thread" and config.follow_children:
+                _follow_threads()
         except Exception:
             _canopy.shutdown()
             raise
@@ -103,6 +107,53 @@ def start(**settings):
         # Ask for tasks right away rather than at the end of the first poll interval.
         _canopy.poll_now()
         return mode
+
+
+def _hub_types():
+    """Greenlet types that are never a request's child: gevent's hub runs
+    everybody's callbacks, so its loop is nobody's work. Not imported here
+    (the app may not have monkey-patched yet): the extension looks gevent.hub
+    up itself when it was not loaded at start."""
+    import sys
+
+    hub = sys.modules.get("gevent.hub")
+    return (hub.Hub,) if hub is not None else ()
+
+
+def _follow_threads():
+    """Thread mode: a threading.Thread started while a profiled thread runs is
+    profiled under its segment, rooted at the start() call (issue 12).
+
+    threading has no hook for a thread's start, so Thread.start is wrapped,
+    once per process. The wrapper costs a C call when the starting thread is
+    not profiled (or the agent is stopped); when it is, it takes the spawn
+    stack and wraps that thread's run() to register and unregister it."""
+    import threading
+
+    original = threading.Thread.start
+    if getattr(original, "_canopy_follow", False):
+        return
+
+    def start(self):
+        token = _canopy.thread_spawn(1)  # 1: leave this wrapper out of the spawn stack
+        if token is not None:
+            run = self.run
+
+            def run_followed():
+                followed = _canopy.thread_child_begin(token)
+                try:
+                    run()
+                finally:
+                    if followed:
+                        _canopy.thread_child_end()
+
+            self.run = run_followed
+        return original(self)
+
+    start._canopy_follow = True
+    start.__wrapped__ = original
+    start.__doc__ = original.__doc__
+    threading.Thread.start = start
 
 
 def ensure_tracer():

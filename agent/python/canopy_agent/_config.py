@@ -15,6 +15,18 @@ def default_collector():
     """SERVICE_COLLECTOR when its socket exists, else DEFAULT_COLLECTOR."""
     return SERVICE_COLLECTOR if os.path.exists(SERVICE_COLLECTOR[len("ipc://"):]) else DEFAULT_COLLECTOR
 
+def flag(raw):
+    """A boolean setting from the environment: 1/0, true/false, yes/no, on/off."""
+    v = str(raw).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+flag.__name__ = "flag (1/0, true/false, yes/no, on/off)"
+
 # name: (environment variable, type, default)
 _SETTINGS = {
     "collector": ("CANOPY_COLLECTOR", str, None),  # None: default_collector(), when the agent starts
@@ -31,6 +43,13 @@ _SETTINGS = {
     # A segment stops taking snapshots after this long (SkyWalking's profile max_duration).
     "max_segment_ms": ("CANOPY_MAX_SEGMENT_MS", int, 10 * 60 * 1000),
     "signature_cache": ("CANOPY_SIGNATURE_CACHE", int, 16384),
+    # Greenlets spawned by a profiled greenlet (gevent.spawn, pools, raw
+    # greenlet.greenlet, nested) are profiled under its segment, rooted at
+    # the spawn site (docs/agent.md, "Child greenlets").
+    "follow_children": ("CANOPY_FOLLOW_CHILDREN", flag, True),
+    # Children registered at once per segment; more are not followed (counted
+    # in stats()["children_dropped"]). They share max_segments' registry too.
+    "max_children_per_segment": ("CANOPY_MAX_CHILDREN_PER_SEGMENT", int, 64),
     "command_poll_ms": ("CANOPY_COMMAND_POLL_MS", int, 5000),
     "max_batch_snapshots": ("CANOPY_MAX_BATCH_SNAPSHOTS", int, 256),
     "max_batch_age_ms": ("CANOPY_MAX_BATCH_AGE_MS", int, 200),

@@ -1,6 +1,7 @@
 /*
  * _canopy: the C half of canopy_agent. Internal declarations shared by the
- * extension's files (module.c, frames.c, registry.c, tracer.c, sampler.c).
+ * extension's files (module.c, frames.c, registry.c, tracer.c, sampler.c,
+ * children.c, threads.c).
  *
  * Concurrency model. Everything that touches Python objects, the registry or
  * the signature cache runs with the GIL held: the greenlet switch callback,
@@ -80,6 +81,10 @@ cx_frame *cx_frame_of_greenlet(PyObject *greenlet, PyObject **keep);
  * Never raises: errors are cleared and counted.
  */
 size_t cx_walk(cx_frame *leaf);
+/* Whether the thread has a Python frame: not on a greenlet's first switch-in. */
+int cx_frames_any(PyThreadState *tstate);
+/* "<file>.<name>: <line>", malloc'd (NULL when out of memory). */
+char *cx_sig_format(PyCodeObject *co, int line, uint32_t *len_out);
 
 /* ---- registry.c: profiled greenlets / threads --------------------------- */
 
@@ -98,6 +103,14 @@ typedef struct cx_segment {
     int32_t next_seq;         /* dense from 0; only advanced on a successful add */
     uint32_t max_snapshots;
     uint64_t dropped;         /* snapshots the library refused for this segment */
+    /* Child greenlets (children.c). A child's entry resolves to its owner:
+     * the owner's ids, sequence counter, caps and sampling tick serve every
+     * greenlet of the segment, so sequences stay dense from 0 across them. */
+    struct cx_segment *owner;    /* NULL: a request's own segment; else that segment */
+    struct cx_segment *children; /* owner: first child; child: next sibling */
+    struct cx_spawn *spawn;      /* child: its spawn site's frames (shared, refcounted) */
+    uint32_t n_children;         /* owner: children registered now */
+    uint64_t serial;             /* unique per begin(): thread ids are reused */
     char buf[];               /* task id NUL segment id NUL */
 } cx_segment;
 
@@ -153,6 +166,39 @@ void cx_sampler_tracers_changed(void);
 /* After fork in the child: the thread is gone, forget it without joining. */
 void cx_sampler_forget(void);
 
+/* ---- children.c: greenlets spawned by profiled greenlets ----------------- */
+
+/* Called by the tracer on every switch while something is profiled and
+ * children are followed: registers a greenlet on its first switch-in when its
+ * spawner is profiled, and unregisters a child that just died. Never raises. */
+void cx_children_switch(PyObject *origin, PyObject *target);
+/* The segment's own frames are in cx.frames_buf[0..n): puts the child's spawn
+ * stack in front (depth cap keeps the leaf frames). Returns the new count. */
+size_t cx_children_stitch(const cx_segment *child, size_t n);
+/* Unregisters and frees every child of the owner (already unregistered). */
+void cx_children_end(cx_segment *owner);
+void cx_spawn_release(struct cx_spawn *sp);
+/* Forgets the cached spawn sites (shutdown). */
+void cx_children_clear_sites(void);
+/* The running thread's spawn site under parent, skipping the leaf `skip`
+ * frames (a new reference; NULL when out of memory). */
+struct cx_spawn *cx_spawn_here(struct cx_spawn *parent, int skip);
+void cx_spawn_ref(struct cx_spawn *sp);
+/* Links a registered child to its owner / unlinks it (no registry change). */
+void cx_children_link(cx_segment *owner, cx_segment *child);
+void cx_children_unlink(cx_segment *owner, cx_segment *child);
+
+/* ---- threads.c: thread mode's child threads ------------------------------- */
+
+/* Thread mode: _canopy.thread_spawn(skip=0) in the starting thread (a token,
+ * or None when it is not profiled), thread_child_begin(token) and
+ * thread_child_end() in the started thread. */
+PyObject *cx_py_thread_spawn(PyObject *self, PyObject *args);
+PyObject *cx_py_thread_child_begin(PyObject *self, PyObject *token);
+PyObject *cx_py_thread_child_end(PyObject *self, PyObject *unused);
+/* _canopy.follow_children(enabled, max_per_segment=64, skip_types=()) */
+PyObject *cx_py_follow_children(PyObject *self, PyObject *args, PyObject *kw);
+
 /* ---- counters ------------------------------------------------------------ */
 
 typedef struct cx_counters {
@@ -173,6 +219,10 @@ typedef struct cx_counters {
     uint64_t segments_begun;
     uint64_t segments_ended;
     uint64_t finish_reports;
+    uint64_t children_followed;  /* child greenlets registered under a segment */
+    uint64_t children_dropped;   /* not followed: per-segment bound or registry full */
+    uint64_t children_ended;     /* unregistered: died, or their segment ended */
+    uint64_t spawn_sites;        /* spawn stacks built (cache misses) */
 } cx_counters;
 
 /* ---- the one agent -------------------------------------------------------- */
@@ -201,6 +251,11 @@ typedef struct cx_state {
 
     cx_tracer *tracers;         /* installed switch callbacks (strong refs) */
     PyObject *str_gr_frame;     /* interned "gr_frame" */
+
+    int follow_children;        /* CANOPY_FOLLOW_CHILDREN */
+    uint32_t max_children;      /* per segment */
+    PyObject *skip_types;       /* tuple: greenlet types never followed (gevent's Hub) */
+    uint64_t next_serial;       /* cx_segment.serial */
 
     /* task end tracking for finish reports (sampler thread only) */
     cx_task_end tasks[CX_MAX_TASKS];

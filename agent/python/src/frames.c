@@ -111,7 +111,7 @@ void cx_frames_fini(void)
 }
 
 /* Builds "<file>.<name>: <line>" for a cache miss. */
-static char *sig_format(PyCodeObject *co, int line, uint32_t *len_out)
+char *cx_sig_format(PyCodeObject *co, int line, uint32_t *len_out)
 {
     Py_ssize_t flen = 0, nlen = 0;
     const char *file = co->co_filename ? PyUnicode_AsUTF8AndSize(co->co_filename, &flen) : NULL;
@@ -159,7 +159,7 @@ static cx_sig *sig_get(PyCodeObject *co, int lasti, int line_or_neg)
         line = PyCode_Addr2Line(co, lasti * 2);
     }
     uint32_t len = 0;
-    char *str = sig_format(co, line, &len);
+    char *str = cx_sig_format(co, line, &len);
     if (!str)
         return NULL;
     cx_sig *e = &sigs[i];
@@ -297,6 +297,20 @@ static size_t public_walk(PyFrameObject *leaf, cn_str *out)
         f = back;
     }
     return n;
+}
+
+int cx_frames_any(PyThreadState *tstate)
+{
+#if CX_FAST_FRAMES
+    if (CX_LIKELY(!walk_public)) {
+        for (_PyInterpreterFrame *f = fast_top(tstate); f; f = f->previous) {
+            if (fast_code(f) && !_PyFrame_IsIncomplete(f))
+                return 1;
+        }
+        return 0;
+    }
+#endif
+    return public_frame_of_tstate(tstate) != NULL;
 }
 
 /* ---- dispatch --------------------------------------------------------------- */

@@ -73,11 +73,14 @@ fail:
 
 int cx_snapshot(cx_segment *seg, cx_frame *leaf, int64_t now)
 {
-    if (now < seg->not_before_ms) {
+    /* A child greenlet's snapshot belongs to its owner's segment: same ids,
+     * same sequence counter, same caps. */
+    cx_segment *own = seg->owner ? seg->owner : seg;
+    if (now < own->not_before_ms) {
         cx.c.snapshots_early++;
         return 0;
     }
-    if ((uint32_t)seg->next_seq >= seg->max_snapshots || now > seg->deadline_ms) {
+    if ((uint32_t)own->next_seq >= own->max_snapshots || now > own->deadline_ms) {
         cx.c.snapshots_capped++;
         return 0;
     }
@@ -89,23 +92,25 @@ int cx_snapshot(cx_segment *seg, cx_frame *leaf, int64_t now)
         cx.c.snapshots_empty++;
         return 0;
     }
+    if (seg->owner)
+        n = cx_children_stitch(seg, n);
     cn_snapshot_in s;
-    s.task = seg->task;
-    s.segment = seg->segment;
+    s.task = own->task;
+    s.segment = own->segment;
     s.time_ms = now;
-    s.sequence = seg->next_seq;
+    s.sequence = own->next_seq;
     s.frames = cx.frames_buf;
     s.n_frames = n;
     if (cn_agent_add(agent, &s) != 0) {
         /* Not added: the sequence number is not used, so the segment's
          * sequences stay dense. */
         cx.c.snapshots_dropped++;
-        seg->dropped++;
+        own->dropped++;
         return 0;
     }
     if (CX_UNLIKELY(cx.capture != NULL))
-        capture_append(seg, now, n);
-    seg->next_seq++;
+        capture_append(own, now, n);
+    own->next_seq++;
     cx.c.snapshots++;
     return 1;
 }
@@ -512,6 +517,7 @@ static PyObject *m_begin(PyObject *self, PyObject *args, PyObject *kw)
     seg->dump_period_ms = dump_ms;
     seg->next_seq = 0;
     seg->max_snapshots = cx.max_snapshots_per_segment;
+    seg->serial = ++cx.next_serial;
     if (cx_registry_put(reg, seg) != 0) {
         cx.c.registry_full++;
         cx_segment_free(seg);
@@ -569,9 +575,13 @@ static PyObject *m_end(PyObject *self, PyObject *args, PyObject *kw)
             Py_DECREF(g); /* still alive: it is running this code */
         }
     }
-    cx_segment *seg = cx_registry_pop(reg, key);
-    if (!seg)
+    cx_segment *seg = cx_registry_get(reg, key);
+    if (!seg || seg->owner) /* a child ends with its owner, not on its own */
         return PyLong_FromLong(-1);
+    cx_registry_pop(reg, key);
+    /* Children that outlive the request go with it (no leak, no orphan
+     * entries resolving to a freed owner). */
+    cx_children_end(seg);
     long n = seg->next_seq;
     /* The sampler's period is not raised here (that would scan the registry
      * on every request); sample_tick recomputes it now and then, and due()
@@ -716,6 +726,11 @@ static PyObject *m_stats(PyObject *self, PyObject *unused)
     PUT("segments_ended", c.segments_ended);
     PUT("segments_active", (uint64_t)atomic_load(&cx.active_segments));
     PUT("finish_reports", c.finish_reports);
+    PUT("children_followed", c.children_followed);
+    PUT("children_dropped", c.children_dropped);
+    PUT("children_ended", c.children_ended);
+    PUT("spawn_sites", c.spawn_sites);
+    PUT("registry_count", cx.greenlets.count + cx.threads.count);
     if (cx.agent) {
         cn_agent_stats s;
         memset(&s, 0, sizeof(s));
@@ -838,6 +853,7 @@ static PyObject *m_shutdown(PyObject *self, PyObject *unused)
     cx_registry_fini(&cx.greenlets);
     cx_registry_fini(&cx.threads);
     cx_frames_fini();
+    cx_children_clear_sites();
     Py_CLEAR(cx.capture);
     Py_RETURN_NONE;
 }
@@ -895,6 +911,13 @@ static PyMethodDef methods[] = {
     {"walk_greenlet", m_walk_greenlet, METH_O, "signatures of a suspended greenlet, root first"},
     {"frame_walk", cx_py_frame_walk, METH_VARARGS,
      "frame_walk(name=None) -> 'fast' or 'public': the frame walker in use, after setting it to name"},
+    {"follow_children", (PyCFunction)(void (*)(void))cx_py_follow_children, METH_VARARGS | METH_KEYWORDS,
+     "follow_children(enabled, max_per_segment=64, skip_types=()): profile greenlets spawned by profiled ones"},
+    {"thread_spawn", cx_py_thread_spawn, METH_VARARGS,
+     "thread_spawn(skip=0): in a profiled thread starting another, a token for thread_child_begin(), else None"},
+    {"thread_child_begin", cx_py_thread_child_begin, METH_O,
+     "thread_child_begin(token): profile this thread under the starting thread's segment -> bool"},
+    {"thread_child_end", cx_py_thread_child_end, METH_NOARGS, "unregister this thread if it is a followed child"},
     {"shutdown", m_shutdown, METH_NOARGS, "stop sampling, remove tracers, flush and free the agent"},
     {"after_fork_child", m_after_fork_child, METH_NOARGS, "reset after fork (child side)"},
     {NULL, NULL, 0, NULL},

@@ -42,6 +42,7 @@ void cx_segment_free(cx_segment *seg)
 {
     if (!seg)
         return;
+    cx_spawn_release(seg->spawn);
     Py_XDECREF(seg->greenlet);
     free(seg);
 }

@@ -55,9 +55,14 @@ static PyObject *tracer_call(PyObject *op, PyObject *args, PyObject *kwargs)
             /* The sampler reads this to know which greenlet runs now. */
             self->current = target;
             cx.c.switches++;
-            if (cx.greenlets.count &&
-                atomic_load_explicit(&cx.mode, memory_order_relaxed) == CX_MODE_GREENLET) {
-                on_switch(origin, target);
+            if (cx.greenlets.count) {
+                int mode = atomic_load_explicit(&cx.mode, memory_order_relaxed);
+                /* First: a child's first switch-in registers it, so greenlet
+                 * mode snapshots it from this very switch on. */
+                if (cx.follow_children && (mode == CX_MODE_GREENLET || mode == CX_MODE_SAMPLING))
+                    cx_children_switch(origin, target);
+                if (mode == CX_MODE_GREENLET)
+                    on_switch(origin, target);
                 if (CX_UNLIKELY(PyErr_Occurred())) {
                     PyErr_Clear();
                     cx.c.errors++;
