@@ -364,7 +364,7 @@ void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buff
         break;
     }
     case M_INSTANCE_PROPERTIES: {
-        /* Answered here: no upstream OAP (pass-through is not built yet). */
+        /* Answered here: no upstream OAP (with one, the call passes through). */
         Skywalking__V3__InstanceProperties *p = (Skywalking__V3__InstanceProperties *)msg;
         remember_agent(rx, peer, p->service, p->serviceinstance);
         reply_empty(reply);
@@ -377,6 +377,23 @@ void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buff
         break;
     }
     default: break;
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+void swrx_observe_management(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buffer *bb)
+{
+    /* A reader leaves the buffer as it was: the same bytes still go upstream. */
+    ProtobufCMessage *msg = unpack(bb, m == M_KEEP_ALIVE ? &skywalking__v3__instance_ping_pkg__descriptor
+                                                         : &skywalking__v3__instance_properties__descriptor);
+    if (!msg) /* not ours to judge: the OAP answers it */
+        return;
+    if (m == M_KEEP_ALIVE) {
+        const Skywalking__V3__InstancePingPkg *p = (const Skywalking__V3__InstancePingPkg *)msg;
+        remember_agent(rx, peer, p->service, p->serviceinstance);
+    } else {
+        const Skywalking__V3__InstanceProperties *p = (const Skywalking__V3__InstanceProperties *)msg;
+        remember_agent(rx, peer, p->service, p->serviceinstance);
     }
     protobuf_c_message_free_unpacked(msg, NULL);
 }

@@ -28,6 +28,7 @@
 typedef enum { P_ACCEPT, P_READ, P_FINISH } phase;
 
 typedef struct swrx_call {
+    int tag_kind; /* SWRX_TAG_CALL; first, as the loop reads it */
     sw_receiver *rx;
     phase phase;
     grpc_call *call;
@@ -164,6 +165,7 @@ static void request_call(sw_receiver *rx)
                  rx->listen);
         return;
     }
+    c->tag_kind = SWRX_TAG_CALL;
     c->rx = rx;
     c->phase = P_ACCEPT;
     c->status_detail = grpc_empty_slice();
@@ -235,7 +237,17 @@ static void on_accept(swrx_call *c, bool ok)
         finish(c);
         return;
     }
+    bool management = c->method == M_INSTANCE_PROPERTIES || c->method == M_KEEP_ALIVE;
+    if (rx->up_ready && (c->method == M_OTHER || management)) {
+        /* With an upstream, ManagementService goes there too (observed on the way), as Satellite does. */
+        if (swrx_proxy_start(rx, &c->call, &c->details, &c->md, c->peer, c->method, &c->reply) == 0)
+            call_free(c);
+        else
+            finish(c);
+        return;
+    }
     if (c->method == M_OTHER) {
+        cn_metric_inc(rx->unimplemented[swrx_pt_method(c->details.method)]);
         char *path = grpc_slice_to_c_string(c->details.method);
         swrx_refuse(rx, &c->reply, R_NO_UPSTREAM, GRPC_STATUS_UNIMPLEMENTED, c->peer,
                     "%s is not served: canopy forwards other SkyWalking services only to an upstream OAP, and "
@@ -309,11 +321,16 @@ static void *server_main(void *arg)
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         sweep_open_calls(rx);
+        swrx_proxy_sweep(rx);
         swrx_expire_agents(rx);
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
         if (ev.tag == &rx->shutdown_tag) {
             grpc_completion_queue_shutdown(rx->cq);
+            continue;
+        }
+        if (*(int *)ev.tag == SWRX_TAG_PROXY) {
+            swrx_proxy_event(ev.tag, ev.success);
             continue;
         }
         swrx_call *c = ev.tag;
@@ -421,6 +438,7 @@ void swrx_server_stop(sw_receiver *rx)
             grpc_event ev;
             do
                 ev = grpc_completion_queue_next(rx->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+            /* Only accepts are outstanding: no call was ever served without the thread. */
             while (ev.type == GRPC_OP_COMPLETE && ev.tag != &rx->shutdown_tag && (call_free(ev.tag), 1));
             grpc_completion_queue_shutdown(rx->cq);
             while (grpc_completion_queue_next(rx->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
