@@ -395,14 +395,14 @@ int swrx_proxy_start(sw_receiver *rx, grpc_call **call, grpc_call_details *detai
 {
     int label = swrx_pt_method(details->method);
     if (rx->n_proxies >= rx->max_passthrough_calls) {
-        swrx_refuse(rx, reply, R_PASSTHROUGH_FULL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer,
+        swrx_refuse(rx, reply, m, R_PASSTHROUGH_FULL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer,
                     "%s: %lld pass-through calls already in flight to the upstream OAP (max_passthrough_calls)",
                     swrx_pt_labels[label], (long long)rx->max_passthrough_calls);
         return -1;
     }
     swrx_proxy *p = calloc(1, sizeof *p);
     if (!p) {
-        swrx_refuse(rx, reply, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer, "out of memory");
+        swrx_refuse(rx, reply, m, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer, "out of memory");
         return -1;
     }
     for (int i = 0; i < N_CHAINS; i++)
@@ -506,7 +506,7 @@ void swrx_proxy_sweep(sw_receiver *rx)
         } else if (age > rx->max_call_duration_ms) {
             p->ended_by_us = true;
             swrx_reply r = {0};
-            swrx_refuse(rx, &r, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, p->peer,
+            swrx_refuse(rx, &r, p->method, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, p->peer,
                         "%s open for over max_call_duration (%lld ms); ended", swrx_pt_labels[p->label],
                         (long long)rx->max_call_duration_ms);
             grpc_call_cancel_with_status(p->uc, GRPC_STATUS_DEADLINE_EXCEEDED, r.detail, NULL);

@@ -202,6 +202,12 @@ static void make_metrics(sw_receiver *rx)
         rx->refused[i] = cn_counter("canopy_receiver_refused_total",
                                     "Requests refused with an error reply, by reason.", l);
         rx->refuse_log[i].interval_ms = SWRX_LOG_INTERVAL_MS;
+        for (size_t m = 0; m < N_METHODS; m++) {
+            snprintf(l, sizeof l, "%s,type=\"%s\",reason=\"%s\"", labels, swrx_method_labels[m],
+                     swrx_reason_labels[i]);
+            rx->refused_by[m][i] = cn_counter("canopy_skywalking_receiver_refused_total",
+                                              "Calls refused with an error reply, by method (type) and reason.", l);
+        }
     }
     for (size_t i = 0; i < N_PT_METHODS; i++) {
         snprintf(l, sizeof l, "%s,method=\"%s\"", labels, swrx_pt_labels[i]);

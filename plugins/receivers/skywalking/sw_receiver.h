@@ -118,6 +118,7 @@ typedef struct sw_receiver {
 
     cn_metric *calls[N_METHODS];
     cn_metric *refused[N_REASONS];
+    cn_metric *refused_by[N_METHODS][N_REASONS];
     cn_metric *pt_calls[N_PT_METHODS], *pt_errors[N_PT_METHODS], *pt_bytes_up[N_PT_METHODS],
         *pt_bytes_down[N_PT_METHODS], *unimplemented[N_PT_METHODS], *pt_in_flight;
     cn_metric *accepted_batches, *accepted_snapshots, *connected_agents, *clamped_tasks;
@@ -176,7 +177,7 @@ void swrx_proxy_sweep(sw_receiver *rx);
 void swrx_observe_management(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buffer *bb);
 
 /* Counts and logs (rate limited) a refusal; fills reply. */
-void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_reason r, grpc_status_code code, const char *peer,
-                 const char *fmt, ...) CN_PRINTF(6, 7);
+void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_method m, swrx_reason r, grpc_status_code code,
+                 const char *peer, const char *fmt, ...) CN_PRINTF(7, 8);
 
 #endif

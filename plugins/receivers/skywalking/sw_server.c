@@ -89,7 +89,7 @@ static void sweep_open_calls(sw_receiver *rx)
             continue;
         c->timed_out = true;
         swrx_reply r = {0};
-        swrx_refuse(rx, &r, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, c->peer,
+        swrx_refuse(rx, &r, c->method, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, c->peer,
                     "%s open for over max_call_duration (%lld ms); ended", swrx_method_labels[c->method],
                     (long long)rx->max_call_duration_ms);
         grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, r.detail, NULL);
@@ -232,7 +232,7 @@ static void on_accept(swrx_call *c, bool ok)
     c->method = method_of(c->details.method);
     cn_metric_inc(rx->calls[c->method]);
     if (!token_ok(rx, &c->md)) {
-        swrx_refuse(rx, &c->reply, R_UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, c->peer,
+        swrx_refuse(rx, &c->reply, c->method, R_UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, c->peer,
                     "missing or wrong `authentication` metadata (SW_AGENT_AUTHENTICATION)");
         finish(c);
         return;
@@ -249,7 +249,7 @@ static void on_accept(swrx_call *c, bool ok)
     if (c->method == M_OTHER) {
         cn_metric_inc(rx->unimplemented[swrx_pt_method(c->details.method)]);
         char *path = grpc_slice_to_c_string(c->details.method);
-        swrx_refuse(rx, &c->reply, R_NO_UPSTREAM, GRPC_STATUS_UNIMPLEMENTED, c->peer,
+        swrx_refuse(rx, &c->reply, c->method, R_NO_UPSTREAM, GRPC_STATUS_UNIMPLEMENTED, c->peer,
                     "%s is not served: canopy forwards other SkyWalking services only to an upstream OAP, and "
                     "receivers.%s has no `upstream` configured",
                     path ? path : "?", cn_component_id(rx->self));
@@ -258,7 +258,7 @@ static void on_accept(swrx_call *c, bool ok)
         return;
     }
     if (c->method == M_COLLECT_SNAPSHOT && !(c->stream = swrx_stream_new(rx, c->peer))) {
-        swrx_refuse(rx, &c->reply, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, c->peer, "out of memory");
+        swrx_refuse(rx, &c->reply, c->method, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, c->peer, "out of memory");
         finish(c);
         return;
     }
@@ -279,7 +279,7 @@ static void on_read(swrx_call *c, bool ok)
             c->reply.status = GRPC_STATUS_DEADLINE_EXCEEDED; /* counted by the sweep */
             snprintf(c->reply.detail, sizeof c->reply.detail, "open for over max_call_duration");
         } else {
-            swrx_refuse(rx, &c->reply, R_STREAM_ERROR, GRPC_STATUS_CANCELLED, c->peer,
+            swrx_refuse(rx, &c->reply, c->method, R_STREAM_ERROR, GRPC_STATUS_CANCELLED, c->peer,
                         "%s: reading the call failed (message over max_message_size %lld, or the agent went away)",
                         swrx_method_labels[c->method], (long long)rx->max_message_size);
         }
