@@ -10,7 +10,9 @@ behind canopy (`upstream: skywalking`, a spooled skywalking exporter):
   latency is asserted), and pass through again after;
 - an upstream that accepts TCP but never speaks (a black hole: gRPC would
   keep the call waiting while it connects) ends the call with UNAVAILABLE
-  after upstream_connect_timeout, on a second receiver."""
+  after upstream_connect_timeout, on a second receiver;
+- canopy stops promptly with a proxied call still hung at the OAP (the
+  agent's call is ended, and with it the upstream one)."""
 import os
 import socket
 import sys
@@ -23,6 +25,14 @@ from oaplib import check, log, wait_for  # noqa: E402
 
 OUTAGE_S = 20
 FAST_S = 1.5  # upstream_connect_timeout is 1 s; a refused connection fails sooner
+
+
+def _code(grpc, call):
+    try:
+        call()
+        return "OK"
+    except grpc.RpcError as e:
+        return e.code().name
 
 
 def main(args):
@@ -77,6 +87,7 @@ tasks:
        oaplib.retry_yaml(initial="200ms", max_interval="1s", max_elapsed="0s"), os.path.join(wd, "spool"),
        hole.getsockname()[1], admin_port))
         agent = None
+        rc = None
         try:
             col.validate()
             col.start(admin_port)
@@ -192,10 +203,27 @@ tasks:
             check(errors is None or errors >= len(lat), "pass-through errors counted %r < %d" % (errors, len(lat)))
             log("all %d snapshots at the OAP, dense from 0; pass-through works again; %r errors counted"
                 % (len(sent), errors))
+
+            # ---- stop with a proxied call hung at the OAP ----
+            oap.set_mode("hang", methods=["EventService/collect"])
+            hung = []
+            t = threading.Thread(target=lambda: hung.append(_code(grpc, lambda: agent.raw_stream(
+                "EventService/collect", [b"\x0a\x01h"], timeout=20))))
+            t.start()
+            oaplib.wait_metric(col, "canopy_skywalking_passthrough_in_flight", lambda v: v >= 1, "a hung call", 10)
+            t0 = time.time()
+            rc = col.stop()
+            took = time.time() - t0
+            t.join(20)
+            check(took < 10, "canopy took %.1f s to stop with a hung pass-through call" % took)
+            check(hung and hung[0] != "OK", "the hung call: %r" % hung)
+            log("stopped in %.1f s with a proxied call hung at the OAP; the agent got %s" % (took, hung[0]))
+            oap.set_mode("ok")
         finally:
             if agent:
                 agent.close()
-            rc = col.stop()
+            if col.proc:  # a failure before the planned stop
+                rc = col.stop()
             oap.stop()
             hole.close()
         check(rc == 0, "canopy exited %r" % rc)

@@ -479,6 +479,16 @@ local_status: /* nothing upstream: answer the agent from here */
     return 0;
 }
 
+void swrx_proxy_cancel_all(sw_receiver *rx)
+{
+    for (swrx_proxy *p = rx->proxies; p; p = p->next) {
+        if (p->status_in || p->ended_by_us || !p->uc)
+            continue;
+        p->ended_by_us = true;
+        grpc_call_cancel_with_status(p->uc, GRPC_STATUS_UNAVAILABLE, "canopy is shutting down", NULL);
+    }
+}
+
 /*
  * gRPC queues a call while its channel is connecting, and connecting to an
  * address that drops packets takes minutes: a proxied call that has heard

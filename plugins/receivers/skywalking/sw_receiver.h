@@ -102,6 +102,8 @@ typedef struct sw_receiver {
     bool thread_started;
     atomic_bool stopping;
     int shutdown_tag;           /* its address is the server-shutdown tag */
+    bool server_down;           /* the shutdown tag came; the queue closes once no call is left */
+    int64_t n_calls;            /* swrx_calls alive (accepts included); server thread only */
     struct swrx_call *open_calls; /* calls reading, for max_call_duration; server thread only */
     int64_t next_sweep_ms;
     uint64_t next_batch_seq;    /* only the server thread touches it */
@@ -171,6 +173,8 @@ int swrx_proxy_start(sw_receiver *rx, grpc_call **call, grpc_call_details *detai
                      const char *peer, swrx_method m, swrx_reply *reply);
 /* A completion whose tag is a proxy's (SWRX_TAG_PROXY). */
 void swrx_proxy_event(void *tag, bool ok);
+/* Ends every proxied call's upstream half (shutdown: a hung OAP must not hold canopy's stop). */
+void swrx_proxy_cancel_all(sw_receiver *rx);
 /* Ends proxied calls stuck connecting or open past max_call_duration (every 0.5 s at most). */
 void swrx_proxy_sweep(sw_receiver *rx);
 /* sw_handlers.c: records the instance a ManagementService message names (the bytes are only read). */

@@ -141,6 +141,7 @@ static bool token_ok(const sw_receiver *rx, const grpc_metadata_array *md)
 
 static void call_free(swrx_call *c)
 {
+    c->rx->n_calls--;
     open_unlink(c);
     if (c->stream)
         swrx_stream_free(c->stream);
@@ -167,6 +168,7 @@ static void request_call(sw_receiver *rx)
     }
     c->tag_kind = SWRX_TAG_CALL;
     c->rx = rx;
+    rx->n_calls++;
     c->phase = P_ACCEPT;
     c->status_detail = grpc_empty_slice();
     grpc_call_details_init(&c->details);
@@ -323,21 +325,32 @@ static void *server_main(void *arg)
         sweep_open_calls(rx);
         swrx_proxy_sweep(rx);
         swrx_expire_agents(rx);
-        if (ev.type != GRPC_OP_COMPLETE)
-            continue;
-        if (ev.tag == &rx->shutdown_tag) {
+        /* gRPC does not always carry the server's cancel-all to the proxied calls' upstream halves. */
+        if (atomic_load(&rx->stopping))
+            swrx_proxy_cancel_all(rx);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            if (ev.tag == &rx->shutdown_tag)
+                rx->server_down = true;
+            else if (*(int *)ev.tag == SWRX_TAG_PROXY)
+                swrx_proxy_event(ev.tag, ev.success);
+            else {
+                swrx_call *c = ev.tag;
+                switch (c->phase) {
+                case P_ACCEPT: on_accept(c, ev.success); break;
+                case P_READ: on_read(c, ev.success); break;
+                case P_FINISH: call_free(c); break;
+                }
+            }
+        }
+        /*
+         * The shutdown tag can come while calls still have batches to start
+         * (a proxied call's upstream half ends later): starting one on a
+         * shut-down queue aborts the process, so the queue closes only once
+         * no call is left.
+         */
+        if (rx->server_down && rx->n_calls == 0 && !rx->proxies) {
+            rx->server_down = false;
             grpc_completion_queue_shutdown(rx->cq);
-            continue;
-        }
-        if (*(int *)ev.tag == SWRX_TAG_PROXY) {
-            swrx_proxy_event(ev.tag, ev.success);
-            continue;
-        }
-        swrx_call *c = ev.tag;
-        switch (c->phase) {
-        case P_ACCEPT: on_accept(c, ev.success); break;
-        case P_READ: on_read(c, ev.success); break;
-        case P_FINISH: call_free(c); break;
         }
     }
     return NULL;
