@@ -36,6 +36,8 @@ A small HTTP JSON control API on a second loopback port drives it:
                                  as received: {"Service/method": [[hex message, ...] per
                                  call]}; answered with one empty message (an empty
                                  Commands), or as /mode says
+  GET  /deadlines                those calls' remaining deadline at arrival (s, or
+                                 null for none): {"Service/method": [...]}
   POST /mode                     {"mode": "ok"|"fail"|"hang", "code": "UNAVAILABLE",
                                  "methods": [...], "count": N, "after": K, "skip": S}
                                  fail/hang the next N calls (all when no count)
@@ -105,6 +107,7 @@ class State:
         self.peers_by_method = {}  # method -> set(peer)
         self.auth_failures = 0
         self.raw = {}              # "Service/method" -> [[hex message, ...] per call]
+        self.deadlines = {}        # "Service/method" -> [seconds left at arrival, or None]
         self.mode = {"mode": "ok"}
         self.generation = 1        # +1 on every restart with --state-file
 
@@ -331,6 +334,9 @@ def build_raw_handler(grpc, state, servicer):
             name = (name[-2].replace("skywalking.v3.", "") + "/" + name[-1]) if len(name) >= 2 else path
 
             def handle(request_iterator, context):
+                left = context.time_remaining()
+                with state.lock:
+                    state.deadlines.setdefault(name, []).append(left)
                 servicer._enter(name, context)
                 msgs = []
                 with state.lock:
@@ -390,6 +396,9 @@ def make_control_handler(state):
             if u.path == "/queries":
                 with state.lock:
                     return self._send(200, list(state.queries))
+            if u.path == "/deadlines":
+                with state.lock:
+                    return self._send(200, dict(state.deadlines))
             if u.path == "/raw":
                 with state.lock:
                     return self._send(200, {m: [list(c) for c in calls] for m, calls in state.raw.items()})
@@ -450,6 +459,7 @@ def make_control_handler(state):
                     state.peers_by_method.clear()
                     state.notified.clear()
                     state.raw.clear()
+                    state.deadlines.clear()
                 return self._send(200, {"ok": True})
             return self._send(404, {"error": "no such path " + u.path})
 

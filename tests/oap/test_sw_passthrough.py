@@ -10,6 +10,7 @@ skywalking receiver has `upstream: skywalking`. Against the stand-in OAP:
 - the OAP sees exactly one connection from canopy (exporter, task source and
   pass-through share it);
 - a status the OAP answers (code and message) comes back unchanged;
+- the agent's deadline reaches the OAP (and no deadline stays none);
 - bytes, calls and errors are counted per method."""
 import json
 import os
@@ -149,8 +150,16 @@ tasks:
                 except grpc.RpcError as e:
                     check(e.code() == grpc.StatusCode.FAILED_PRECONDITION and e.details() == "stand-in told to fail",
                           "status not passed unchanged: %s %r" % (e.code(), e.details()))
-                reply = agent.raw_unary("ConfigurationDiscoveryService/fetchConfigurations", b"\x0a\x04shop")
+                reply = agent.raw_unary("ConfigurationDiscoveryService/fetchConfigurations", b"\x0a\x04shop",
+                                        timeout=7)
                 check(reply == b"", "reply bytes %r" % reply)
+                dl = oap.get("/deadlines")
+                left = dl["ConfigurationDiscoveryService/fetchConfigurations"]
+                check(len(left) == 1 and left[0] is not None and 5 < left[0] <= 7.5,
+                      "a 7 s deadline arrived at the OAP as %r" % left)
+                check(all(x is None or x > 1e6 for x in dl["TraceSegmentReportService/collect"]),
+                      "calls without a deadline reached the OAP with one: %r" % dl["TraceSegmentReportService/collect"][:5])
+                log("a 7 s deadline reached the OAP with %.2f s left; calls without one had none" % left[0])
                 log("FAILED_PRECONDITION and its message came back unchanged; a unary call answered")
             finally:
                 agent.close()
