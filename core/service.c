@@ -227,8 +227,17 @@ static cn_component *component_build(cn_service *svc, cn_kind kind, const cn_nod
     } else {
         cn_options_apply(c->options, c->ctx, value, d);
     }
-    if (d->n_errors == errors_before && c->plugin->cb_check)
-        c->plugin->cb_check(c->ctx, c, d);
+    /*
+     * A receiver may name an exporter (the skywalking receiver's `upstream`),
+     * and receivers are built first so that components keep their config
+     * order: its check runs once the exporters exist (build_receiver_checks).
+     */
+    if (d->n_errors == errors_before && c->plugin->cb_check) {
+        if (kind == CN_RECEIVER)
+            c->check_pending = true;
+        else
+            c->plugin->cb_check(c->ctx, c, d);
+    }
     return c;
 }
 
@@ -240,6 +249,17 @@ static int add_component(cn_service *svc, cn_component *c)
     svc->components = grown;
     svc->components[svc->n_components++] = c;
     return 0;
+}
+
+static void build_receiver_checks(cn_service *svc, cn_diag *d)
+{
+    for (size_t i = 0; i < svc->n_components; i++) {
+        cn_component *c = svc->components[i];
+        if (c->check_pending) {
+            c->check_pending = false;
+            c->plugin->cb_check(c->ctx, c, d);
+        }
+    }
 }
 
 static cn_component *find_component(cn_service *svc, cn_kind kind, const char *id)
@@ -526,6 +546,7 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
     }
     build_section(svc, CN_RECEIVER, cn_node_get(root, "receivers"), d);
     build_section(svc, CN_EXPORTER, cn_node_get(root, "exporters"), d);
+    build_receiver_checks(svc, d);
     /* Declared processors are checked once here; pipelines make their own instances. */
     cn_service tmp = {0};
     const cn_node *procs = cn_node_get(root, "processors");

@@ -66,6 +66,7 @@ struct cn_component {
     cn_service *svc;
     bool started;
     bool keep; /* a receiver that a reload hands over running (reload.c) */
+    bool check_pending; /* a receiver's cb_check waits until the exporters are built */
     const cn_plugin *plugin;
     /* receivers: the pipelines fed */
     cn_pipeline **feeds;

@@ -31,6 +31,13 @@ A small HTTP JSON control API on a second loopback port drives it:
   GET  /segments[?taskId=T]      per segment: count, has sequence 0, dense
   GET  /finish                   finish reports
   GET  /queries                  getProfileTaskCommands calls received
+  GET  /raw                      every other service's calls (TraceSegmentReportService,
+                                 LogReportService, ManagementService, ... any method),
+                                 as received: {"Service/method": [[hex message, ...] per
+                                 call]}; answered with one empty message (an empty
+                                 Commands), or as /mode says
+  GET  /deadlines                those calls' remaining deadline at arrival (s, or
+                                 null for none): {"Service/method": [...]}
   POST /mode                     {"mode": "ok"|"fail"|"hang", "code": "UNAVAILABLE",
                                  "methods": [...], "count": N, "after": K, "skip": S}
                                  fail/hang the next N calls (all when no count)
@@ -99,6 +106,8 @@ class State:
         self.peers = {}            # peer -> first seen (epoch ms)
         self.peers_by_method = {}  # method -> set(peer)
         self.auth_failures = 0
+        self.raw = {}              # "Service/method" -> [[hex message, ...] per call]
+        self.deadlines = {}        # "Service/method" -> [seconds left at arrival, or None]
         self.mode = {"mode": "ok"}
         self.generation = 1        # +1 on every restart with --state-file
 
@@ -312,6 +321,36 @@ def build_servicer(pb, pb_grpc, common_pb, grpc, state):
     return ProfileTask()
 
 
+def build_raw_handler(grpc, state, servicer):
+    """Every service but ProfileTask, as bytes: no (de)serializers, so what is
+    recorded is exactly what came over the wire."""
+
+    class Raw(grpc.GenericRpcHandler):
+        def service(self, details):
+            path = details.method
+            if path.startswith("/skywalking.v3.ProfileTask/"):
+                return None
+            name = path.rsplit("/", 2)
+            name = (name[-2].replace("skywalking.v3.", "") + "/" + name[-1]) if len(name) >= 2 else path
+
+            def handle(request_iterator, context):
+                left = context.time_remaining()
+                with state.lock:
+                    state.deadlines.setdefault(name, []).append(left)
+                servicer._enter(name, context)
+                msgs = []
+                with state.lock:
+                    state.raw.setdefault(name, []).append(msgs)
+                for m in request_iterator:
+                    with state.lock:
+                        msgs.append(m.hex())
+                servicer._ok(name)
+                yield b""
+            return grpc.stream_stream_rpc_method_handler(handle)
+
+    return Raw()
+
+
 def make_control_handler(state):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt, *args):  # quiet: tests read stdout
@@ -357,6 +396,12 @@ def make_control_handler(state):
             if u.path == "/queries":
                 with state.lock:
                     return self._send(200, list(state.queries))
+            if u.path == "/deadlines":
+                with state.lock:
+                    return self._send(200, dict(state.deadlines))
+            if u.path == "/raw":
+                with state.lock:
+                    return self._send(200, {m: [list(c) for c in calls] for m, calls in state.raw.items()})
             return self._send(404, {"error": "no such path " + u.path})
 
         def do_POST(self):
@@ -413,6 +458,8 @@ def make_control_handler(state):
                     state.peers.clear()
                     state.peers_by_method.clear()
                     state.notified.clear()
+                    state.raw.clear()
+                    state.deadlines.clear()
                 return self._send(200, {"ok": True})
             return self._send(404, {"error": "no such path " + u.path})
 
@@ -447,8 +494,9 @@ def main(argv=None):
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers),
                              maximum_concurrent_rpcs=None)
-        profile_pb2_grpc.add_ProfileTaskServicer_to_server(
-            build_servicer(profile_pb2, profile_pb2_grpc, common_pb2, grpc, state), server)
+        servicer = build_servicer(profile_pb2, profile_pb2_grpc, common_pb2, grpc, state)
+        profile_pb2_grpc.add_ProfileTaskServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((build_raw_handler(grpc, state, servicer),))
         addr = "%s:%d" % (args.host, args.grpc_port)
         if args.tls_cert:
             with open(args.tls_key, "rb") as f:

@@ -10,6 +10,13 @@ shared/spec/peers-observed.md:
   5. ProfileTask/collectSnapshot client streams
   6. ProfileTask/reportTaskFinish
 
+and, for pass-through, the client streams the agent opens for the services
+canopy does not serve itself (TraceSegmentReportService/collect,
+LogReportService/collect, ...), sent as bytes on their real method paths:
+canopy must forward them unread, so what they hold does not matter to it,
+and the tests compare bytes. `sent` records the bytes of every management
+message too, as the agent serialized them.
+
 One plaintext channel per agent carries every service; `authentication`
 metadata is on every call, streams included, only when a token is set; no
 call has a deadline. Stubs are generated at run time from proto/skywalking
@@ -60,6 +67,11 @@ class Agent:
         self.mgmt = self.s["mgmt_grpc"].ManagementServiceStub(self.channel)
         self.profile = self.s["profile_grpc"].ProfileTaskStub(self.channel)
         self.last_command_time = -1
+        self.sent = []  # (method, [message bytes]) of management and raw calls, in order
+
+    def _record(self, method, msg):
+        self.sent.append((method, [msg.SerializeToString()]))
+        return msg
 
     def md(self):
         return [("authentication", self.token)] if self.token else None
@@ -72,14 +84,14 @@ class Agent:
         props = [c.KeyStringValuePair(key=k, value=v) for k, v in
                  (("language", "python"), ("OS Name", os.name), ("Process No.", str(os.getpid())),
                   ("hostname", "standin"), ("ipv4", "127.0.0.1"), ("python_version", sys.version.split()[0]))]
-        return self.mgmt.reportInstanceProperties(
+        return self.mgmt.reportInstanceProperties(self._record(
+            "ManagementService/reportInstanceProperties",
             self.s["mgmt"].InstanceProperties(service=self.service, serviceInstance=self.instance,
-                                              properties=props), metadata=self.md())
+                                              properties=props)), metadata=self.md())
 
     def keep_alive(self):
-        return self.mgmt.keepAlive(self.s["mgmt"].InstancePingPkg(service=self.service,
-                                                                   serviceInstance=self.instance),
-                                   metadata=self.md())
+        return self.mgmt.keepAlive(self._record("ManagementService/keepAlive", self.s["mgmt"].InstancePingPkg(
+            service=self.service, serviceInstance=self.instance)), metadata=self.md())
 
     def query_commands(self):
         """One getProfileTaskCommands; returns [{arg: value}] and advances
@@ -108,3 +120,15 @@ class Agent:
         return self.profile.reportTaskFinish(
             self.s["profile"].ProfileTaskFinishReport(service=self.service, serviceInstance=self.instance,
                                                       taskId=task_id), metadata=self.md())
+
+    def raw_stream(self, method, messages, timeout=None):
+        """A client stream of raw messages to /skywalking.v3.<method> (e.g.
+        "TraceSegmentReportService/collect"); returns the reply's bytes."""
+        call = self.channel.stream_unary("/skywalking.v3." + method)
+        self.sent.append((method, list(messages)))
+        return call(iter(messages), metadata=self.md(), timeout=timeout)
+
+    def raw_unary(self, method, message, timeout=None):
+        call = self.channel.unary_unary("/skywalking.v3." + method)
+        self.sent.append((method, [message]))
+        return call(message, metadata=self.md(), timeout=timeout)

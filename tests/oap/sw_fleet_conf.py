@@ -5,6 +5,12 @@ then getProfileTaskCommands every poll and keepAlive, snapshots of profiled
 requests sent in collectSnapshot streams drained every 0.5 s. A worker that
 runs a ProfileTaskQuery records it in $SW_FLEET_DIR/tasks-<pid>.
 
+With SW_PASSTHROUGH=1 each worker also streams trace segments and logs
+every 0.5 s (TraceSegmentReportService/collect, LogReportService/collect,
+as the agent does, about 1 s apart), and at exit writes every message it
+sent on those and on ManagementService to $SW_FLEET_DIR/sent-<pid>.json
+(hex), so a test can compare them with what reached the OAP.
+
 Environment: SW_TARGET (host:port), SW_SERVICE, SW_TOKEN, SW_FLEET_DIR."""
 import os
 import uuid
@@ -54,8 +60,29 @@ def post_fork(server, worker):
                 except Exception as e:  # noqa: BLE001 - lost, as with the real agent
                     print("sw agent: collectSnapshot: %r" % e, flush=True)
 
+    def traffic():
+        import json
+        n = 0
+        while True:
+            gevent.sleep(0.5)
+            n += 1
+            try:
+                # Random bytes of varied sizes: canopy must not look inside, so any bytes must come out the same.
+                agent.raw_stream("TraceSegmentReportService/collect",
+                                 [os.urandom(40 + 97 * k) for k in range(1 + n % 3)])
+                agent.raw_stream("LogReportService/collect", [os.urandom(64)])
+            except Exception as e:  # noqa: BLE001 - the agent logs and goes on
+                print("sw agent: pass-through: %r" % e, flush=True)
+            sent = [[m, [b.hex() for b in msgs]] for m, msgs in agent.sent]
+            path = os.path.join(os.environ["SW_FLEET_DIR"], "sent-%d.json" % os.getpid())
+            with open(path + ".tmp", "w") as f:
+                json.dump(sent, f)
+            os.replace(path + ".tmp", path)
+
     gevent.spawn(commands)
     gevent.spawn(reporter)
+    if os.environ.get("SW_PASSTHROUGH"):
+        gevent.spawn(traffic)
 
 
 def profile_request(path):

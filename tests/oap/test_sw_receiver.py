@@ -8,7 +8,8 @@ exporter, jsonl):
 - snapshots it streams land in jsonl with its service and instance, dense
   from 0 per segment; a re-sent stream's duplicates are dropped;
 - a wrong token gets UNAUTHENTICATED and is counted;
-- garbage messages, an oversized message, a stream that never ends (its
+- garbage messages, an oversized message, HTTP/2 frames of garbage, a
+  message declaring 4 GiB (hand-made HTTP/2), a stream that never ends (its
   snapshot kept), 300 connections that never speak (closed after
   handshake_timeout) and a service with no upstream get
   gRPC errors and counters, while the good agent is still served."""
@@ -69,6 +70,66 @@ def snapshots(task, segments, per_segment):
     now = int(time.time() * 1000)
     return [(task, seg, seq, now + seq * 10, ["app.py:main", "app.py:handle", "db.py:query#%d" % seq])
             for seg in segments for seq in range(per_segment)]
+
+
+def h2_frame(ftype, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_literal(name, value):
+    """A header as HPACK's literal without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
+    n, v = name.encode(), value.encode()
+    assert len(n) < 127 and len(v) < 127
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def h2_replies(sk, seconds):
+    """Frame types the server sent on stream 1 (and 'closed' when it closed), read for up to `seconds`."""
+    import socket
+    sk.settimeout(0.2)
+    buf, seen, end = b"", set(), time.time() + seconds
+    while time.time() < end and not ({"RST_STREAM", "END_STREAM", "GOAWAY", "closed"} & seen):
+        try:
+            chunk = sk.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            seen.add("closed")
+            break
+        if not chunk:
+            seen.add("closed")
+            break
+        buf += chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n, ftype, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+            stream = int.from_bytes(buf[5:9], "big") & 0x7fffffff
+            buf = buf[9 + n:]
+            if ftype == 7:
+                seen.add("GOAWAY")
+            elif stream == 1 and ftype == 3:
+                seen.add("RST_STREAM")
+            elif stream == 1 and ftype == 1 and flags & 1:
+                seen.add("END_STREAM")
+    return seen
+
+
+def hostile_h2(port, token):
+    """A 4 GiB declared message, then garbage frames: what the server answers each with."""
+    import socket
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b"")
+    headers = b"".join(hpack_literal(k, v) for k, v in (
+        (":method", "POST"), (":scheme", "http"), (":path", "/skywalking.v3.ProfileTask/collectSnapshot"),
+        (":authority", "127.0.0.1:%d" % port), ("content-type", "application/grpc"), ("te", "trailers"),
+        ("authentication", token)))
+    sk = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sk.sendall(preface + h2_frame(1, 4, 1, headers) + h2_frame(0, 0, 1, b"\x00\xff\xff\xff\xff" + b"x" * 64))
+    huge = h2_replies(sk, 3)
+    sk.close()
+    sk = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sk.sendall(preface + os.urandom(4096))
+    garbage = h2_replies(sk, 3)
+    sk.close()
+    return huge, garbage
 
 
 def main(args):
@@ -157,6 +218,16 @@ def main(args):
                 check(False, "an oversized message was taken")
             except grpc.RpcError as e:
                 check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized: %s" % e.code())
+            def refused_streams():
+                return sum(v for k, v in col.metrics().items()
+                           if k.startswith("canopy_skywalking_receiver_refused_total{") and 'type="collectSnapshot"' in k)
+            before = refused_streams()
+            huge, garbage = hostile_h2(grpc_port, TOKEN)
+            wait_for("the 4 GiB declared message counted", lambda: refused_streams() > before, 5)
+            check({"RST_STREAM", "END_STREAM", "GOAWAY", "closed"} & huge,
+                  "a 4 GiB declared message got no error: %r" % huge)
+            check({"GOAWAY", "closed"} & garbage, "garbage frames: the connection stays open: %r" % garbage)
+            log("4 GiB declared length: %s; garbage frames: %s" % (sorted(huge), sorted(garbage)))
             other = agent.channel.stream_unary("/skywalking.v3.TraceSegmentReportService/collect")
             try:
                 other(iter([b""]), metadata=md)
@@ -215,10 +286,16 @@ def main(args):
             check(series("canopy_receiver_refused_total", 'reason="unauthenticated"') == 1, "unauth count")
             check(series("canopy_receiver_refused_total", 'reason="malformed"') == 2, "malformed count")
             check(series("canopy_receiver_refused_total", 'reason="stream_error"') >= 1, "oversize count")
+            check(series("canopy_skywalking_receiver_refused_total",
+                         'type="collectSnapshot",reason="stream_error"') >= 1, "per-method refusal count")
             check(series("canopy_receiver_refused_total", 'reason="no_upstream"') == 1, "no upstream count")
-            check(series("canopy_receiver_refused_total", 'reason="too_long"') == 1, "too long count")
+            check(series("canopy_skywalking_receiver_unimplemented_total",
+                         'method="TraceSegmentReportService/collect"') == 1, "per-method UNIMPLEMENTED count")
+            # The endless stream, and the 4 GiB one: gRPC answered its client at once, but only ends
+            # our side of it when max_call_duration sweeps it.
+            check(series("canopy_receiver_refused_total", 'reason="too_long"') == 2, "too long count")
             check(series("canopy_receiver_accepted_snapshots_total", "skywalking") == 31, "accepted snapshots")
-            check(series("canopy_receiver_requests_total", 'type="collectSnapshot"') == 5, "stream count")
+            check(series("canopy_receiver_requests_total", 'type="collectSnapshot"') == 6, "stream count")
             # 2 at the start, the wrong token, the garbage, beside the idle connections, compat, the last.
             check(series("canopy_receiver_requests_total", 'type="getProfileTaskCommands"') == 7, "query count")
             log("hostile input refused and counted; good agent still served")

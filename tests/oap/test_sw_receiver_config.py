@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """`canopy validate` on receivers.skywalking: a good config passes; plaintext
 gRPC on a non-loopback address without allow_insecure, a listen that is not
-host:port, TLS files missing or not PEM, a token gRPC cannot carry and unknown or out-of-range options are
-reported as FILE:LINE:COL: message."""
+host:port, TLS files missing or not PEM, a token gRPC cannot carry, an
+`upstream` that is not a skywalking exporter and unknown or out-of-range
+options are reported as FILE:LINE:COL: message."""
 import os
 import subprocess
 import sys
@@ -35,7 +36,14 @@ CASES = [
     ("    listen: localhost\n", ["3:13: listen: localhost is not host:port"]),
     ("    authentication: \"a\\tb\"\n", ["authentication contains a character gRPC metadata cannot carry"]),
     ("    max_message_size: 10\n    colour: red\n", ["max_message_size", 'unknown option "colour"']),
+    ("    upstream: discard\n",
+     ['3:15: receivers::skywalking: upstream references exporter "discard" which is not a configured skywalking '
+      'exporter']),
+    ("    upstream: skywalking/oap\n    max_passthrough_calls: 0\n", ["max_passthrough_calls"]),
+    ("    upstream: skywalking/oap\n    max_passthrough_calls: 50\n    upstream_connect_timeout: 500ms\n", []),
 ]
+# The exporter an `upstream` names; unused by the pipeline, as a pass-through-only OAP would be.
+UPSTREAM = "  skywalking/oap:\n    endpoints: [\"127.0.0.1:11800\"]\n"
 
 
 def main(args):
@@ -47,7 +55,7 @@ def main(args):
         for i, (body, expect) in enumerate(CASES):
             path = os.path.join(wd, "case%d.yaml" % i)
             with open(path, "w") as f:
-                f.write(HEAD + body % files + TAIL)
+                f.write(HEAD + body % files + TAIL.replace("  discard:\n", "  discard:\n" + UPSTREAM))
             r = subprocess.run([canopy, "validate", "-c", path], capture_output=True, text=True, timeout=30)
             if not expect:
                 check(r.returncode == 0, "case %d should be valid:\n%s" % (i, r.stderr))

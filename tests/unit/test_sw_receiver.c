@@ -12,6 +12,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 
+#include "skywalking/v3/management.pb-c.h"
 #include "skywalking/v3/profile.pb-c.h"
 #include "sw_receiver.h"
 #include "testutil.h"
@@ -188,12 +189,58 @@ static void test_stream(void **state)
     swrx_stream_free(st);
 }
 
+/* Metric labels: known SkyWalking methods by name, with or without the package; anything else is "other". */
+static void test_pt_method(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *path, *label;
+    } cases[] = {
+        {"/skywalking.v3.TraceSegmentReportService/collect", "TraceSegmentReportService/collect"},
+        {"/LogReportService/collect", "LogReportService/collect"},
+        {"/skywalking.v3.ManagementService/keepAlive", "ManagementService/keepAlive"},
+        {"/skywalking.v3.TraceSegmentReportService/collectX", "other"},
+        {"/made.up.Service/method", "other"},
+        {"", "other"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        grpc_slice path = grpc_slice_from_static_string(cases[i].path);
+        assert_string_equal(swrx_pt_labels[swrx_pt_method(path)], cases[i].label);
+    }
+    for (int i = 0; i < N_PT_METHODS; i++)
+        assert_non_null(swrx_pt_labels[i]);
+}
+
+/* A ManagementService message on its way upstream names the connection's agent, and is left as it was. */
+static void test_observe_management(void **state)
+{
+    (void)state;
+    Skywalking__V3__InstanceProperties p = SKYWALKING__V3__INSTANCE_PROPERTIES__INIT;
+    p.service = "shop";
+    p.serviceinstance = "w1-child(42)";
+    grpc_byte_buffer *bb = packed(&p.base);
+    size_t len = grpc_byte_buffer_length(bb);
+    swrx_observe_management(rx, M_INSTANCE_PROPERTIES, "ipv4:127.0.0.1:5555", bb);
+    assert_int_equal(grpc_byte_buffer_length(bb), len);
+    grpc_byte_buffer_destroy(bb);
+    swrx_agent *a = cn_dict_get(rx->agents, "ipv4:127.0.0.1:5555");
+    assert_non_null(a);
+    assert_string_equal(a->ident, "shop\x1fw1-child(42)");
+    /* Not a message at all: ignored (the OAP will answer it), nothing remembered. */
+    bb = bytes("\xff\xff\xff", 3);
+    swrx_observe_management(rx, M_KEEP_ALIVE, "ipv4:127.0.0.1:6666", bb);
+    grpc_byte_buffer_destroy(bb);
+    assert_null(cn_dict_get(rx->agents, "ipv4:127.0.0.1:6666"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commands_clamped),
         cmocka_unit_test(test_garbage_unary),
         cmocka_unit_test(test_stream),
+        cmocka_unit_test(test_pt_method),
+        cmocka_unit_test(test_observe_management),
     };
     return cmocka_run_group_tests(tests, start_service, stop_service);
 }

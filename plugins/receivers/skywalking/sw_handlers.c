@@ -27,8 +27,8 @@ struct swrx_call_state {
     swrx_reply fail;
 };
 
-void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_reason r, grpc_status_code code, const char *peer,
-                 const char *fmt, ...)
+void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_method m, swrx_reason r, grpc_status_code code,
+                 const char *peer, const char *fmt, ...)
 {
     reply->status = code;
     va_list ap;
@@ -36,6 +36,7 @@ void swrx_refuse(sw_receiver *rx, swrx_reply *reply, swrx_reason r, grpc_status_
     vsnprintf(reply->detail, sizeof reply->detail, fmt, ap);
     va_end(ap);
     cn_metric_inc(rx->refused[r]);
+    cn_metric_inc(rx->refused_by[m][r]);
     cn_log_limited(&rx->refuse_log[r], r == R_OVERLOADED || r == R_SHUTTING_DOWN ? CN_LOG_INFO : CN_LOG_WARN,
                    cn_component_id(rx->self), "refused a call from %s: %s: %s", peer, swrx_reason_labels[r],
                    reply->detail);
@@ -160,19 +161,19 @@ static int submit(sw_receiver *rx, swrx_call_state *st)
     st->b = NULL;
     cn_batch *batch = cn_batch_builder_finish(b, ++rx->next_batch_seq);
     if (!batch) {
-        swrx_refuse(rx, &st->fail, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, st->peer, "out of memory");
+        swrx_refuse(rx, &st->fail, M_COLLECT_SNAPSHOT, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, st->peer, "out of memory");
         return -1;
     }
     size_t n = batch->n_snapshots;
     cn_submit_result r = cn_receiver_submit(rx->self, batch);
     cn_batch_unref(batch);
     if (r == CN_SUBMIT_SHUTTING_DOWN) {
-        swrx_refuse(rx, &st->fail, R_SHUTTING_DOWN, GRPC_STATUS_UNAVAILABLE, st->peer,
+        swrx_refuse(rx, &st->fail, M_COLLECT_SNAPSHOT, R_SHUTTING_DOWN, GRPC_STATUS_UNAVAILABLE, st->peer,
                     "the collector is shutting down; %zu snapshots not taken", n);
         return -1;
     }
     if (r != CN_SUBMIT_OK) {
-        swrx_refuse(rx, &st->fail, R_OVERLOADED, GRPC_STATUS_UNAVAILABLE, st->peer,
+        swrx_refuse(rx, &st->fail, M_COLLECT_SNAPSHOT, R_OVERLOADED, GRPC_STATUS_UNAVAILABLE, st->peer,
                     "%s; %zu snapshots not taken",
                     r == CN_SUBMIT_MEMORY_LIMIT ? "memory limit reached"
                                                 : "a pipeline queue or an exporter's spool is full",
@@ -212,7 +213,7 @@ int swrx_stream_message(sw_receiver *rx, swrx_call_state *st, grpc_byte_buffer *
     if (!s || !*s->taskid || !*s->tracesegmentid || s->sequence < 0) {
         if (s)
             protobuf_c_message_free_unpacked(&s->base, NULL);
-        swrx_refuse(rx, reply, R_MALFORMED, GRPC_STATUS_INVALID_ARGUMENT, st->peer,
+        swrx_refuse(rx, reply, M_COLLECT_SNAPSHOT, R_MALFORMED, GRPC_STATUS_INVALID_ARGUMENT, st->peer,
                     "a collectSnapshot message is not a ThreadSnapshot with taskId, traceSegmentId and a "
                     "sequence >= 0");
         /* What came before it is good: hand it on, so only the bad message is lost. */
@@ -223,7 +224,7 @@ int swrx_stream_message(sw_receiver *rx, swrx_call_state *st, grpc_byte_buffer *
     int rc = add_snapshot(st, s);
     protobuf_c_message_free_unpacked(&s->base, NULL);
     if (rc != 0) {
-        swrx_refuse(rx, &st->fail, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, st->peer, "out of memory");
+        swrx_refuse(rx, &st->fail, M_COLLECT_SNAPSHOT, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, st->peer, "out of memory");
         st->failed = true;
     } else if ((int64_t)cn_batch_builder_count(st->b) >= rx->batch_size && submit(rx, st) != 0) {
         st->failed = true;
@@ -299,7 +300,7 @@ static void get_commands(sw_receiver *rx, const Skywalking__V3__ProfileTaskComma
     Skywalking__V3__KeyStringValuePair *kvs = n ? calloc(n * CN_AGENT_COMMAND_ARGS, sizeof *kvs) : NULL;
     Skywalking__V3__KeyStringValuePair **kv_ptrs = n ? calloc(n * CN_AGENT_COMMAND_ARGS, sizeof *kv_ptrs) : NULL;
     if (n && (!forms || !cmds || !cmd_ptrs || !kvs || !kv_ptrs)) {
-        swrx_refuse(rx, reply, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer, "out of memory");
+        swrx_refuse(rx, reply, M_GET_COMMANDS, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
@@ -344,7 +345,7 @@ void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buff
     };
     ProtobufCMessage *msg = descs[m] ? unpack(bb, descs[m]) : NULL;
     if (!msg) {
-        swrx_refuse(rx, reply, R_MALFORMED, GRPC_STATUS_INVALID_ARGUMENT, peer, "%s: not a valid %s message",
+        swrx_refuse(rx, reply, m, R_MALFORMED, GRPC_STATUS_INVALID_ARGUMENT, peer, "%s: not a valid %s message",
                     swrx_method_labels[m], descs[m] ? descs[m]->name : "request");
         return;
     }
@@ -364,7 +365,7 @@ void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buff
         break;
     }
     case M_INSTANCE_PROPERTIES: {
-        /* Answered here: no upstream OAP (pass-through is not built yet). */
+        /* Answered here: no upstream OAP (with one, the call passes through). */
         Skywalking__V3__InstanceProperties *p = (Skywalking__V3__InstanceProperties *)msg;
         remember_agent(rx, peer, p->service, p->serviceinstance);
         reply_empty(reply);
@@ -377,6 +378,23 @@ void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buff
         break;
     }
     default: break;
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+void swrx_observe_management(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buffer *bb)
+{
+    /* A reader leaves the buffer as it was: the same bytes still go upstream. */
+    ProtobufCMessage *msg = unpack(bb, m == M_KEEP_ALIVE ? &skywalking__v3__instance_ping_pkg__descriptor
+                                                         : &skywalking__v3__instance_properties__descriptor);
+    if (!msg) /* not ours to judge: the OAP answers it */
+        return;
+    if (m == M_KEEP_ALIVE) {
+        const Skywalking__V3__InstancePingPkg *p = (const Skywalking__V3__InstancePingPkg *)msg;
+        remember_agent(rx, peer, p->service, p->serviceinstance);
+    } else {
+        const Skywalking__V3__InstanceProperties *p = (const Skywalking__V3__InstanceProperties *)msg;
+        remember_agent(rx, peer, p->service, p->serviceinstance);
     }
     protobuf_c_message_free_unpacked(msg, NULL);
 }

@@ -18,7 +18,7 @@ const char *const swrx_method_labels[N_METHODS] = {
 };
 const char *const swrx_reason_labels[N_REASONS] = {
     "unauthenticated", "malformed", "stream_error", "too_long", "no_upstream", "overloaded", "shutting_down",
-    "internal",
+    "internal", "passthrough_full",
 };
 
 static const char *const client_auth_choices[] = {"none", "optional", "required", NULL};
@@ -81,6 +81,20 @@ static const cn_option sw_options[] = {
      "A connection with no call for this long is closed (the agent reconnects on its next call; the Python "
      "agent calls every few seconds).",
      .min = 1000, .max = 24LL * 3600 * 1000},
+    {CN_OPT_STR, "upstream", NULL, offsetof(sw_receiver, upstream),
+     "Id of a skywalking exporter: every service other than ProfileTask (segments, logs, meters, "
+     "ManagementService, configuration discovery, events, any method) is forwarded as raw bytes to its "
+     "endpoints, with its TLS and token. None: ManagementService is answered here, the rest get "
+     "UNIMPLEMENTED."},
+    {CN_OPT_INT, "max_passthrough_calls", "1000", offsetof(sw_receiver, max_passthrough_calls),
+     "Pass-through calls in flight to the upstream at once; past it an agent's call gets RESOURCE_EXHAUSTED "
+     "and is counted (reason passthrough_full).",
+     .min = 1, .max = 1000000},
+    {CN_OPT_DURATION, "upstream_connect_timeout", "2s", offsetof(sw_receiver, upstream_connect_timeout_ms),
+     "A pass-through call that has heard nothing from the upstream within this long, while the channel is "
+     "not connected, ends with UNAVAILABLE: agents never hang on an OAP that is down or unreachable (one "
+     "that refuses connections fails them at once).",
+     .min = 100, .max = 600 * 1000},
     CN_OPT_END};
 
 /* True for hosts only this machine can reach. */
@@ -160,6 +174,18 @@ static int sw_check(void *ctx, cn_component *self, cn_diag *d)
             return -1;
         }
     }
+    if (rx->upstream) {
+        const cn_node *node = NULL;
+        const char *type = NULL;
+        if (!cn_component_peer(self, CN_EXPORTER, rx->upstream, &node, &type) || strcmp(type, "skywalking") != 0) {
+            const cn_node *un = cn_options_node(cn_component_node(self), "upstream");
+            cn_diag_error(d, un ? un : cn_component_node(self),
+                          "receivers::%s: upstream references exporter \"%s\" which is not a configured "
+                          "skywalking exporter",
+                          cn_component_id(self), rx->upstream);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -176,7 +202,30 @@ static void make_metrics(sw_receiver *rx)
         rx->refused[i] = cn_counter("canopy_receiver_refused_total",
                                     "Requests refused with an error reply, by reason.", l);
         rx->refuse_log[i].interval_ms = SWRX_LOG_INTERVAL_MS;
+        for (size_t m = 0; m < N_METHODS; m++) {
+            snprintf(l, sizeof l, "%s,type=\"%s\",reason=\"%s\"", labels, swrx_method_labels[m],
+                     swrx_reason_labels[i]);
+            rx->refused_by[m][i] = cn_counter("canopy_skywalking_receiver_refused_total",
+                                              "Calls refused with an error reply, by method (type) and reason.", l);
+        }
     }
+    for (size_t i = 0; i < N_PT_METHODS; i++) {
+        snprintf(l, sizeof l, "%s,method=\"%s\"", labels, swrx_pt_labels[i]);
+        rx->unimplemented[i] = cn_counter("canopy_skywalking_receiver_unimplemented_total",
+                                          "Calls answered UNIMPLEMENTED for want of an upstream, by method.", l);
+        rx->pt_calls[i] = cn_counter("canopy_skywalking_passthrough_calls_total",
+                                     "Calls forwarded to the upstream OAP, by method.", l);
+        rx->pt_errors[i] = cn_counter("canopy_skywalking_passthrough_errors_total",
+                                      "Forwarded calls that ended with a status other than OK, by method.", l);
+        snprintf(l, sizeof l, "%s,method=\"%s\",direction=\"to_upstream\"", labels, swrx_pt_labels[i]);
+        rx->pt_bytes_up[i] = cn_counter("canopy_skywalking_passthrough_bytes_total",
+                                        "Message bytes forwarded, by method and direction.", l);
+        snprintf(l, sizeof l, "%s,method=\"%s\",direction=\"to_agent\"", labels, swrx_pt_labels[i]);
+        rx->pt_bytes_down[i] = cn_counter("canopy_skywalking_passthrough_bytes_total",
+                                          "Message bytes forwarded, by method and direction.", l);
+    }
+    rx->pt_in_flight = cn_gauge("canopy_skywalking_passthrough_in_flight",
+                                "Pass-through calls open to the upstream OAP.", labels);
     rx->accepted_batches =
         cn_counter("canopy_receiver_accepted_batches_total", "Batches acked into the pipelines.", labels);
     rx->accepted_snapshots =
@@ -204,6 +253,8 @@ static int sw_start(void *ctx, cn_component *self)
         cn_error(cn_component_id(self), "out of memory");
         return -1;
     }
+    if (swrx_upstream_start(rx) != 0)
+        return -1;
     return swrx_server_start(rx);
 }
 
@@ -213,6 +264,7 @@ static void sw_destroy(void *ctx)
 {
     sw_receiver *rx = ctx;
     swrx_server_stop(rx);
+    swrx_upstream_destroy(rx); /* after the server: no proxied call is left on its channels */
     cn_dict_free(rx->agents, free_str);
     rx->agents = NULL;
 }
@@ -220,7 +272,8 @@ static void sw_destroy(void *ctx)
 const cn_plugin cn_receiver_skywalking = {
     .kind = CN_RECEIVER,
     .type = "skywalking",
-    .description = "SkyWalking agents over gRPC (ProfileTask, ManagementService), in place of an OAP or Satellite.",
+    .description = "SkyWalking agents over gRPC (ProfileTask; every other service passed through to an upstream OAP), in "
+                   "place of an OAP or Satellite.",
     .ctx_size = sizeof(sw_receiver),
     .options = sw_options,
     .cb_check = sw_check,

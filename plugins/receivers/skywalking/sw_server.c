@@ -28,6 +28,7 @@
 typedef enum { P_ACCEPT, P_READ, P_FINISH } phase;
 
 typedef struct swrx_call {
+    int tag_kind; /* SWRX_TAG_CALL; first, as the loop reads it */
     sw_receiver *rx;
     phase phase;
     grpc_call *call;
@@ -88,7 +89,7 @@ static void sweep_open_calls(sw_receiver *rx)
             continue;
         c->timed_out = true;
         swrx_reply r = {0};
-        swrx_refuse(rx, &r, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, c->peer,
+        swrx_refuse(rx, &r, c->method, R_TOO_LONG, GRPC_STATUS_DEADLINE_EXCEEDED, c->peer,
                     "%s open for over max_call_duration (%lld ms); ended", swrx_method_labels[c->method],
                     (long long)rx->max_call_duration_ms);
         grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, r.detail, NULL);
@@ -140,6 +141,7 @@ static bool token_ok(const sw_receiver *rx, const grpc_metadata_array *md)
 
 static void call_free(swrx_call *c)
 {
+    c->rx->n_calls--;
     open_unlink(c);
     if (c->stream)
         swrx_stream_free(c->stream);
@@ -164,7 +166,9 @@ static void request_call(sw_receiver *rx)
                  rx->listen);
         return;
     }
+    c->tag_kind = SWRX_TAG_CALL;
     c->rx = rx;
+    rx->n_calls++;
     c->phase = P_ACCEPT;
     c->status_detail = grpc_empty_slice();
     grpc_call_details_init(&c->details);
@@ -230,14 +234,24 @@ static void on_accept(swrx_call *c, bool ok)
     c->method = method_of(c->details.method);
     cn_metric_inc(rx->calls[c->method]);
     if (!token_ok(rx, &c->md)) {
-        swrx_refuse(rx, &c->reply, R_UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, c->peer,
+        swrx_refuse(rx, &c->reply, c->method, R_UNAUTHENTICATED, GRPC_STATUS_UNAUTHENTICATED, c->peer,
                     "missing or wrong `authentication` metadata (SW_AGENT_AUTHENTICATION)");
         finish(c);
         return;
     }
+    bool management = c->method == M_INSTANCE_PROPERTIES || c->method == M_KEEP_ALIVE;
+    if (rx->up_ready && (c->method == M_OTHER || management)) {
+        /* With an upstream, ManagementService goes there too (observed on the way), as Satellite does. */
+        if (swrx_proxy_start(rx, &c->call, &c->details, &c->md, c->peer, c->method, &c->reply) == 0)
+            call_free(c);
+        else
+            finish(c);
+        return;
+    }
     if (c->method == M_OTHER) {
+        cn_metric_inc(rx->unimplemented[swrx_pt_method(c->details.method)]);
         char *path = grpc_slice_to_c_string(c->details.method);
-        swrx_refuse(rx, &c->reply, R_NO_UPSTREAM, GRPC_STATUS_UNIMPLEMENTED, c->peer,
+        swrx_refuse(rx, &c->reply, c->method, R_NO_UPSTREAM, GRPC_STATUS_UNIMPLEMENTED, c->peer,
                     "%s is not served: canopy forwards other SkyWalking services only to an upstream OAP, and "
                     "receivers.%s has no `upstream` configured",
                     path ? path : "?", cn_component_id(rx->self));
@@ -246,7 +260,7 @@ static void on_accept(swrx_call *c, bool ok)
         return;
     }
     if (c->method == M_COLLECT_SNAPSHOT && !(c->stream = swrx_stream_new(rx, c->peer))) {
-        swrx_refuse(rx, &c->reply, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, c->peer, "out of memory");
+        swrx_refuse(rx, &c->reply, c->method, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, c->peer, "out of memory");
         finish(c);
         return;
     }
@@ -267,7 +281,7 @@ static void on_read(swrx_call *c, bool ok)
             c->reply.status = GRPC_STATUS_DEADLINE_EXCEEDED; /* counted by the sweep */
             snprintf(c->reply.detail, sizeof c->reply.detail, "open for over max_call_duration");
         } else {
-            swrx_refuse(rx, &c->reply, R_STREAM_ERROR, GRPC_STATUS_CANCELLED, c->peer,
+            swrx_refuse(rx, &c->reply, c->method, R_STREAM_ERROR, GRPC_STATUS_CANCELLED, c->peer,
                         "%s: reading the call failed (message over max_message_size %lld, or the agent went away)",
                         swrx_method_labels[c->method], (long long)rx->max_message_size);
         }
@@ -309,18 +323,34 @@ static void *server_main(void *arg)
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         sweep_open_calls(rx);
+        swrx_proxy_sweep(rx);
         swrx_expire_agents(rx);
-        if (ev.type != GRPC_OP_COMPLETE)
-            continue;
-        if (ev.tag == &rx->shutdown_tag) {
-            grpc_completion_queue_shutdown(rx->cq);
-            continue;
+        /* gRPC does not always carry the server's cancel-all to the proxied calls' upstream halves. */
+        if (atomic_load(&rx->stopping))
+            swrx_proxy_cancel_all(rx);
+        if (ev.type == GRPC_OP_COMPLETE) {
+            if (ev.tag == &rx->shutdown_tag)
+                rx->server_down = true;
+            else if (*(int *)ev.tag == SWRX_TAG_PROXY)
+                swrx_proxy_event(ev.tag, ev.success);
+            else {
+                swrx_call *c = ev.tag;
+                switch (c->phase) {
+                case P_ACCEPT: on_accept(c, ev.success); break;
+                case P_READ: on_read(c, ev.success); break;
+                case P_FINISH: call_free(c); break;
+                }
+            }
         }
-        swrx_call *c = ev.tag;
-        switch (c->phase) {
-        case P_ACCEPT: on_accept(c, ev.success); break;
-        case P_READ: on_read(c, ev.success); break;
-        case P_FINISH: call_free(c); break;
+        /*
+         * The shutdown tag can come while calls still have batches to start
+         * (a proxied call's upstream half ends later): starting one on a
+         * shut-down queue aborts the process, so the queue closes only once
+         * no call is left.
+         */
+        if (rx->server_down && rx->n_calls == 0 && !rx->proxies) {
+            rx->server_down = false;
+            grpc_completion_queue_shutdown(rx->cq);
         }
     }
     return NULL;
@@ -421,6 +451,7 @@ void swrx_server_stop(sw_receiver *rx)
             grpc_event ev;
             do
                 ev = grpc_completion_queue_next(rx->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+            /* Only accepts are outstanding: no call was ever served without the thread. */
             while (ev.type == GRPC_OP_COMPLETE && ev.tag != &rx->shutdown_tag && (call_free(ev.tag), 1));
             grpc_completion_queue_shutdown(rx->cq);
             while (grpc_completion_queue_next(rx->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
