@@ -596,7 +596,8 @@ cn_service *cn_service_build(cn_document *doc, cn_diag *d)
     }
     for (size_t i = 0; i < svc->n_components; i++) {
         cn_component *c = svc->components[i];
-        bool used = c->kind == CN_RECEIVER ? c->n_feeds > 0 : false;
+        /* An extension (a task source) serves the whole service, not a pipeline. */
+        bool used = c->kind == CN_RECEIVER ? c->n_feeds > 0 : c->kind == CN_EXTENSION;
         for (size_t p = 0; c->kind == CN_EXPORTER && p < svc->n_pipelines; p++)
             for (size_t e = 0; e < svc->pipelines[p]->n_exporters; e++)
                 used |= svc->pipelines[p]->exporters[e] == c;

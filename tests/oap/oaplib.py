@@ -195,6 +195,7 @@ class Collector:
     def validate(self):
         r = subprocess.run([self.bin, "validate", "-c", self.config], capture_output=True, text=True, timeout=30)
         check(r.returncode == 0, "canopy validate failed:\n%s%s" % (r.stdout, r.stderr))
+        return r.stdout + r.stderr
 
     def start(self, admin_port, timeout=20):
         self.logf = open(self.log_path, "a")

@@ -37,6 +37,7 @@ typedef struct sw_tasks_opts {
     int64_t max_instances;
     int64_t finish_queue_size;
     int64_t finish_max_elapsed_ms;
+    int64_t first_query_wait_ms;
 } sw_tasks_opts;
 
 static const cn_option sw_tasks_options[] = {
@@ -54,6 +55,10 @@ static const cn_option sw_tasks_options[] = {
     {.type = CN_OPT_DURATION, .name = "finish_max_elapsed_time", .default_value = "10m",
      .offset = offsetof(sw_tasks_opts, finish_max_elapsed_ms), .min = 1000, .max = 24 * 3600 * 1000,
      .description = "How long a finish report is retried while the OAP is unavailable"},
+    {.type = CN_OPT_DURATION, .name = "first_query_wait", .default_value = "1s",
+     .offset = offsetof(sw_tasks_opts, first_query_wait_ms), .min = 0, .max = 30 * 1000,
+     .description = "How long an agent instance's first query waits for canopy's first poll of the OAP for it, "
+                    "so that it gets the OAP's tasks at once (0: answer from the registry at once)"},
     CN_OPT_END,
 };
 
@@ -71,6 +76,7 @@ typedef struct sw_instance {
     int64_t last_ask_ms;     /* monotonic: the agent's latest query */
     int64_t last_poll_ms;    /* monotonic: our latest poll for it; 0 = never */
     bool asked;              /* asked since our latest poll */
+    bool first_poll_done;    /* the OAP answered (or failed) our first poll for it */
 } sw_instance;
 
 typedef struct sw_finish {
@@ -100,8 +106,9 @@ typedef struct sw_tasks {
     cn_task_registry *reg;
 
     pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool lock_ok, cond_ok;
+    pthread_cond_t cond;     /* wakes the task thread */
+    pthread_cond_t polled;   /* the task thread finished a round of polls */
+    bool lock_ok, cond_ok, polled_ok;
     pthread_t thread;
     bool thread_ok;
     bool stop;
@@ -173,6 +180,28 @@ static int64_t jitter(unsigned *seed, int64_t ms)
     return ms - span + (int64_t)(rand_r(seed) % (unsigned)(2 * span + 1));
 }
 
+static void wait_until(sw_tasks *t, pthread_cond_t *cond, int64_t wake_mono_ms);
+
+/*
+ * Under the lock. A new instance's query is answered from the registry once
+ * this returns: without the wait, its first answer would always miss the
+ * OAP's running tasks (the poll it triggers ends after the reply), and the
+ * agent would get them one agent poll interval (20 s) later, where talking to
+ * the OAP directly gives them at once. Bounded by first_query_wait, because
+ * it holds a receiver thread; instances are looked up again after each wake
+ * since the lock was released.
+ */
+static void wait_first_poll(sw_tasks *t, const char *key)
+{
+    int64_t deadline = cn_mono_ms() + t->opt.first_query_wait_ms;
+    while (!t->stop && cn_mono_ms() < deadline) {
+        const sw_instance *in = cn_dict_get(t->instances, key);
+        if (!in || in->first_poll_done)
+            return;
+        wait_until(t, &t->polled, deadline);
+    }
+}
+
 /* ---- registry listener (called on the receiver's and admin's threads) ----- */
 
 static void on_query(void *arg, const char *service, const char *instance, int64_t last_command_time)
@@ -208,7 +237,11 @@ static void on_query(void *arg, const char *service, const char *instance, int64
         }
         cn_metric_set(t->m_instances, (int64_t)cn_dict_size(t->instances));
         cn_debug(t->c->id, "task source: new agent instance %s of %s", instance, service);
+        in->last_ask_ms = cn_mono_ms();
+        in->asked = true;
         pthread_cond_signal(&t->cond); /* its first poll is due now */
+        wait_first_poll(t, key);
+        goto out;
     }
     in->last_ask_ms = cn_mono_ms();
     in->asked = true;
@@ -418,7 +451,8 @@ static int send_finish(sw_tasks *t, const sw_finish *f)
 
 /* ---- the thread ----------------------------------------------------------- */
 
-static void wait_until(sw_tasks *t, int64_t wake_mono_ms)
+/* Waits on `cond` (a CLOCK_MONOTONIC one) with t->lock held, until woken or the deadline. */
+static void wait_until(sw_tasks *t, pthread_cond_t *cond, int64_t wake_mono_ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -429,7 +463,7 @@ static void wait_until(sw_tasks *t, int64_t wake_mono_ms)
     int64_t ns = (int64_t)ts.tv_nsec + (delta % 1000) * 1000000;
     ts.tv_sec += (time_t)(delta / 1000 + ns / 1000000000);
     ts.tv_nsec = (long)(ns % 1000000000);
-    pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+    pthread_cond_timedwait(cond, &t->lock, &ts);
 }
 
 /*
@@ -531,7 +565,7 @@ static void *task_thread(void *arg)
         if (n_polls == 0 && n_fins == 0) {
             free(polls);
             free(fins);
-            wait_until(t, next);
+            wait_until(t, &t->cond, next);
             continue;
         }
         pthread_mutex_unlock(&t->lock);
@@ -557,10 +591,14 @@ static void *task_thread(void *arg)
                 in->cursor = cursors[i];
             /* poll_interval counts from the end of a call: a call slow to leave must not
              * bring the next one closer than poll_interval at the OAP. */
-            if (in)
+            if (in) {
                 in->last_poll_ms = now;
+                in->first_poll_done = true;
+            }
             poll_clear(&polls[i]);
         }
+        if (n_polls && t->polled_ok)
+            pthread_cond_broadcast(&t->polled);
         for (size_t i = 0; i < n_fins; i++) {
             sw_finish *f = &fins[i];
             int rc = fin_rc ? fin_rc[i] : 1;
@@ -681,6 +719,15 @@ static int tasks_start(void *ctx, cn_component *self)
         return -1;
     }
     t->cond_ok = true;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    rc = pthread_cond_init(&t->polled, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) {
+        cn_error(id, "cannot create a condition variable");
+        return -1;
+    }
+    t->polled_ok = true;
     t->slot.lock = &t->lock;
     t->seed = (unsigned)cn_mono_ns() | 1u;
     t->rl_poll.interval_ms = 30000;
@@ -712,11 +759,17 @@ static void tasks_stop(void *ctx)
     sw_tasks *t = ctx;
     if (!t->lock_ok)
         return;
+    /* Stop first: a query waiting for a first poll returns at once, so the
+     * unlisten below (which waits for running callbacks) does not wait it out. */
+    pthread_mutex_lock(&t->lock);
+    t->stop = true;
+    if (t->polled_ok)
+        pthread_cond_broadcast(&t->polled);
+    pthread_mutex_unlock(&t->lock);
     /* A reload keeps the registry: our callbacks must not outlive this context. */
     if (t->reg)
         cn_tasks_unlisten(t->reg, t);
     pthread_mutex_lock(&t->lock);
-    t->stop = true;
     /* Cut short a call to a hung OAP instead of waiting out its deadline. */
     t->slot.cancelled = true;
     if (t->slot.call)
@@ -749,6 +802,8 @@ static void tasks_destroy(void *ctx)
     }
     if (t->cond_ok)
         pthread_cond_destroy(&t->cond);
+    if (t->polled_ok)
+        pthread_cond_destroy(&t->polled);
     if (t->lock_ok)
         pthread_mutex_destroy(&t->lock);
     /* The options of the context itself are freed by the core. */
