@@ -418,7 +418,7 @@ class Bounded(ChildrenTestCase):
 
 
 def thread_work():
-    burn(0.08)
+    burn(0.15)
 
 
 def start_threads():
@@ -463,7 +463,10 @@ class ThreadMode(unittest.TestCase):
         n = out[0]
         self.assertEqual([c[3] for c in self.captured], list(range(n)))
         stacks = [c[4] for c in self.captured if "thread_work" in names(c[4])]
-        self.assertGreater(len(stacks), 4, [names(c[4]) for c in self.captured])
+        # What is asserted is that the threads are followed, not the sampling
+        # rate: under load (a fresh make test beside other builds) the sampler
+        # got 4 ticks of the 16 that 2 x 80 ms at 10 ms would give.
+        self.assertGreaterEqual(len(stacks), 2, [names(c[4]) for c in self.captured])
         site = sig(start_threads, "t.start()")
         for frames in stacks:
             i = frames.index(MARK)
