@@ -31,6 +31,7 @@
 
 #include "admin.h"
 #include "admin_internal.h"
+#include "canopy/listen_security.h"
 
 
 /* ---- replies ------------------------------------------------------------------ */
@@ -94,48 +95,12 @@ int cn_admin_url_decode(char *s)
 
 /* ---- request checks ----------------------------------------------------------- */
 
-static bool is_loopback_host(const char *host, size_t len)
-{
-    if (len == 9 && strncasecmp(host, "localhost", 9) == 0)
-        return true;
-    if ((len == 3 && memcmp(host, "::1", 3) == 0) || (len == 5 && memcmp(host, "[::1]", 5) == 0))
-        return true;
-    /* 127.0.0.0/8, dotted quad */
-    if (len < 7 || len > 15 || strncmp(host, "127.", 4) != 0)
-        return false;
-    int dots = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (host[i] == '.')
-            dots++;
-        else if (host[i] < '0' || host[i] > '9')
-            return false;
-    }
-    return dots == 3;
-}
-
-/* The host part of "host:port", "[v6]:port" or "host". */
-static void split_host(const char *hostport, const char **host, size_t *len)
-{
-    *host = hostport;
-    if (hostport[0] == '[') {
-        const char *end = strchr(hostport, ']');
-        *len = end ? (size_t)(end - hostport + 1) : strlen(hostport);
-        return;
-    }
-    const char *colon = strrchr(hostport, ':');
-    /* More than one colon and no brackets: a bare IPv6 address. */
-    if (colon && strchr(hostport, ':') == colon)
-        *len = (size_t)(colon - hostport);
-    else
-        *len = strlen(hostport);
-}
-
 bool cn_admin_listen_is_loopback(const char *listen)
 {
     const char *host;
     size_t len;
-    split_host(listen, &host, &len);
-    return is_loopback_host(host, len);
+    cn_split_host(listen, &host, &len);
+    return cn_host_is_loopback(host, len);
 }
 
 /* Returns true when the request may go on; otherwise replies. */
@@ -151,8 +116,8 @@ static bool request_allowed(cn_admin *a, cn_http_exchange *x)
         return true; /* HTTP/1.0 clients; they reached a loopback socket */
     const char *host;
     size_t len;
-    split_host(hostport, &host, &len);
-    if (is_loopback_host(host, len))
+    cn_split_host(hostport, &host, &len);
+    if (cn_host_is_loopback(host, len))
         return true;
     cn_admin_reply_error(a, x, 403, "Host \"%s\" is not a loopback name; this admin API serves local clients only",
                          hostport);

@@ -14,17 +14,6 @@
 #include "nng_receiver.h"
 #include "pem.h"
 
-const char *const nngrx_client_auth_choices[] = {"none", "optional", "required", NULL};
-
-/* True for tcp hosts that only this machine can reach. */
-static bool host_is_loopback(const char *host)
-{
-    if (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0)
-        return true;
-    struct in_addr a;
-    return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
-}
-
 url_kind nngrx_classify_url(const char *url)
 {
     if (strncmp(url, "ipc://", 6) == 0)
@@ -68,7 +57,7 @@ static int check_url(nng_receiver *rx, const char *url, const cn_node *at, cn_di
     }
     char h[256];
     snprintf(h, sizeof h, "%.*s", (int)(colon - host), host);
-    if (!rx->allow_insecure && !host_is_loopback(h)) {
+    if (!rx->allow_insecure && !cn_host_is_loopback(h, strlen(h))) {
         cn_diag_error(d, at,
                       "listen: refusing plain %s on a non-loopback address: anyone who can reach it could send "
                       "data and read tasks. Listen on 127.0.0.1, an ipc:// path or tls+tcp:// (with tls: "
@@ -79,44 +68,20 @@ static int check_url(nng_receiver *rx, const char *url, const cn_node *at, cn_di
     return 0;
 }
 
-/* The node of option `name` in map `node`, else `fallback`: errors always carry a position. */
-static const cn_node *opt_at(const cn_node *node, const char *name, const cn_node *fallback)
-{
-    const cn_node *n = cn_options_node(node, name);
-    return n ? n : fallback;
-}
-
+/* TLS applies to tls+tcp:// listeners only: set without one, it would protect nothing. */
 static int check_tls(nng_receiver *rx, cn_component *self, bool has_tls_url, cn_diag *d)
 {
-    const cn_node *node = cn_node_get(cn_component_node(self), "tls");
-    const nng_receiver_tls *t = &rx->tls;
-    bool any = t->cert_file || t->key_file || t->ca_file || t->client_auth != NNG_TLS_AUTH_MODE_NONE;
-    if (!any)
+    if (!cn_server_tls_configured(&rx->tls))
         return 0;
-    const cn_node *at = node ? node : cn_component_node(self);
     int rc = 0;
     if (!has_tls_url) {
+        const cn_node *node = cn_options_node(cn_component_node(self), "tls");
         /* Otherwise a user could believe agents are authenticated while they are not. */
-        cn_diag_error(d, at, "tls is set but no listen URL is tls+tcp://; TLS applies only to tls+tcp:// listeners");
+        cn_diag_error(d, node ? node : cn_component_node(self),
+                      "tls is set but no listen URL is tls+tcp://; TLS applies only to tls+tcp:// listeners");
         rc = -1;
     }
-    if ((t->cert_file == NULL) != (t->key_file == NULL)) {
-        cn_diag_error(d, at, "tls: cert_file and key_file go together");
-        rc = -1;
-    }
-    if (t->client_auth != NNG_TLS_AUTH_MODE_NONE && !t->ca_file) {
-        cn_diag_error(d, opt_at(node, "client_auth", at),
-                      "tls.client_auth: %s needs tls.ca_file (the CA agents' certificates must chain to)",
-                      nngrx_client_auth_choices[t->client_auth]);
-        rc = -1;
-    }
-    if (t->cert_file && cn_diag_check_pem(d, opt_at(node, "cert_file", at), "cert_file", t->cert_file, "CERTIFICATE"))
-        rc = -1;
-    if (t->key_file && cn_diag_check_pem(d, opt_at(node, "key_file", at), "key_file", t->key_file, "PRIVATE KEY"))
-        rc = -1;
-    if (t->ca_file && cn_diag_check_pem(d, opt_at(node, "ca_file", at), "ca_file", t->ca_file, "CERTIFICATE"))
-        rc = -1;
-    return rc;
+    return cn_server_tls_check(&rx->tls, cn_component_node(self), d) != 0 ? -1 : rc;
 }
 
 int nngrx_check_listeners(nng_receiver *rx, cn_component *self, cn_diag *d)
@@ -145,7 +110,7 @@ int nngrx_check_listeners(nng_receiver *rx, cn_component *self, cn_diag *d)
 int nngrx_make_tls_config(nng_receiver *rx)
 {
     const char *id = cn_component_id(rx->self);
-    const nng_receiver_tls *t = &rx->tls;
+    const cn_server_tls *t = &rx->tls;
     char *cert = cn_pem_read(t->cert_file, NULL);
     char *key = cert ? cn_pem_read(t->key_file, NULL) : NULL;
     if (!cert || !key) {
@@ -210,7 +175,7 @@ int nngrx_start_listener(nng_receiver *rx, size_t index)
     }
     if (kind == URL_TLS)
         cn_info(cn_component_id(rx->self), "listening on %s (TLS, client certificates %s)", url,
-                nngrx_client_auth_choices[rx->tls.client_auth]);
+                cn_client_auth_choices[rx->tls.client_auth]);
     else if (kind == URL_IPC)
         cn_info(cn_component_id(rx->self), "listening on %s (mode %04o%s%s)", url, rx->ipc_permissions,
                 rx->ipc_group ? ", group " : "", rx->ipc_group ? rx->ipc_group : "");

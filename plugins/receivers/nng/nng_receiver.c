@@ -21,18 +21,6 @@ static int nng_check(void *ctx, cn_component *self, cn_diag *d)
     return nngrx_check_listeners(ctx, self, d);
 }
 
-static const cn_option tls_options[] = {
-    {CN_OPT_STR, "cert_file", NULL, offsetof(nng_receiver_tls, cert_file),
-     "PEM certificate (chain) the tls+tcp:// listeners present to agents."},
-    {CN_OPT_STR, "key_file", NULL, offsetof(nng_receiver_tls, key_file), "PEM private key of cert_file."},
-    {CN_OPT_STR, "ca_file", NULL, offsetof(nng_receiver_tls, ca_file),
-     "PEM CA certificate(s) that agents' client certificates must chain to (client_auth optional or "
-     "required)."},
-    {CN_OPT_ENUM, "client_auth", "none", offsetof(nng_receiver_tls, client_auth),
-     "none: agents need no certificate; optional: a certificate, when presented, must verify against "
-     "ca_file; required: agents without a certificate that verifies are refused at the handshake.",
-     .choices = nngrx_client_auth_choices},
-    CN_OPT_END};
 
 static const cn_option nng_options[] = {
     {CN_OPT_STRLIST, "listen", "ipc:///tmp/canopy.sock", offsetof(nng_receiver, listen),
@@ -52,7 +40,7 @@ static const cn_option nng_options[] = {
      "Allow plain tcp:// on non-loopback addresses (anyone who can reach the port can send data and read "
      "task definitions). Prefer tls+tcp:// with client_auth: required."},
     {CN_OPT_MAP, "tls", NULL, offsetof(nng_receiver, tls),
-     "TLS of the tls+tcp:// listeners (nng's TLS transport, mbedTLS; TLS 1.2).", .sub = tls_options},
+     "TLS of the tls+tcp:// listeners (nng's TLS transport, mbedTLS; TLS 1.2).", .sub = cn_server_tls_options},
     {CN_OPT_INT, "max_connections", "1024", offsetof(nng_receiver, max_connections),
      "Agent connections open at once, over all listeners; further ones are closed at once and counted. Each "
      "connection may hold one request of up to twice max_message_size in memory.",

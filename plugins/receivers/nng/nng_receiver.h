@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "canopy/listen_security.h"
 #include "canopy/plugin.h"
 #include "dedup.h"
 
@@ -74,7 +75,6 @@ typedef enum limit_kind {
 extern const char *const nngrx_limit_labels[];
 
 /* none, optional, required: the order of nng_tls_auth_mode (listeners.c). */
-extern const char *const nngrx_client_auth_choices[];
 
 /* nng's per-listener transport error counters we copy (listener_stats.c). */
 extern const char *const nngrx_transport_errors[];
@@ -89,12 +89,6 @@ typedef struct listener_stats {
     uint64_t last[N_TRANSPORT_ERRORS];
 } listener_stats;
 
-typedef struct nng_receiver_tls {
-    char *cert_file;
-    char *key_file;
-    char *ca_file;
-    int client_auth; /* index into nngrx_client_auth_choices: same order as nng_tls_auth_mode */
-} nng_receiver_tls;
 
 struct nng_receiver {
     /* options */
@@ -111,7 +105,7 @@ struct nng_receiver {
     int64_t max_agent_sessions;
     int64_t max_connections;
     int64_t reply_timeout;
-    nng_receiver_tls tls;
+    cn_server_tls tls; /* client_auth in nng_tls_auth_mode order */
     /* runtime */
     cn_component *self;
     cn_batch_limits limits;

@@ -21,20 +21,6 @@ const char *const swrx_reason_labels[N_REASONS] = {
     "internal", "passthrough_full",
 };
 
-static const char *const client_auth_choices[] = {"none", "optional", "required", NULL};
-
-static const cn_option tls_options[] = {
-    {CN_OPT_STR, "cert_file", NULL, offsetof(swrx_tls, cert_file),
-     "PEM certificate (chain) the gRPC server presents to agents; with key_file, turns TLS on."},
-    {CN_OPT_STR, "key_file", NULL, offsetof(swrx_tls, key_file), "PEM private key of cert_file."},
-    {CN_OPT_STR, "ca_file", NULL, offsetof(swrx_tls, ca_file),
-     "PEM CA certificate(s) that agents' client certificates must chain to (client_auth optional or "
-     "required)."},
-    {CN_OPT_ENUM, "client_auth", "none", offsetof(swrx_tls, client_auth),
-     "none: agents need no certificate; optional: a certificate, when presented, must verify against "
-     "ca_file; required: agents without a certificate that verifies are refused at the handshake.",
-     .choices = client_auth_choices},
-    CN_OPT_END};
 
 static const cn_option sw_options[] = {
     {CN_OPT_STR, "listen", "127.0.0.1:11800", offsetof(sw_receiver, listen),
@@ -45,7 +31,7 @@ static const cn_option sw_options[] = {
      "task definitions). Prefer tls with client_auth: required."},
     {CN_OPT_MAP, "tls", NULL, offsetof(sw_receiver, tls),
      "TLS of the gRPC server (agents: SW_AGENT_FORCE_TLS and their CA); plaintext when absent.",
-     .sub = tls_options},
+     .sub = cn_server_tls_options},
     {CN_OPT_STR, "authentication", NULL, offsetof(sw_receiver, authentication),
      "Token every call must carry as the `authentication` metadata (SW_AGENT_AUTHENTICATION on the agents); "
      "calls without it get UNAUTHENTICATED and are counted. None: no check."},
@@ -97,50 +83,6 @@ static const cn_option sw_options[] = {
      .min = 100, .max = 600 * 1000},
     CN_OPT_END};
 
-/* True for hosts only this machine can reach. */
-static bool host_is_loopback(const char *host)
-{
-    if (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
-        return true;
-    struct in_addr a;
-    return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
-}
-
-/* The node of option `name` in map `node`, else `fallback`: errors always carry a position. */
-static const cn_node *opt_at(const cn_node *node, const char *name, const cn_node *fallback)
-{
-    const cn_node *n = node ? cn_options_node(node, name) : NULL;
-    return n ? n : fallback;
-}
-
-static int check_tls(const sw_receiver *rx, cn_component *self, cn_diag *d)
-{
-    const swrx_tls *t = &rx->tls;
-    if (!t->cert_file && !t->key_file && !t->ca_file && t->client_auth == CLIENT_AUTH_NONE)
-        return 0;
-    const cn_node *node = cn_options_node(cn_component_node(self), "tls");
-    const cn_node *at = node ? node : cn_component_node(self);
-    int rc = 0;
-    if (!t->cert_file || !t->key_file) {
-        /* Otherwise a user could believe the agents' traffic is encrypted while it is not. */
-        cn_diag_error(d, at, "tls: the server needs both cert_file and key_file");
-        rc = -1;
-    }
-    if (t->client_auth != CLIENT_AUTH_NONE && !t->ca_file) {
-        cn_diag_error(d, opt_at(node, "client_auth", at),
-                      "tls.client_auth: %s needs tls.ca_file (the CA agents' certificates must chain to)",
-                      client_auth_choices[t->client_auth]);
-        rc = -1;
-    }
-    if (t->cert_file && cn_diag_check_pem(d, opt_at(node, "cert_file", at), "cert_file", t->cert_file, "CERTIFICATE"))
-        rc = -1;
-    if (t->key_file && cn_diag_check_pem(d, opt_at(node, "key_file", at), "key_file", t->key_file, "PRIVATE KEY"))
-        rc = -1;
-    if (t->ca_file && cn_diag_check_pem(d, opt_at(node, "ca_file", at), "ca_file", t->ca_file, "CERTIFICATE"))
-        rc = -1;
-    return rc;
-}
-
 static int sw_check(void *ctx, cn_component *self, cn_diag *d)
 {
     sw_receiver *rx = ctx;
@@ -156,9 +98,9 @@ static int sw_check(void *ctx, cn_component *self, cn_diag *d)
     }
     char host[256];
     snprintf(host, sizeof host, "%.*s", (int)(colon - rx->listen), rx->listen);
-    if (check_tls(rx, self, d) != 0)
+    if (cn_server_tls_check(&rx->tls, cn_component_node(self), d) != 0)
         return -1;
-    if (!rx->tls.cert_file && !rx->allow_insecure && !host_is_loopback(host)) {
+    if (!rx->tls.cert_file && !rx->allow_insecure && !cn_host_is_loopback(host, strlen(host))) {
         cn_diag_error(d, at,
                       "listen: refusing plaintext gRPC on non-loopback %s: anyone who can reach it could send "
                       "data and read tasks. Listen on 127.0.0.1, or set allow_insecure: true",

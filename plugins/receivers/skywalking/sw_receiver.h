@@ -20,6 +20,7 @@
 #include <grpc/grpc.h>
 
 #include "canopy/dict.h"
+#include "canopy/listen_security.h"
 #include "canopy/plugin.h"
 #include "skywalking/sw_client.h"
 
@@ -66,20 +67,13 @@ int swrx_pt_method(grpc_slice path);
 enum { SWRX_TAG_CALL = 1, SWRX_TAG_PROXY };
 extern const char *const swrx_reason_labels[N_REASONS];
 
-typedef enum { CLIENT_AUTH_NONE = 0, CLIENT_AUTH_OPTIONAL, CLIENT_AUTH_REQUIRED } swrx_client_auth;
 
-typedef struct swrx_tls {
-    char *cert_file;
-    char *key_file;
-    char *ca_file;
-    int client_auth; /* swrx_client_auth */
-} swrx_tls;
 
 typedef struct sw_receiver {
     /* ---- options ---- */
     char *listen;
     bool allow_insecure;
-    swrx_tls tls;
+    cn_server_tls tls;
     char *authentication;
     int64_t max_message_size;
     int64_t max_streams_per_connection;

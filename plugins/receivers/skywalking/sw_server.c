@@ -359,7 +359,7 @@ static void *server_main(void *arg)
 /* Plaintext, or TLS from the PEM files (client certificates as client_auth says). NULL after logging why. */
 static grpc_server_credentials *make_credentials(sw_receiver *rx)
 {
-    const swrx_tls *t = &rx->tls;
+    const cn_server_tls *t = &rx->tls;
     if (!t->cert_file)
         return grpc_insecure_server_credentials_create();
     const char *id = cn_component_id(rx->self);
@@ -371,9 +371,9 @@ static grpc_server_credentials *make_credentials(sw_receiver *rx)
         cn_error(id, "cannot read the tls files (cert_file, key_file, ca_file): %s", strerror(errno));
     } else {
         static const grpc_ssl_client_certificate_request_type request[] = {
-            [CLIENT_AUTH_NONE] = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
-            [CLIENT_AUTH_OPTIONAL] = GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY,
-            [CLIENT_AUTH_REQUIRED] = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
+            [CN_CLIENT_AUTH_NONE] = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+            [CN_CLIENT_AUTH_OPTIONAL] = GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY,
+            [CN_CLIENT_AUTH_REQUIRED] = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
         };
         grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
         /* The credentials copy the PEM text, so ours are freed right after. */
@@ -430,7 +430,7 @@ int swrx_server_start(sw_receiver *rx)
     }
     rx->thread_started = true;
     cn_info(id, "SkyWalking agents' gRPC on %s (%s%s%s)", rx->listen, rx->tls.cert_file ? "TLS" : "plaintext",
-            rx->tls.cert_file && rx->tls.client_auth == CLIENT_AUTH_REQUIRED ? ", client certificates required"
+            rx->tls.cert_file && rx->tls.client_auth == CN_CLIENT_AUTH_REQUIRED ? ", client certificates required"
                                                                             : "",
             rx->authentication ? ", authentication token required" : "");
     return 0;
