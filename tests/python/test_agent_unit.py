@@ -401,6 +401,14 @@ def simple_app(environ, start_response):
     return [b"ok"]
 
 
+def slow_app(environ, start_response):
+    import gevent
+
+    gevent.sleep(0.001)  # a switch, so the profiled request has a snapshot
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
 class Middleware(AgentTestCase):
     def environ(self, path):
         return {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
@@ -471,6 +479,53 @@ class Middleware(AgentTestCase):
         app = canopy_agent.wsgi_middleware(simple_app)
         self.call(app, "/checkout")
         self.assertEqual(_canopy.stats()["segments_begun"], 0)
+
+    def test_continuous_task_windows(self):
+        """A continuous task never ends; each window admits at most max_sampling_count requests, picked at
+        random across the window (not its first ones) once the previous window's rate is known."""
+        import random
+
+        from canopy_agent import _tasks
+
+        clock = [1_000_000_000_000.0]  # seconds: 1e12 ms, a multiple of the 10 s window
+        rng = random.Random(7)
+        old = (_tasks._time, _tasks._random)
+        _tasks._time, _tasks._random = (lambda: clock[0] / 1000.0), rng.random
+        try:
+            table = _tasks.TaskTable(max_parallel=5)
+            task = _tasks.Task(canopy_agent._config.local_task("c", "/c", duration_min=0, max_sampling_count=5,
+                                                                start_time_ms=0, continuous=True, window_ms=10000))
+            self.assertTrue(task.active(clock[0] + 10 * 365 * 86400e3))  # ten years on
+            picked = []  # (window, index in window) of every admitted request
+            for w in range(40):
+                for i in range(1000):  # 100 requests/s, steady
+                    clock[0] = 1e12 + w * 10000 + i * 10
+                    if table.admit(task):
+                        picked.append((w, i))
+                        table.release(task, 1)
+            per_window = [sum(1 for p in picked if p[0] == w) for w in range(40)]
+            self.assertEqual(per_window[0], 5)  # the rate is not known yet: the first five
+            self.assertEqual([p[1] for p in picked[:5]], [0, 1, 2, 3, 4])
+            self.assertLessEqual(max(per_window), 5)
+            self.assertGreater(sum(per_window[1:]), 39 * 5 * 0.6)  # about k per window on average
+            later = [i for w, i in picked if w > 0]
+            # Spread over the whole window: the mean index is near the middle, and the late half is used.
+            self.assertTrue(350 < sum(later) / len(later) < 650, sum(later) / len(later))
+            self.assertGreater(sum(1 for i in later if i >= 500), len(later) // 4)
+            # A window without requests resets the estimate: the next one starts with its first requests again.
+            clock[0] = 1e12 + 50 * 10000
+            self.assertTrue(table.admit(task))
+        finally:
+            _tasks._time, _tasks._random = old
+
+    def test_continuous_task_profiles_through_middleware(self):
+        canopy_agent.add_task("task-c", "/cont", max_sampling_count=2, continuous=True, window_ms=60000)
+        app = canopy_agent.wsgi_middleware(slow_app)
+        for _ in range(6):
+            self.assertEqual(self.call(app, "/cont"), ("200 OK", b"ok"))
+        task = [t for t in canopy_agent.stats()["tasks"] if t["id"] == "task-c"][0]
+        self.assertEqual((task["continuous"], task["profiled"], task["refused"]), (True, 2, 4))
+        self.assertEqual(len({c[1] for c in self.captured}), 2)
 
     def test_not_running_is_transparent(self):
         canopy_agent.stop()
