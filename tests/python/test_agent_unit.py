@@ -481,13 +481,13 @@ class Middleware(AgentTestCase):
         self.assertEqual(_canopy.stats()["segments_begun"], 0)
 
     def test_continuous_task_windows(self):
-        """A continuous task never ends; each window admits at most max_sampling_count requests, picked at
-        random across the window (not its first ones) once the previous window's rate is known."""
+        """A continuous task never ends; under a steady load each window admits exactly max_sampling_count
+        requests, one at a random instant in each k-th of the window (not the window's first ones)."""
         import random
 
         from canopy_agent import _tasks
 
-        clock = [1_000_000_000_000.0]  # seconds: 1e12 ms, a multiple of the 10 s window
+        clock = [1e12]  # epoch ms, a multiple of the 10 s window
         rng = random.Random(7)
         old = (_tasks._time, _tasks._random)
         _tasks._time, _tasks._random = (lambda: clock[0] / 1000.0), rng.random
@@ -502,27 +502,34 @@ class Middleware(AgentTestCase):
                     clock[0] = 1e12 + w * 10000 + i * 10
                     if table.admit(task):
                         picked.append((w, i))
-                        table.release(task, 1)
+                        table.release(task, 1 if i % 2 else 0)  # a spent place stays spent
             per_window = [sum(1 for p in picked if p[0] == w) for w in range(40)]
-            self.assertEqual(per_window[0], 5)  # the rate is not known yet: the first five
-            self.assertEqual([p[1] for p in picked[:5]], [0, 1, 2, 3, 4])
-            self.assertLessEqual(max(per_window), 5)
-            self.assertGreater(sum(per_window[1:]), 39 * 5 * 0.6)  # about k per window on average
-            later = [i for w, i in picked if w > 0]
-            # Spread over the whole window: the mean index is near the middle, and the late half is used.
-            self.assertTrue(350 < sum(later) / len(later) < 650, sum(later) / len(later))
-            self.assertGreater(sum(1 for i in later if i >= 500), len(later) // 4)
-            # A window without requests resets the estimate: the next one starts with its first requests again.
-            clock[0] = 1e12 + 50 * 10000
-            self.assertTrue(table.admit(task))
+            self.assertEqual(per_window, [5] * 40)
+            self.assertEqual(task.refused, 40 * 995)
+            # Spread at random: one per fifth of the window, not at a fixed place in it.
+            for part in range(5):
+                at = [i - part * 200 for w, i in picked if part * 200 <= i < (part + 1) * 200]
+                self.assertEqual(len(at), 40)
+                self.assertTrue(60 < sum(at) / len(at) < 140, (part, sum(at) / len(at)))
+            self.assertNotEqual(picked[0][1], 0)
+            # After a lull, the places whose instants passed go to the next requests.
+            clock[0] = 1e12 + 50 * 10000 + 9999
+            self.assertEqual([table.admit(task) for _ in range(7)], [True] * 5 + [False] * 2)
         finally:
             _tasks._time, _tasks._random = old
 
     def test_continuous_task_profiles_through_middleware(self):
+        from canopy_agent import _tasks
+
         canopy_agent.add_task("task-c", "/cont", max_sampling_count=2, continuous=True, window_ms=60000)
         app = canopy_agent.wsgi_middleware(slow_app)
-        for _ in range(6):
-            self.assertEqual(self.call(app, "/cont"), ("200 OK", b"ok"))
+        old = _tasks._time
+        _tasks._time = lambda: (60000 * 30000000 - 1) / 1000.0  # a window's last ms: both places' instants passed
+        try:
+            for _ in range(6):
+                self.assertEqual(self.call(app, "/cont"), ("200 OK", b"ok"))
+        finally:
+            _tasks._time = old
         task = [t for t in canopy_agent.stats()["tasks"] if t["id"] == "task-c"][0]
         self.assertEqual((task["continuous"], task["profiled"], task["refused"]), (True, 2, 4))
         self.assertEqual(len({c[1] for c in self.captured}), 2)

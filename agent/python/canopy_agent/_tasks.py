@@ -46,7 +46,7 @@ def _real_lock():
 class Task:
     __slots__ = ("id", "endpoint", "start_ms", "end_ms", "min_duration_ms", "dump_period_ms",
                  "max_sampling_count", "create_time_ms", "local", "started", "running", "profiled",
-                 "refused", "continuous", "window_ms", "window", "seen", "last_seen")
+                 "refused", "continuous", "window_ms", "window", "seen", "slots")
 
     def __init__(self, cmd):
         self.id = cmd["task_id"]
@@ -71,10 +71,10 @@ class Task:
         self.profiled = 0  # ended with at least one snapshot
         self.refused = 0   # matching requests not profiled (limits)
         # Continuous tasks: the window (epoch ms // window_ms) that started counts in, the
-        # matching requests seen in it, and in the window before (-1: not known yet).
+        # matching requests seen in it, and its places' random instants (epoch ms).
         self.window = None
         self.seen = 0
-        self.last_seen = -1
+        self.slots = []
 
     def key(self):
         return (self.id, self.create_time_ms)
@@ -156,41 +156,39 @@ class TaskTable:
 
     @staticmethod
     def _admit_in_window(task):
-        """Whether chance picks this request of a continuous task (under the lock).
+        """Whether this request of a continuous task takes one of its window's places (under the lock).
 
-        The choice has to be made when a request starts: a request that was
-        not profiled from its start cannot be profiled later, so reservoir
-        sampling, which replaces earlier picks, does not apply. Instead each
-        matching request is taken with probability k/n, k the task's
-        max_sampling_count and n the matching requests of the previous
-        window: under a steady load that is about k requests per window,
-        spread at random over the whole window rather than its first k, and
-        the hard limit of k (admit) still holds when the load rises. In the
-        first window the agent sees, n is not known yet and the first k
-        requests are taken, as a plain task would.
+        The choice has to be made when a request starts (a request cannot be
+        profiled from its middle), so reservoir sampling, which replaces
+        earlier picks, does not apply. Instead the window is cut into k equal
+        parts (k: max_sampling_count) and a random instant is drawn in each;
+        the first request at or after an instant takes its place. Under a
+        steady load that is exactly k requests per window, spread at random
+        over all of it, with no rate estimate to get wrong (a probability
+        k/n per request would leave a window empty one time in e^k). A place
+        whose instant passed during a lull goes to the next request.
         """
-        window = int(_time() * 1000.0) // task.window_ms
+        now = _time() * 1000.0
+        window = int(now) // task.window_ms
         if window != task.window:
-            task.last_seen = task.seen if task.window is not None and window == task.window + 1 else (
-                -1 if task.window is None else 0)
+            start, part = window * task.window_ms, task.window_ms / task.max_sampling_count
             task.window = window
+            task.slots = [start + (i + _random()) * part for i in range(task.max_sampling_count)]
             task.seen = 0
             task.started = 0
         task.seen += 1
-        n = task.last_seen
-        if n <= task.max_sampling_count:
-            return True  # unknown, or so few requests that every one fits
-        return _random() * n < task.max_sampling_count
+        return task.started < len(task.slots) and now >= task.slots[task.started]
 
     def release(self, task, snapshots):
         with self._lock:
             task.running -= 1
             if snapshots > 0:
                 task.profiled += 1
-            elif task.started > 0:
+            elif not task.continuous:
                 # Never profiled (too short, or no snapshot could be taken):
-                # the place goes back to the next request. (For a continuous
-                # task whose window turned meanwhile, there may be none to give.)
+                # the place goes back to the next request. A continuous task
+                # keeps it spent: the window may have turned since (the place
+                # would then be the new window's), and a new window comes soon.
                 task.started -= 1
 
     def snapshot(self):
