@@ -191,7 +191,7 @@ typedef struct create_opts {
     bool json_out;
 } create_opts;
 
-enum { OPT_ID = 1000, OPT_JSON };
+enum { OPT_ID = 1000, OPT_JSON, OPT_CONTINUOUS, OPT_WINDOW };
 
 static int create_opt(int ch, const char *arg, void *ctx)
 {
@@ -211,6 +211,10 @@ static int create_opt(int ch, const char *arg, void *ctx)
     }
     if (ch == OPT_ID)
         return json_object_set_new(c->body, "id", json_string(arg));
+    if (ch == OPT_CONTINUOUS)
+        return json_object_set_new(c->body, "continuous", json_true());
+    if (ch == OPT_WINDOW) /* the admin API says whether it goes with --continuous, as for tasks.static */
+        return json_object_set_new(c->body, "window", json_string(arg));
     if (ch == OPT_JSON) {
         c->json_out = true;
         return 0;
@@ -231,7 +235,12 @@ static int cmd_create(int argc, char **argv)
         "  -d, --duration DUR              how long the task runs (default 10m)\n"
         "  -m, --min-duration-threshold DUR  sample a request only once it ran this long (default 0ms)\n"
         "  -p, --dump-period DUR           time between samples in sampling mode (default 10ms)\n"
-        "  -n, --max-sampling-count N      requests profiled per agent instance (default 5)\n"
+        "  -n, --max-sampling-count N      requests profiled per agent instance (default 5);\n"
+        "                                  with --continuous, per agent instance and window\n"
+        "      --continuous                the task never ends (until cancelled); not with --duration.\n"
+        "                                  Only canopy agents run it, never SkyWalking agents or the OAP\n"
+        "      --window DUR                continuous tasks: the period max-sampling-count applies to\n"
+        "                                  (default 10s)\n"
         "      --id ID                     use this id instead of a generated one\n"
         "      --json                      print the created task as JSON\n"
         "      --admin URL                 the admin API (default " DEFAULT_ADMIN ")\n"
@@ -246,6 +255,8 @@ static int cmd_create(int argc, char **argv)
                                           {"dump-period", required_argument, NULL, 'p'},
                                           {"max-sampling-count", required_argument, NULL, 'n'},
                                           {"id", required_argument, NULL, OPT_ID},
+                                          {"continuous", no_argument, NULL, OPT_CONTINUOUS},
+                                          {"window", required_argument, NULL, OPT_WINDOW},
                                           {"json", no_argument, NULL, OPT_JSON},
                                           {NULL, 0, NULL, 0}};
     create_opts c = {.body = json_object()};
@@ -353,7 +364,7 @@ static int cmd_list(int argc, char **argv)
     if (!json_is_array(tasks)) {
         rc = report_error(&r);
     } else {
-        printf("%-24s %-8s %-7s %-12s %-20s %7s %10s %9s\n", "ID", "STATUS", "SOURCE", "SERVICE", "ENDPOINT",
+        printf("%-24s %-8s %-7s %-12s %-20s %7s %10s %10s\n", "ID", "STATUS", "SOURCE", "SERVICE", "ENDPOINT",
                "AGENTS", "SNAPSHOTS", "REMAINING");
         size_t i;
         json_t *t;
@@ -362,8 +373,12 @@ static int cmd_list(int argc, char **argv)
             const char *svc = json_string_value(json_object_get(t, "service"));
             const char *ep = json_string_value(json_object_get(t, "endpoint"));
             char left[32];
-            format_ms(json_integer_value(json_object_get(t, "remaining_ms")), left, sizeof left);
-            printf("%-24s %-8s %-7s %-12s %-20s %7lld %10lld %9s\n",
+            json_t *rem = json_object_get(t, "remaining_ms");
+            if (json_is_true(json_object_get(t, "continuous")) && json_is_null(rem))
+                snprintf(left, sizeof left, "continuous"); /* it has no end to count down to */
+            else
+                format_ms(json_integer_value(rem), left, sizeof left);
+            printf("%-24s %-8s %-7s %-12s %-20s %7lld %10lld %10s\n",
                    json_string_value(json_object_get(t, "id")), json_string_value(json_object_get(t, "status")),
                    json_string_value(json_object_get(t, "source")), svc ? svc : "-", ep ? ep : "-",
                    (long long)json_integer_value(json_object_get(t, "agents")),

@@ -5,7 +5,8 @@
  *
  *   GET    /api/v1/tasks                      {"tasks": [task, ...]}
  *   POST   /api/v1/tasks                      {service, endpoint, duration, min_duration_threshold,
- *                                              dump_period, max_sampling_count[, id]} -> 201 task
+ *                                              dump_period, max_sampling_count[, id]
+ *                                              [, continuous: true[, window]]} -> 201 task
  *   GET    /api/v1/tasks/{id}                 task
  *   DELETE /api/v1/tasks/{id}                 cancels it -> task
  *   GET    /api/v1/tasks/{id}/{view}[?query]  a render by the registered views
@@ -84,9 +85,9 @@ static json_t *task_json(const cn_service *svc, const cn_task *t, const cn_task_
         return NULL;
     json_object_set_new(o, "id", json_string(id));
     if (t) {
-        cn_task_state st = t->cancelled || now >= t->start_ms + t->duration_ms ? CN_TASK_ENDED
-                           : now < t->start_ms                                  ? CN_TASK_PENDING
-                                                                                : CN_TASK_RUNNING;
+        cn_task_state st = t->cancelled || (!t->continuous && now >= t->start_ms + t->duration_ms) ? CN_TASK_ENDED
+                           : now < t->start_ms ? CN_TASK_PENDING
+                                               : CN_TASK_RUNNING;
         json_object_set_new(o, "service", json_string(t->service));
         json_object_set_new(o, "endpoint", json_string(t->endpoint));
         json_object_set_new(o, "source", json_string(source_name(t->source)));
@@ -98,8 +99,12 @@ static json_t *task_json(const cn_service *svc, const cn_task *t, const cn_task_
         json_object_set_new(o, "min_duration_threshold_ms", json_integer(t->min_duration_ms));
         json_object_set_new(o, "dump_period_ms", json_integer(t->dump_period_ms));
         json_object_set_new(o, "max_sampling_count", json_integer(t->max_sampling_count));
+        json_object_set_new(o, "continuous", json_boolean(t->continuous));
+        json_object_set_new(o, "window_ms", t->continuous ? json_integer(t->window_ms) : json_null());
         int64_t left = st == CN_TASK_ENDED ? 0 : t->start_ms + t->duration_ms - (now > t->start_ms ? now : t->start_ms);
-        json_object_set_new(o, "remaining_ms", json_integer(left));
+        /* A running continuous task has no end, so nothing remains to count down: null, not a number. */
+        json_object_set_new(o, "remaining_ms",
+                            t->continuous && st != CN_TASK_ENDED ? json_null() : json_integer(left));
     } else {
         /* Seen in data only (e.g. a task the registry already forgot). */
         json_object_set_new(o, "service", info->service ? json_string(info->service) : json_null());
@@ -221,8 +226,9 @@ static bool content_is_json(const cn_http_exchange *x)
 /* The task a POST body describes, into *t (service and endpoint point into body) and id. */
 static int parse_task(json_t *body, cn_task *t, char *id, size_t id_len, char *err, size_t err_len)
 {
-    static const char *const known[] = {"id", "service", "endpoint", "duration", "min_duration_threshold",
-                                        "dump_period", "max_sampling_count", NULL};
+    static const char *const known[] = {"id",          "service",          "endpoint",   "duration",
+                                        "min_duration_threshold", "dump_period", "max_sampling_count",
+                                        "continuous",  "window",           NULL};
     const char *key;
     json_t *value;
     json_object_foreach(body, key, value)
@@ -258,8 +264,27 @@ static int parse_task(json_t *body, cn_task *t, char *id, size_t id_len, char *e
         }
         t->max_sampling_count = json_integer_value(jmax);
     }
-    /* The same ranges as a task in tasks.static. */
-    if (json_duration(body, "duration", "10m", 1000, 7 * 24 * 3600 * 1000LL, &t->duration_ms, err, err_len) != 0 ||
+    /* The same rules as a task in tasks.static (static_tasks.c says why continuous is a flag). */
+    json_t *jcont = json_object_get(body, "continuous"), *jdur = json_object_get(body, "duration"),
+           *jwin = json_object_get(body, "window");
+    if (jcont && !json_is_null(jcont) && !json_is_boolean(jcont)) {
+        snprintf(err, err_len, "continuous: true or false is expected");
+        return -1;
+    }
+    t->continuous = jcont && json_is_true(jcont);
+    if (t->continuous && jdur && !json_is_null(jdur)) {
+        snprintf(err, err_len, "duration: a continuous task never ends; remove duration or continuous");
+        return -1;
+    }
+    if (!t->continuous && jwin && !json_is_null(jwin)) {
+        snprintf(err, err_len, "window: only a continuous task (\"continuous\": true) has a window");
+        return -1;
+    }
+    if (t->continuous &&
+        json_duration(body, "window", "10s", 1000, 3600 * 1000, &t->window_ms, err, err_len) != 0)
+        return -1;
+    if ((!t->continuous &&
+         json_duration(body, "duration", "10m", 1000, 7 * 24 * 3600 * 1000LL, &t->duration_ms, err, err_len) != 0) ||
         json_duration(body, "min_duration_threshold", "0ms", 0, 3600 * 1000, &t->min_duration_ms, err, err_len) != 0 ||
         json_duration(body, "dump_period", "10ms", 10, 60000, &t->dump_period_ms, err, err_len) != 0)
         return -1;
@@ -309,7 +334,11 @@ static void create_task(cn_admin *a, cn_http_exchange *x)
         cn_admin_reply_error(a, x, status, "%s", err);
         return;
     }
-    cn_info("admin", "task %s created through the admin API (%lld ms)", id, (long long)t.duration_ms);
+    if (t.continuous)
+        cn_info("admin", "continuous task %s created through the admin API (window %lld ms)", id,
+                (long long)t.window_ms);
+    else
+        cn_info("admin", "task %s created through the admin API (%lld ms)", id, (long long)t.duration_ms);
     get_task(a, x, id, 201);
 }
 

@@ -109,7 +109,14 @@ void cn_docs_write(FILE *out)
     write_table(out, cn_service_options());
     fputs("## tasks\n\n`tasks.max_tasks` (integer, default `256`) bounds the task registry. `tasks.static` is a "
           "list of tasks, each with these options. A task starts with the collector unless `start_time` is "
-          "given. Task sources (extensions, below) are wired with `tasks.<type>: {...}`.\n\n",
+          "given. Task sources (extensions, below) are wired with `tasks.<type>: {...}`.\n\n"
+          "A task with `continuous: true` never ends until it is cancelled (so it takes no `duration`): "
+          "each canopy agent profiles at most `max_sampling_count` requests of the endpoint in every `window`, "
+          "picked at random across the window, which suits the pyroscope exporter's steady profiles. "
+          "A flag rather than `duration: 0`, so that no typo or unit slip means \"forever\". SkyWalking "
+          "agents (the skywalking receiver) are never told a continuous task, and the skywalking exporter "
+          "never sends its snapshots to the OAP (canopy_skywalking_snapshots_continuous_total): the OAP's "
+          "tasks must end.\n\n",
           out);
     write_table(out, cn_static_task_options());
     write_kind(out, CN_RECEIVER, "## Receivers\n\n");

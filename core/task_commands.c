@@ -10,21 +10,24 @@
 
 void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out)
 {
-    static const char *const keys[CN_AGENT_COMMAND_ARGS] = {
-        "SerialNumber", "TaskId", "EndpointName", "Duration", "MinDurationThreshold",
-        "DumpPeriod", "MaxSamplingCount", "StartTime", "CreateTime",
+    static const char *const keys[CN_AGENT_COMMAND_MAX_ARGS] = {
+        "SerialNumber", "TaskId",    "EndpointName", "Duration",   "MinDurationThreshold", "DumpPeriod",
+        "MaxSamplingCount", "StartTime", "CreateTime", "Continuous", "Window",
     };
     out->name = "ProfileTaskQuery";
-    /* SkyWalking's Duration is whole minutes; rounded up so the agent never stops early. */
-    int64_t nums[6] = {(t->duration_ms + 59999) / 60000, t->min_duration_ms, t->dump_period_ms,
-                       t->max_sampling_count, t->start_ms, t->create_ms};
-    for (size_t i = 0; i < 6; i++)
+    /* SkyWalking's Duration is whole minutes; rounded up so the agent never stops early. A continuous
+     * task says 0 (see canopy/tasks.h): an agent that knows no Continuous then runs nothing. */
+    int64_t minutes = t->continuous ? 0 : (t->duration_ms + 59999) / 60000;
+    int64_t nums[7] = {minutes,         t->min_duration_ms, t->dump_period_ms, t->max_sampling_count,
+                       t->start_ms,     t->create_ms,       t->window_ms};
+    for (size_t i = 0; i < 7; i++)
         snprintf(out->numbers[i], sizeof out->numbers[i], "%lld", (long long)nums[i]);
-    const char *values[CN_AGENT_COMMAND_ARGS] = {
-        t->serial,        t->id,           t->endpoint,      out->numbers[0], out->numbers[1],
-        out->numbers[2],  out->numbers[3], out->numbers[4],  out->numbers[5],
+    const char *values[CN_AGENT_COMMAND_MAX_ARGS] = {
+        t->serial,       t->id,           t->endpoint,     out->numbers[0], out->numbers[1], out->numbers[2],
+        out->numbers[3], out->numbers[4], out->numbers[5], "true",          out->numbers[6],
     };
-    for (size_t i = 0; i < CN_AGENT_COMMAND_ARGS; i++) {
+    out->n_args = t->continuous ? CN_AGENT_COMMAND_MAX_ARGS : CN_AGENT_COMMAND_ARGS;
+    for (size_t i = 0; i < out->n_args; i++) {
         out->keys[i] = keys[i];
         out->values[i] = values[i];
     }

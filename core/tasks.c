@@ -88,7 +88,8 @@ static cn_task *find_locked(cn_task_registry *r, const char *id)
 
 static cn_task_state state_of(const cn_task *t, int64_t now_ms)
 {
-    if (t->cancelled || now_ms >= t->start_ms + t->duration_ms)
+    /* A continuous task has no end of its own: only cancelling ends it. */
+    if (t->cancelled || (!t->continuous && now_ms >= t->start_ms + t->duration_ms))
         return CN_TASK_ENDED;
     if (now_ms < t->start_ms)
         return CN_TASK_PENDING;
@@ -101,8 +102,8 @@ int cn_tasks_add(cn_task_registry *r, const cn_task *t, char *err, size_t err_le
         snprintf(err, err_len, "a task needs id, service and endpoint");
         return -1;
     }
-    if (t->duration_ms <= 0) {
-        snprintf(err, err_len, "task %s: duration must be positive", t->id);
+    if (t->continuous ? t->window_ms <= 0 : t->duration_ms <= 0) {
+        snprintf(err, err_len, "task %s: %s must be positive", t->id, t->continuous ? "window" : "duration");
         return -1;
     }
     pthread_mutex_lock(&r->lock);
@@ -141,7 +142,7 @@ int cn_tasks_cancel(cn_task_registry *r, const char *id)
         /* The task ends now: its end time drives expiry like a natural end. */
         int64_t now = cn_now_ms();
         t->cancelled = true;
-        if (now < t->start_ms + t->duration_ms)
+        if (t->continuous || now < t->start_ms + t->duration_ms)
             t->duration_ms = now > t->start_ms ? now - t->start_ms : 0;
     }
     pthread_mutex_unlock(&r->lock);
@@ -166,9 +167,20 @@ int cn_tasks_get(cn_task_registry *r, const char *id, cn_task *out)
     return rc;
 }
 
+bool cn_tasks_is_continuous(cn_task_registry *r, const char *id)
+{
+    if (!r || !id)
+        return false;
+    pthread_mutex_lock(&r->lock);
+    cn_task *t = find_locked(r, id);
+    bool yes = t && t->continuous;
+    pthread_mutex_unlock(&r->lock);
+    return yes;
+}
+
 /* Copies the tasks the filter accepts; keeps going past allocation failures. */
 static size_t copy_matching(cn_task_registry *r, const char *service, int64_t after_create, int64_t now_ms,
-                            cn_task **out)
+                            unsigned flags, cn_task **out)
 {
     *out = NULL;
     if (r->n == 0)
@@ -180,7 +192,8 @@ static size_t copy_matching(cn_task_registry *r, const char *service, int64_t af
     for (size_t i = 0; i < r->n; i++) {
         const cn_task *t = &r->tasks[i];
         if (service && (strcmp(t->service, service) != 0 || t->create_ms <= after_create ||
-                        state_of(t, now_ms) == CN_TASK_ENDED))
+                        state_of(t, now_ms) == CN_TASK_ENDED ||
+                        (t->continuous && !(flags & CN_TASKS_WITH_CONTINUOUS))))
             continue;
         if (task_copy(&v[n], t) == 0)
             n++;
@@ -196,7 +209,7 @@ static size_t copy_matching(cn_task_registry *r, const char *service, int64_t af
 size_t cn_tasks_list(cn_task_registry *r, cn_task **out)
 {
     pthread_mutex_lock(&r->lock);
-    size_t n = copy_matching(r, NULL, 0, 0, out);
+    size_t n = copy_matching(r, NULL, 0, 0, CN_TASKS_WITH_CONTINUOUS, out);
     pthread_mutex_unlock(&r->lock);
     return n;
 }
@@ -212,7 +225,7 @@ const char *cn_task_state_name(cn_task_state s)
 }
 
 size_t cn_tasks_query(cn_task_registry *r, const char *service, const char *instance,
-                      int64_t last_command_time, int64_t now_ms, cn_task **out)
+                      int64_t last_command_time, int64_t now_ms, unsigned flags, cn_task **out)
 {
     pthread_rwlock_rdlock(&r->listeners_lock);
     for (listener_node *l = r->listeners; l; l = l->next)
@@ -220,7 +233,7 @@ size_t cn_tasks_query(cn_task_registry *r, const char *service, const char *inst
             l->l.on_query(l->l.arg, service, instance, last_command_time);
     pthread_rwlock_unlock(&r->listeners_lock);
     pthread_mutex_lock(&r->lock);
-    size_t n = copy_matching(r, service, last_command_time, now_ms, out);
+    size_t n = copy_matching(r, service, last_command_time, now_ms, flags, out);
     pthread_mutex_unlock(&r->lock);
     return n;
 }

@@ -45,9 +45,14 @@ bool cn_ag_command_parse(const Canopy__V1__Command *c, cn_command *out)
             out->start_time_ms = to_i64(v);
         else if (strcmp(k, "CreateTime") == 0)
             out->create_time_ms = to_i64(v);
+        else if (strcmp(k, "Continuous") == 0)
+            out->continuous = v && strcmp(v, "true") == 0;
+        else if (strcmp(k, "Window") == 0)
+            out->window_ms = to_i64(v);
     }
-    /* A task without an id cannot be profiled or reported as finished. */
-    return out->task_id[0] != '\0';
+    /* A task without an id cannot be profiled or reported as finished; a continuous one without a
+     * window could not be limited. */
+    return out->task_id[0] != '\0' && (!out->continuous || out->window_ms > 0);
 }
 
 static int by_create_time(const void *x, const void *y)

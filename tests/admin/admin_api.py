@@ -186,6 +186,41 @@ class AdminApi(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(self.c.task(generated)["status"], "ended")
 
+    def test_3b_continuous_task(self):
+        """continuous: true (not duration: 0, docs/configuration.md): no end, a window, the same rules as tasks.static."""
+        out = self.c.cli("create", "--service", "shop", "--endpoint", "/cont", "--continuous", "--window", "5s",
+                         "--max-sampling-count", "3", "--id", "cont-1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        t = self.c.task("cont-1")
+        self.assertEqual((t["continuous"], t["window_ms"], t["status"], t["remaining_ms"], t["max_sampling_count"]),
+                         (True, 5000, "running", None, 3))
+        self.assertIsNone(self.c.task("task-0")["window_ms"])
+        self.assertFalse(self.c.task("task-0")["continuous"])
+        out = self.c.cli("list")
+        self.assertRegex(out.stdout, r"(?m)^cont-1\s+running\s+admin\s+shop\s+/cont\s+0\s+0\s+continuous$")
+        # The window defaults to 10s.
+        r = au.http("POST", self.c.admin + "/api/v1/tasks",
+                    {"id": "cont-2", "service": "shop", "endpoint": "/c2", "continuous": True})
+        self.assertEqual((r.status, r.json()["window_ms"]), (201, 10000), r.text)
+        api = self.c.admin + "/api/v1/tasks"
+        for body, what in (({"continuous": True, "duration": "5m"}, "duration: a continuous task never ends"),
+                           ({"window": "5s"}, "window: only a continuous task"),
+                           ({"continuous": True, "window": "100ms"}, "window: 100 ms is out of range"),
+                           ({"continuous": "yes"}, "continuous: true or false")):
+            body.update(service="shop", endpoint="/bad")
+            r = au.http("POST", api, body)
+            self.assertEqual(r.status, 400, r.text)
+            self.assertIn(what, r.json()["error"])
+        bad = self.c.cli("create", "--service", "shop", "--endpoint", "/bad", "--continuous", "--duration", "1m")
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("continuous task never ends", bad.stderr)
+        # Cancelling is the only end of a continuous task.
+        for tid in ("cont-1", "cont-2"):
+            out = self.c.cli("cancel", tid)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            t = self.c.task(tid)
+            self.assertEqual((t["status"], t["remaining_ms"]), ("ended", 0))
+
     def test_4_loadgen_metrics_and_renders(self):
         lg = au.loadgen(BIN, "ipc://%s/c.sock" % self.c.dir, agents=3, batches=10, batch_size=200, depth=12, tasks=2)
         self.assertEqual(lg["sent"], lg["acked"])

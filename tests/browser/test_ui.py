@@ -199,6 +199,36 @@ class WebUi(unittest.TestCase):
             f.write(png)
         print("screenshot:", SCREENSHOT, file=sys.stderr)
 
+    def test_create_continuous_task(self):
+        """The Continuous box swaps Duration for Window and makes a task that never ends."""
+        b = self.browser
+        target = b.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        s = b.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        b.call("Page.enable", {}, s)
+        b.call("Page.navigate", {"url": self.c.admin + "/ui"}, s)
+        au.wait_until(lambda: b.eval(s, "document.readyState === 'complete' && "
+                                        "!!document.querySelector('#tasks tbody tr')"), 20, what="the page")
+        shown = """(() => { const f = document.getElementById('create-form');
+            return [f.elements.duration.offsetParent !== null, f.elements.window.offsetParent !== null]; })()"""
+        self.assertEqual(b.eval(s, shown), [True, False])
+        b.eval(s, """(() => {
+            const f = document.getElementById('create-form');
+            f.elements.continuous.click();
+            const set = (name, v) => { const i = f.elements[name]; i.focus(); i.value = v;
+                                       i.dispatchEvent(new Event('input', {bubbles: true})); };
+            set('service', 'shop'); set('endpoint', '/checkout'); set('window', '5s');
+            set('max_sampling_count', '3'); set('id', 'cont-0');
+            document.getElementById('create-button').click();
+        })()""")
+        self.assertEqual(b.eval(s, shown), [False, True])
+        au.wait_until(lambda: b.eval(s, "!!document.querySelector('#tasks tr[data-id=\"cont-0\"]')"), 10,
+                      what="the continuous task in the list")
+        t = self.c.task("cont-0")
+        self.assertEqual((t["continuous"], t["window_ms"], t["status"], t["remaining_ms"], t["max_sampling_count"]),
+                         (True, 5000, "running", None, 3))
+        self.assertIn("continuous",
+                      b.eval(s, "document.querySelector('#tasks tr[data-id=\"cont-0\"]').textContent"))
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

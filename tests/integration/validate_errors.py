@@ -5,6 +5,10 @@ import re
 import subprocess
 import tempfile
 
+# A valid pipeline (7 lines), so that a case's only error is its own.
+PIPE = "receivers:\n  nng:\nexporters:\n  debug:\nservice:\n  pipelines:\n    p: {receivers: [nng], exporters: [debug]}\n"
+TASK = "tasks:\n  static:\n    - id: c\n      service: s\n      endpoint: /e\n"
+
 CASES = [
     ("unknown key", "receivers:\n  nng:\n    listen: [ipc:///tmp/x.sock]\n    colour: blue\n",
      r":4:5: unknown option \"colour\""),
@@ -16,6 +20,15 @@ CASES = [
     ("broken yaml", "receivers:\n  nng: [\n", r":\d+:\d+: invalid YAML"),
     ("bad duration", "processors:\n  merge_by_task:\n    flush_interval: soon\n",
      r":3:21: flush_interval: \"soon\" is not a duration"),
+    # Continuous tasks (docs/configuration.md, tasks): a flag, a window of 1s to 1h, no duration.
+    ("continuous with duration", PIPE + TASK + "      continuous: true\n      duration: 5m\n",
+     r":14:17: duration: a continuous task never ends; remove duration or continuous"),
+    ("window without continuous", PIPE + TASK + "      window: 5s\n",
+     r":13:15: window: only a continuous task \(continuous: true\) has a window"),
+    ("window too short", PIPE + TASK + "      continuous: true\n      window: 500ms\n",
+     r":14:15: window must be between 1000 and 3600000"),
+    ("continuous not a boolean", PIPE + TASK + "      continuous: maybe\n",
+     r":13:19: continuous: \"maybe\" is not true or false"),
 ]
 
 
@@ -38,6 +51,12 @@ def main():
         assert re.search(re.escape(path) + pattern, r.stderr), (name, r.stderr)
         passed += 1
     root = os.path.join(os.path.dirname(__file__), "..", "..")
+    good_cont = os.path.join(d, "continuous.yaml")
+    with open(good_cont, "w") as f:
+        f.write(PIPE + TASK + "      continuous: true\n      window: 30s\n      max_sampling_count: 3\n")
+    r = run(args.bin, good_cont)
+    assert r.returncode == 0, ("continuous", r.stderr)
+    passed += 1
     for good in ["config/canopy.yaml"]:
         r = run(args.bin, os.path.join(root, good))
         assert r.returncode == 0, (good, r.stderr)

@@ -401,6 +401,14 @@ def simple_app(environ, start_response):
     return [b"ok"]
 
 
+def slow_app(environ, start_response):
+    import gevent
+
+    gevent.sleep(0.001)  # a switch, so the profiled request has a snapshot
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
 class Middleware(AgentTestCase):
     def environ(self, path):
         return {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
@@ -471,6 +479,60 @@ class Middleware(AgentTestCase):
         app = canopy_agent.wsgi_middleware(simple_app)
         self.call(app, "/checkout")
         self.assertEqual(_canopy.stats()["segments_begun"], 0)
+
+    def test_continuous_task_windows(self):
+        """A continuous task never ends; under a steady load each window admits exactly max_sampling_count
+        requests, one at a random instant in each k-th of the window (not the window's first ones)."""
+        import random
+
+        from canopy_agent import _tasks
+
+        clock = [1e12]  # epoch ms, a multiple of the 10 s window
+        rng = random.Random(7)
+        old = (_tasks._time, _tasks._random)
+        _tasks._time, _tasks._random = (lambda: clock[0] / 1000.0), rng.random
+        try:
+            table = _tasks.TaskTable(max_parallel=5)
+            task = _tasks.Task(canopy_agent._config.local_task("c", "/c", duration_min=0, max_sampling_count=5,
+                                                                start_time_ms=0, continuous=True, window_ms=10000))
+            self.assertTrue(task.active(clock[0] + 10 * 365 * 86400e3))  # ten years on
+            picked = []  # (window, index in window) of every admitted request
+            for w in range(40):
+                for i in range(1000):  # 100 requests/s, steady
+                    clock[0] = 1e12 + w * 10000 + i * 10
+                    if table.admit(task):
+                        picked.append((w, i))
+                        table.release(task, 1 if i % 2 else 0)  # a spent place stays spent
+            per_window = [sum(1 for p in picked if p[0] == w) for w in range(40)]
+            self.assertEqual(per_window, [5] * 40)
+            self.assertEqual(task.refused, 40 * 995)
+            # Spread at random: one per fifth of the window, not at a fixed place in it.
+            for part in range(5):
+                at = [i - part * 200 for w, i in picked if part * 200 <= i < (part + 1) * 200]
+                self.assertEqual(len(at), 40)
+                self.assertTrue(60 < sum(at) / len(at) < 140, (part, sum(at) / len(at)))
+            self.assertNotEqual(picked[0][1], 0)
+            # After a lull, the places whose instants passed go to the next requests.
+            clock[0] = 1e12 + 50 * 10000 + 9999
+            self.assertEqual([table.admit(task) for _ in range(7)], [True] * 5 + [False] * 2)
+        finally:
+            _tasks._time, _tasks._random = old
+
+    def test_continuous_task_profiles_through_middleware(self):
+        from canopy_agent import _tasks
+
+        canopy_agent.add_task("task-c", "/cont", max_sampling_count=2, continuous=True, window_ms=60000)
+        app = canopy_agent.wsgi_middleware(slow_app)
+        old = _tasks._time
+        _tasks._time = lambda: (60000 * 30000000 - 1) / 1000.0  # a window's last ms: both places' instants passed
+        try:
+            for _ in range(6):
+                self.assertEqual(self.call(app, "/cont"), ("200 OK", b"ok"))
+        finally:
+            _tasks._time = old
+        task = [t for t in canopy_agent.stats()["tasks"] if t["id"] == "task-c"][0]
+        self.assertEqual((task["continuous"], task["profiled"], task["refused"]), (True, 2, 4))
+        self.assertEqual(len({c[1] for c in self.captured}), 2)
 
     def test_not_running_is_transparent(self):
         canopy_agent.stop()

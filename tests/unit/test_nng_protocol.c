@@ -33,6 +33,8 @@ static int start_service(void **state)
              "  static:\n"
              "    - {id: t-1, service: shop, endpoint: /checkout, duration: 5m, min_duration_threshold: 0ms,\n"
              "       dump_period: 10ms, max_sampling_count: 5}\n"
+             "    - {id: t-cont, service: shop, endpoint: /cart, continuous: true, window: 5s,\n"
+             "       max_sampling_count: 2}\n"
              "service:\n"
              "  telemetry: {http: {listen: \"\"}}\n"
              "  pipelines:\n"
@@ -151,13 +153,58 @@ static void test_command_query(void **state)
     req.command_query = &q;
     Canopy__V1__Reply *r = handle_request(&req);
     assert_int_equal(r->reason, CANOPY__V1__REASON__REASON_OK);
-    assert_int_equal(r->n_commands, 1);
+    assert_int_equal(r->n_commands, 2);
     assert_string_equal(r->commands[0]->command, "ProfileTaskQuery");
     assert_string_equal(arg(r->commands[0], "TaskId"), "t-1");
     assert_string_equal(arg(r->commands[0], "EndpointName"), "/checkout");
     assert_string_equal(arg(r->commands[0], "Duration"), "5"); /* minutes */
     assert_string_equal(arg(r->commands[0], "MaxSamplingCount"), "5");
+    assert_int_equal(r->commands[0]->n_args, 9);
+    assert_null(arg(r->commands[0], "Continuous"));
+    /* canopy's agent gets the continuous task, with its window and a Duration of 0 for old agents. */
+    assert_string_equal(arg(r->commands[1], "TaskId"), "t-cont");
+    assert_int_equal(r->commands[1]->n_args, 11);
+    assert_string_equal(arg(r->commands[1], "Continuous"), "true");
+    assert_string_equal(arg(r->commands[1], "Window"), "5000");
+    assert_string_equal(arg(r->commands[1], "Duration"), "0");
+    assert_string_equal(arg(r->commands[1], "MaxSamplingCount"), "2");
     canopy__v1__reply__free_unpacked(r, NULL);
+}
+
+/* A continuous task never ends by itself, is never expired while running, and ends when cancelled. */
+static void test_continuous_task_lifetime(void **state)
+{
+    (void)state;
+    cn_task_registry *reg = svc->tasks;
+    int64_t far = cn_now_ms() + 400LL * 24 * 3600 * 1000; /* a year on: past any duration a task may have */
+    assert_true(cn_tasks_is_continuous(reg, "t-cont"));
+    assert_false(cn_tasks_is_continuous(reg, "t-1"));
+    assert_int_equal(cn_tasks_state(reg, "t-cont", far), CN_TASK_RUNNING);
+    assert_int_equal(cn_tasks_state(reg, "t-1", far), CN_TASK_ENDED);
+    cn_task *tasks = NULL;
+    size_t n = cn_tasks_query(reg, "shop", "w-1", -1, far, CN_TASKS_WITH_CONTINUOUS, &tasks);
+    assert_int_equal(n, 1);
+    assert_string_equal(tasks[0].id, "t-cont");
+    cn_task_clear(&tasks[0]);
+    free(tasks);
+    assert_int_equal(cn_tasks_query(reg, "shop", "w-1", -1, far, 0, &tasks), 0); /* a SkyWalking agent */
+    assert_null(tasks);
+
+    /* A second one, so the shared t-cont stays for the other tests. */
+    cn_task t = {.id = "t-cont-2", .service = "shop", .endpoint = "/x", .continuous = true, .window_ms = 1000,
+                 .max_sampling_count = 1, .start_ms = cn_now_ms() - 1000, .create_ms = cn_now_ms()};
+    char err[200];
+    assert_int_equal(cn_tasks_add(reg, &t, err, sizeof err), 0);
+    t.id = "t-cont-3";
+    t.window_ms = 0;
+    assert_int_equal(cn_tasks_add(reg, &t, err, sizeof err), -1);
+    assert_non_null(strstr(err, "window must be positive"));
+    assert_int_equal(cn_tasks_expire(reg, far, 0), 1); /* only t-1, long over */
+    assert_int_equal(cn_tasks_state(reg, "t-cont-2", far), CN_TASK_RUNNING);
+    assert_int_equal(cn_tasks_cancel(reg, "t-cont-2"), 0);
+    assert_int_equal(cn_tasks_state(reg, "t-cont-2", cn_now_ms()), CN_TASK_ENDED);
+    assert_int_equal(cn_tasks_expire(reg, far, 0), 1);
+    assert_int_equal(cn_tasks_state(reg, "t-cont-2", far), CN_TASK_UNKNOWN);
 }
 
 static void test_task_finish(void **state)
@@ -193,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_command_query),
         cmocka_unit_test(test_task_finish),
         cmocka_unit_test(test_no_body),
+        cmocka_unit_test(test_continuous_task_lifetime), /* last: it expires t-1 */
     };
     return cmocka_run_group_tests(tests, start_service, stop_service);
 }

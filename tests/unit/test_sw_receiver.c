@@ -32,6 +32,7 @@ static int start_service(void **state)
                        "  static:\n"
                        "    - {id: t-long, service: shop, endpoint: /slow, duration: 30m, dump_period: 10ms,\n"
                        "       max_sampling_count: 20}\n"
+                       "    - {id: t-cont, service: shop, endpoint: /cart, continuous: true, window: 10s}\n"
                        "service:\n"
                        "  telemetry: {http: {listen: \"\"}}\n"
                        "  pipelines:\n"
@@ -106,7 +107,8 @@ static const char *arg(const Skywalking__V3__Command *c, const char *key)
     return NULL;
 }
 
-/* A task outside the SkyWalking agents' ranges comes clamped, with all nine args; then nothing new. */
+/* A task outside the SkyWalking agents' ranges comes clamped, with all nine args; then nothing new.
+ * The continuous task of the same service never comes: a SkyWalking agent would report it to the OAP. */
 static void test_commands_clamped(void **state)
 {
     (void)state;

@@ -294,6 +294,10 @@ typedef struct cn_command {
     int64_t max_sampling_count;
     int64_t start_time_ms;
     int64_t create_time_ms;
+    /* canopy's own args: a continuous task never ends (Duration is 0) and
+     * allows max_sampling_count requests per window_ms. */
+    bool continuous;
+    int64_t window_ms;
 } cn_command;
 
 /* Most commands kept; a newer command for a known task id replaces it, and

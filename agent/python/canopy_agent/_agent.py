@@ -184,13 +184,14 @@ def state():
 
 
 def add_task(task_id, endpoint, duration_min=10, min_duration_ms=0, dump_period_ms=10, max_sampling_count=5,
-             start_time_ms=None):
-    """Adds a profiling task defined in this process (no collector command needed)."""
+             start_time_ms=None, continuous=False, window_ms=10000):
+    """Adds a profiling task defined in this process (no collector command needed).
+    continuous=True: it never ends, and max_sampling_count applies to each window_ms."""
     st = _state
     if st is None:
         raise RuntimeError("canopy_agent: start() first")
     st.tasks.add_local(local_task(task_id, endpoint, duration_min, min_duration_ms, dump_period_ms,
-                                  max_sampling_count, start_time_ms))
+                                  max_sampling_count, start_time_ms, continuous, window_ms))
 
 
 def stats():

@@ -242,7 +242,7 @@ def parse_local_tasks(spec):
 
 
 def local_task(task_id, endpoint, duration_min=10, min_duration_ms=0, dump_period_ms=10, max_sampling_count=5,
-               start_time_ms=None):
+               start_time_ms=None, continuous=False, window_ms=10000):
     import time
 
     now = int(time.time() * 1000)
@@ -256,5 +256,7 @@ def local_task(task_id, endpoint, duration_min=10, min_duration_ms=0, dump_perio
         "max_sampling_count": max_sampling_count,
         "start_time_ms": now if start_time_ms is None else start_time_ms,
         "create_time_ms": now,
+        "continuous": bool(continuous),
+        "window_ms": window_ms if continuous else 0,
         "local": True,
     }

@@ -13,9 +13,16 @@ changes (one C call per request otherwise) and applies SkyWalking's rules:
 
 Finish reports are sent by the native thread when a task's window ends
 (see sampler.c), so they go out even when no request arrives.
+
+A continuous task (canopy's own; SkyWalking agents never get one) never
+ends and is never reported finished. Its MaxSamplingCount applies to each
+window (Window ms, windows aligned on the epoch so every worker and the
+collector's push intervals share them) instead of to the whole task, and the
+requests it profiles are picked at random across the window: see admit().
 """
 
 import sys
+from random import random as _random
 from time import time as _time
 
 from . import _canopy
@@ -39,13 +46,20 @@ def _real_lock():
 class Task:
     __slots__ = ("id", "endpoint", "start_ms", "end_ms", "min_duration_ms", "dump_period_ms",
                  "max_sampling_count", "create_time_ms", "local", "started", "running", "profiled",
-                 "refused")
+                 "refused", "continuous", "window_ms", "window", "seen", "slots")
 
     def __init__(self, cmd):
         self.id = cmd["task_id"]
         self.endpoint = cmd["endpoint"]
         self.start_ms = int(cmd["start_time_ms"])
-        self.end_ms = self.start_ms + int(cmd["duration_min"]) * 60000
+        self.continuous = bool(cmd.get("continuous"))
+        self.window_ms = int(cmd.get("window_ms") or 0)
+        if self.continuous and self.window_ms <= 0:
+            raise ValueError("a continuous task needs a window")
+        if self.continuous:
+            self.end_ms = 1 << 62  # never; an int so that snapshots stay plain JSON
+        else:
+            self.end_ms = self.start_ms + int(cmd["duration_min"]) * 60000
         self.min_duration_ms = max(0, int(cmd["min_duration_ms"]))
         # SkyWalking requires >= 10 ms; a smaller value would only burn CPU.
         self.dump_period_ms = max(1, int(cmd["dump_period_ms"] or 10))
@@ -56,6 +70,11 @@ class Task:
         self.running = 0   # admitted and not yet ended
         self.profiled = 0  # ended with at least one snapshot
         self.refused = 0   # matching requests not profiled (limits)
+        # Continuous tasks: the window (epoch ms // window_ms) that started counts in, the
+        # matching requests seen in it, and its places' random instants (epoch ms).
+        self.window = None
+        self.seen = 0
+        self.slots = []
 
     def key(self):
         return (self.id, self.create_time_ms)
@@ -125,6 +144,9 @@ class TaskTable:
 
     def admit(self, task):
         with self._lock:
+            if task.continuous and not self._admit_in_window(task):
+                task.refused += 1
+                return False
             if task.started >= task.max_sampling_count or task.running >= self.max_parallel:
                 task.refused += 1
                 return False
@@ -132,14 +154,41 @@ class TaskTable:
             task.running += 1
             return True
 
+    @staticmethod
+    def _admit_in_window(task):
+        """Whether this request of a continuous task takes one of its window's places (under the lock).
+
+        The choice has to be made when a request starts (a request cannot be
+        profiled from its middle), so reservoir sampling, which replaces
+        earlier picks, does not apply. Instead the window is cut into k equal
+        parts (k: max_sampling_count) and a random instant is drawn in each;
+        the first request at or after an instant takes its place. Under a
+        steady load that is exactly k requests per window, spread at random
+        over all of it, with no rate estimate to get wrong (a probability
+        k/n per request would leave a window empty one time in e^k). A place
+        whose instant passed during a lull goes to the next request.
+        """
+        now = _time() * 1000.0
+        window = int(now) // task.window_ms
+        if window != task.window:
+            start, part = window * task.window_ms, task.window_ms / task.max_sampling_count
+            task.window = window
+            task.slots = [start + (i + _random()) * part for i in range(task.max_sampling_count)]
+            task.seen = 0
+            task.started = 0
+        task.seen += 1
+        return task.started < len(task.slots) and now >= task.slots[task.started]
+
     def release(self, task, snapshots):
         with self._lock:
             task.running -= 1
             if snapshots > 0:
                 task.profiled += 1
-            else:
+            elif not task.continuous:
                 # Never profiled (too short, or no snapshot could be taken):
-                # the place goes back to the next request.
+                # the place goes back to the next request. A continuous task
+                # keeps it spent: the window may have turned since (the place
+                # would then be the new window's), and a new window comes soon.
                 task.started -= 1
 
     def snapshot(self):

@@ -647,12 +647,14 @@ static PyObject *m_commands(PyObject *self, PyObject *unused)
     }
     for (size_t i = 0; i < n; i++) {
         const cn_command *c = &cmds[i];
-        PyObject *d = Py_BuildValue("{s:s,s:s,s:s,s:L,s:L,s:L,s:L,s:L,s:L}", "task_id", c->task_id, "serial",
+        PyObject *d = Py_BuildValue("{s:s,s:s,s:s,s:L,s:L,s:L,s:L,s:L,s:L,s:O,s:L}", "task_id", c->task_id, "serial",
                                     c->serial, "endpoint", c->endpoint, "duration_min",
                                     (long long)c->duration_min, "min_duration_ms", (long long)c->min_duration_ms,
                                     "dump_period_ms", (long long)c->dump_period_ms, "max_sampling_count",
                                     (long long)c->max_sampling_count, "start_time_ms",
-                                    (long long)c->start_time_ms, "create_time_ms", (long long)c->create_time_ms);
+                                    (long long)c->start_time_ms, "create_time_ms", (long long)c->create_time_ms,
+                                    "continuous", c->continuous ? Py_True : Py_False, "window_ms",
+                                    (long long)c->window_ms);
         if (!d || PyList_Append(list, d) != 0) {
             Py_XDECREF(d);
             Py_DECREF(list);

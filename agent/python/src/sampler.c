@@ -232,7 +232,9 @@ static void housekeeping(void)
             memcpy(t->task_id, c->task_id, sizeof(t->task_id));
             t->task_id[sizeof(t->task_id) - 1] = '\0';
             t->create_time_ms = c->create_time_ms;
-            t->end_ms = c->start_time_ms + c->duration_min * 60000;
+            /* A continuous task never ends, so it is never reported finished (the collector's registry
+             * says when it is cancelled: it stops coming in the commands). */
+            t->end_ms = c->continuous ? INT64_MAX : c->start_time_ms + c->duration_min * 60000;
             /* A task that was over before we first saw it never ran here. */
             t->reported = t->end_ms <= now;
         }

@@ -30,6 +30,12 @@ typedef struct cn_task {
     int64_t create_ms;       /* epoch ms; agents track the largest they saw */
     cn_task_source source;
     bool cancelled;
+    /* A continuous task never ends (duration_ms is 0 and unused) until it is
+     * cancelled; canopy's agents profile at most max_sampling_count requests
+     * in each window_ms instead of in the whole task. SkyWalking agents and
+     * the OAP never see one: an OAP task must end. */
+    bool continuous;
+    int64_t window_ms;
 } cn_task;
 
 typedef enum cn_task_state {
@@ -60,16 +66,23 @@ cn_task_state cn_tasks_state(cn_task_registry *r, const char *id, int64_t now_ms
 /* Fills a copy of the task; free with cn_task_clear. Returns -1 when unknown. */
 int cn_tasks_get(cn_task_registry *r, const char *id, cn_task *out);
 void cn_task_clear(cn_task *t);
+/* True when the registry holds a continuous task with this id (no copy: exporters ask per chunk). */
+bool cn_tasks_is_continuous(cn_task_registry *r, const char *id);
 /* Copies of all tasks, oldest first; free each with cn_task_clear, then the array. */
 size_t cn_tasks_list(cn_task_registry *r, cn_task **out);
 const char *cn_task_state_name(cn_task_state s);
 
+/* cn_tasks_query flags. */
+#define CN_TASKS_WITH_CONTINUOUS 1u /* the asker is canopy's agent, which runs continuous tasks */
+
 /*
  * The tasks for `service` with create_ms > last_command_time that have not
- * ended, as copies (see cn_tasks_list). Also tells the listeners an agent asked.
+ * ended, as copies (see cn_tasks_list). Continuous tasks only with
+ * CN_TASKS_WITH_CONTINUOUS: a SkyWalking agent would run one as an ordinary
+ * task and report it to the OAP. Also tells the listeners an agent asked.
  */
 size_t cn_tasks_query(cn_task_registry *r, const char *service, const char *instance,
-                      int64_t last_command_time, int64_t now_ms, cn_task **out);
+                      int64_t last_command_time, int64_t now_ms, unsigned flags, cn_task **out);
 /* An agent reports a task finished; passed on to the listeners. */
 void cn_tasks_report_finish(cn_task_registry *r, const char *service, const char *instance,
                             const char *task_id);
@@ -83,13 +96,20 @@ void cn_tasks_unlisten(cn_task_registry *r, void *arg);
  * nine arguments (SerialNumber, TaskId, EndpointName, Duration in minutes,
  * MinDurationThreshold, DumpPeriod, MaxSamplingCount, StartTime,
  * CreateTime), all as strings. Both canopy's agent and SkyWalking's read it.
+ *
+ * A continuous task adds two (n_args is 11): Continuous ("true") and
+ * Window (milliseconds), and says Duration 0, so that an agent too old to
+ * know them sees a task that is already over and profiles nothing, rather
+ * than profiling without a window.
  */
 #define CN_AGENT_COMMAND_ARGS 9
+#define CN_AGENT_COMMAND_MAX_ARGS 11
 typedef struct cn_agent_command {
     const char *name;
-    const char *keys[CN_AGENT_COMMAND_ARGS];
-    const char *values[CN_AGENT_COMMAND_ARGS]; /* into the task and into numbers */
-    char numbers[6][24];
+    size_t n_args;
+    const char *keys[CN_AGENT_COMMAND_MAX_ARGS];
+    const char *values[CN_AGENT_COMMAND_MAX_ARGS]; /* into the task and into numbers */
+    char numbers[7][24];
 } cn_agent_command;
 /* Fills out from t; out points into t, which must outlive it. */
 void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out);

@@ -58,7 +58,9 @@ void cn_calltree_run_clear(cn_calltree_run *r)
     memset(r, 0, sizeof *r);
 }
 
-cn_calltree *cn_calltree_new(size_t max_nodes)
+cn_calltree *cn_calltree_new(size_t max_nodes) { return cn_calltree_new_presized(max_nodes, PRESIZE_NODES); }
+
+cn_calltree *cn_calltree_new_presized(size_t max_nodes, size_t presize)
 {
     cn_calltree *t = calloc(1, sizeof *t);
     if (!t)
@@ -67,7 +69,9 @@ cn_calltree *cn_calltree_new(size_t max_nodes)
     t->first_root = CN_CALLTREE_NONE;
     t->truncated_sig = CN_CALLTREE_NONE;
     size_t want = t->max_nodes + RESERVE(t->max_nodes);
-    t->cap_nodes = want < PRESIZE_NODES ? want : PRESIZE_NODES;
+    if (presize < 16)
+        presize = 16;
+    t->cap_nodes = want < presize ? want : presize;
     t->cap_table = 256;
     while (t->cap_table < 2 * t->cap_nodes)
         t->cap_table *= 2;

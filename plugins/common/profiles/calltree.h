@@ -69,6 +69,13 @@ void cn_calltree_run_clear(cn_calltree_run *r);
 
 /* max_nodes: most nodes, not counting a small reserve for "[truncated]" nodes. */
 cn_calltree *cn_calltree_new(size_t max_nodes);
+/*
+ * The same, with room for `presize` nodes at first (cn_calltree_new takes
+ * 32768, for a few long-lived, large trees). Many short-lived small trees
+ * want a small one: each child added to a fresh large table faults in a new
+ * page of it.
+ */
+cn_calltree *cn_calltree_new_presized(size_t max_nodes, size_t presize);
 void cn_calltree_free(cn_calltree *t);
 
 /* Index of a code signature in the tree's table, added when new; CN_CALLTREE_NONE at the limit or out of memory. */

@@ -117,7 +117,9 @@ static pyro_profile *profile_get(pyro_ctx *p, const char *task, const char *serv
     prof->period_ms = facts->period_ms;
     if (!(prof->task_id = strdup(task)) || !(prof->service = strdup(service)) ||
         !(prof->endpoint = strdup(facts->endpoint)) || !(prof->mode = strdup(mode)) ||
-        !(prof->tree = cn_calltree_new((size_t)p->max_nodes)) || !(prof->runs = cn_dict_new(16)) ||
+        /* Small at first: an interval's profiles are many, short-lived and mostly small, and a tree presized
+         * for max_nodes faults in a page of its child table per node (docs/performance.md, issue 15). */
+        !(prof->tree = cn_calltree_new_presized((size_t)p->max_nodes, 512)) || !(prof->runs = cn_dict_new(16)) ||
         cn_dict_put(p->open, key, prof) != 0) {
         profile_free(prof);
         return NULL;

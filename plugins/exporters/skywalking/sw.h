@@ -48,6 +48,7 @@ typedef struct sw_ctx {
     cn_metric *m_chunks_retry;
     cn_metric *m_chunks_failed;
     cn_metric *m_snap_failed;
+    cn_metric *m_snap_continuous;
     cn_metric *m_calls_ok;
     cn_metric *m_failovers;
 

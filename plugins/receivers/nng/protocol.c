@@ -130,13 +130,14 @@ static nng_msg *handle_command_query(nng_receiver *rx, const Canopy__V1__Request
 {
     cn_task *tasks = NULL;
     size_t n = cn_tasks_query(cn_component_tasks(rx->self), req->agent->service, req->agent->instance,
-                              req->command_query->last_command_time, cn_now_ms(), &tasks);
+                              req->command_query->last_command_time, cn_now_ms(), CN_TASKS_WITH_CONTINUOUS,
+                              &tasks);
     Canopy__V1__Reply reply = CANOPY__V1__REPLY__INIT;
     cn_agent_command *forms = n ? calloc(n, sizeof *forms) : NULL;
     Canopy__V1__Command *cmds = n ? calloc(n, sizeof *cmds) : NULL;
     Canopy__V1__Command **cmd_ptrs = n ? calloc(n, sizeof *cmd_ptrs) : NULL;
-    Canopy__V1__KeyStringValuePair *kvs = n ? calloc(n * CN_AGENT_COMMAND_ARGS, sizeof *kvs) : NULL;
-    Canopy__V1__KeyStringValuePair **kv_ptrs = n ? calloc(n * CN_AGENT_COMMAND_ARGS, sizeof *kv_ptrs) : NULL;
+    Canopy__V1__KeyStringValuePair *kvs = n ? calloc(n * CN_AGENT_COMMAND_MAX_ARGS, sizeof *kvs) : NULL;
+    Canopy__V1__KeyStringValuePair **kv_ptrs = n ? calloc(n * CN_AGENT_COMMAND_MAX_ARGS, sizeof *kv_ptrs) : NULL;
     nng_msg *msg = NULL;
     if (n && (!forms || !cmds || !cmd_ptrs || !kvs || !kv_ptrs)) {
         msg = nngrx_refuse(rx, CANOPY__V1__REASON__REASON_INTERNAL, LIMIT_OTHER, 0, "out of memory",
@@ -147,14 +148,14 @@ static nng_msg *handle_command_query(nng_receiver *rx, const Canopy__V1__Request
         cn_agent_command_from_task(&tasks[i], &forms[i]);
         canopy__v1__command__init(&cmds[i]);
         cmds[i].command = (char *)forms[i].name;
-        cmds[i].n_args = CN_AGENT_COMMAND_ARGS;
-        cmds[i].args = &kv_ptrs[i * CN_AGENT_COMMAND_ARGS];
-        for (size_t k = 0; k < CN_AGENT_COMMAND_ARGS; k++) {
-            Canopy__V1__KeyStringValuePair *kv = &kvs[i * CN_AGENT_COMMAND_ARGS + k];
+        cmds[i].n_args = forms[i].n_args;
+        cmds[i].args = &kv_ptrs[i * CN_AGENT_COMMAND_MAX_ARGS];
+        for (size_t k = 0; k < forms[i].n_args; k++) {
+            Canopy__V1__KeyStringValuePair *kv = &kvs[i * CN_AGENT_COMMAND_MAX_ARGS + k];
             canopy__v1__key_string_value_pair__init(kv);
             kv->key = (char *)forms[i].keys[k];
             kv->value = (char *)forms[i].values[k];
-            kv_ptrs[i * CN_AGENT_COMMAND_ARGS + k] = kv;
+            kv_ptrs[i * CN_AGENT_COMMAND_MAX_ARGS + k] = kv;
         }
         cmd_ptrs[i] = &cmds[i];
     }

@@ -293,7 +293,7 @@ static void get_commands(sw_receiver *rx, const Skywalking__V3__ProfileTaskComma
 {
     cn_task *tasks = NULL;
     size_t n = cn_tasks_query(cn_component_tasks(rx->self), q->service, q->serviceinstance, q->lastcommandtime,
-                              cn_now_ms(), &tasks);
+                              cn_now_ms(), 0 /* never a continuous task: the OAP's tasks end */, &tasks);
     cn_agent_command *forms = n ? calloc(n, sizeof *forms) : NULL;
     Skywalking__V3__Command *cmds = n ? calloc(n, sizeof *cmds) : NULL;
     Skywalking__V3__Command **cmd_ptrs = n ? calloc(n, sizeof *cmd_ptrs) : NULL;

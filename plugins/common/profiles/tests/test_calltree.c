@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <zlib.h>
 #include <cmocka.h>
@@ -103,6 +104,25 @@ static void test_same_signature_other_parent(void **state)
     assert_int_equal(cn_calltree_add(t, NULL, 0, NULL, 0, 0), 0);
     assert_int_equal(find(t, P(CN_CALLTREE_EMPTY))->self, 1);
     assert_int_equal(cn_calltree_samples(t), 4);
+    cn_calltree_free(t);
+}
+
+/* A tree presized for 16 nodes grows its node array and child table to hold many more, and still finds each. */
+static void test_presized_grows(void **state)
+{
+    (void)state;
+    cn_calltree *t = cn_calltree_new_presized(5000, 16);
+    assert_non_null(t);
+    char names[300][8];
+    for (int i = 0; i < 300; i++) {
+        snprintf(names[i], sizeof names[i], "f%d", i);
+        add(t, NULL, 0, 0, P("root", names[i]));
+        add(t, NULL, 0, 0, P("root", names[i]));
+    }
+    assert_int_equal(cn_calltree_node_count(t), 301);
+    for (int i = 0; i < 300; i += 37)
+        assert_int_equal(find(t, P("root", names[i]))->count, 2);
+    assert_int_equal(find(t, P("root"))->count, 600);
     cn_calltree_free(t);
 }
 
@@ -377,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_counts_and_durations),
         cmocka_unit_test(test_same_signature_other_parent),
         cmocka_unit_test(test_node_limit),
+        cmocka_unit_test(test_presized_grows),
         cmocka_unit_test(test_signature_parse),
         cmocka_unit_test(test_folded),
         cmocka_unit_test(test_pprof),

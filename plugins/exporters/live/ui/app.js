@@ -57,7 +57,7 @@ function renderTasks() {
       el("td", {}, el("span", { class: "status " + t.status }, t.status)),
       el("td", { class: "num agents" }, t.agents),
       el("td", { class: "num snapshots" }, t.snapshots),
-      el("td", {}, t.status === "ended" ? "–" : remaining(t.remaining_ms)),
+      el("td", {}, t.status === "ended" ? "–" : t.continuous ? "continuous" : remaining(t.remaining_ms)),
       el("td", {}, cancel));
     if (t.id === state.selected) row.classList.add("selected");
     body.append(row);
@@ -147,10 +147,15 @@ async function createTask(ev) {
   ev.preventDefault();
   const form = ev.target, out = $("create-result"), button = $("create-button");
   const body = {};
-  for (const name of ["service", "endpoint", "duration", "min_duration_threshold", "dump_period", "id"]) {
+  const continuous = form.elements["continuous"].checked;
+  // A continuous task has a window and no duration (the API refuses both together).
+  const names = ["service", "endpoint", continuous ? "window" : "duration", "min_duration_threshold",
+                 "dump_period", "id"];
+  for (const name of names) {
     const v = form.elements[name].value.trim();
     if (v) body[name] = v;
   }
+  if (continuous) body.continuous = true;
   const max = form.elements["max_sampling_count"].value.trim();
   if (max) body.max_sampling_count = parseInt(max, 10);
   button.disabled = true;
@@ -169,7 +174,17 @@ async function createTask(ev) {
   }
 }
 
+// Continuous swaps Duration for Window: a disabled input is neither required nor submitted.
+function toggleContinuous() {
+  const form = $("create-form"), on = form.elements["continuous"].checked;
+  for (const [name, shown] of [["duration", !on], ["window", on]]) {
+    form.elements[name].disabled = !shown;
+    form.elements[name].parentElement.hidden = !shown;
+  }
+}
+
 $("create-form").addEventListener("submit", createTask);
+$("create-form").elements["continuous"].addEventListener("change", toggleContinuous);
 $("live").addEventListener("change", maybeReloadFlame);
 refreshTasks();
 refreshHealth();
