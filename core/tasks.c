@@ -178,6 +178,15 @@ bool cn_tasks_is_continuous(cn_task_registry *r, const char *id)
     return yes;
 }
 
+bool cn_continuous_filter_skips(cn_continuous_filter *f, const char *task_id)
+{
+    if (!f->last || (task_id != f->last && (!task_id || strcmp(task_id, f->last) != 0))) {
+        f->last = task_id;
+        f->last_continuous = cn_tasks_is_continuous(f->reg, task_id);
+    }
+    return f->last_continuous;
+}
+
 /* Copies the tasks the filter accepts; keeps going past allocation failures. */
 static size_t copy_matching(cn_task_registry *r, const char *service, int64_t after_create, int64_t now_ms,
                             unsigned flags, cn_task **out)

@@ -68,6 +68,18 @@ int cn_tasks_get(cn_task_registry *r, const char *id, cn_task *out);
 void cn_task_clear(cn_task *t);
 /* True when the registry holds a continuous task with this id (no copy: exporters ask per chunk). */
 bool cn_tasks_is_continuous(cn_task_registry *r, const char *id);
+/*
+ * cn_tasks_is_continuous for exporters that walk a chunk's snapshots: asks
+ * once per run of one task (snapshots come grouped by task, so that is rare).
+ * Every exporter that writes for the OAP (skywalking, kafka's skywalking
+ * format) leaves continuous tasks out with it: the OAP's tasks must end.
+ */
+typedef struct cn_continuous_filter {
+    cn_task_registry *reg;
+    const char *last; /* the last task asked about, and its answer */
+    bool last_continuous;
+} cn_continuous_filter;
+bool cn_continuous_filter_skips(cn_continuous_filter *f, const char *task_id);
 /* Copies of all tasks, oldest first; free each with cn_task_clear, then the array. */
 size_t cn_tasks_list(cn_task_registry *r, cn_task **out);
 const char *cn_task_state_name(cn_task_state s);

@@ -352,6 +352,8 @@ static void make_metrics(kafka_ctx *k)
     k->m_queue_full = cn_counter("canopy_kafka_queue_full_total",
                                  "Times librdkafka's queue (max_queued_messages, max_queued_bytes) was full "
                                  "and the export waited for room", l);
+    k->m_continuous = cn_counter("canopy_kafka_snapshots_continuous_total",
+                                 "Snapshots of continuous tasks left out of format skywalking: the OAP's tasks end", l);
     k->m_chunks_retry = cn_counter("canopy_kafka_chunks_retried_total",
                                    "Exports handed back for retry because a snapshot was not acknowledged", l);
     k->m_fatal = cn_counter("canopy_kafka_fatal_errors_total",

@@ -91,6 +91,7 @@ typedef struct kafka_ctx {
     cn_metric *m_failed_bytes;
     cn_metric *m_given_up;
     cn_metric *m_queue_full;
+    cn_metric *m_continuous;
     cn_metric *m_chunks_retry;
     cn_metric *m_fatal;
     /* Metrics from librdkafka's statistics (kafka_stats.c). */

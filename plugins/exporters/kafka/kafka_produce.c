@@ -211,6 +211,13 @@ cn_status kafka_export(void *vctx, const cn_chunk *chunk)
     kafka_ctx *k = vctx;
     if (chunk->n == 0)
         return CN_OK;
+    /* The skywalking format is for the OAP, whose tasks end: continuous tasks stay out, counted. */
+    cn_continuous_filter skip = {.reg = cn_component_tasks(k->self)};
+    bool for_oap = k->format == KAFKA_FORMAT_SKYWALKING;
+    if (for_oap && chunk->task_id && cn_continuous_filter_skips(&skip, chunk->task_id)) {
+        cn_metric_add(k->m_continuous, (int64_t)chunk->n);
+        return CN_OK;
+    }
     if (atomic_load(&k->fatal) || !k->rk) {
         if (recover_from_fatal(k) != 0)
             return CN_RETRY;
@@ -222,8 +229,14 @@ cn_status kafka_export(void *vctx, const cn_chunk *chunk)
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
     bool counted_full = false;
     for (size_t i = 0; i < chunk->n && !atomic_load(&k->interrupted) && !atomic_load(&k->fatal); i++) {
+        bool continuous = for_oap && !chunk->task_id && cn_continuous_filter_skips(&skip, cn_ref_task(&chunk->refs[i]));
         pthread_mutex_lock(&k->lock);
         bool todo = k->states[i] == KAFKA_MSG_TODO;
+        if (todo && continuous) {
+            k->states[i] = KAFKA_MSG_DELIVERED; /* done with: a retry must not count it again */
+            todo = false;
+            cn_metric_inc(k->m_continuous);
+        }
         pthread_mutex_unlock(&k->lock);
         if (!todo)
             continue; /* delivered, given up, or still in flight from the last attempt */

@@ -156,31 +156,13 @@ static cn_status send_range(sw_ctx *c, const cn_snap_ref *refs, size_t n, sw_rpc
 /*
  * Continuous tasks are canopy's own (canopy/tasks.h): the OAP knows no such task and its tasks
  * must end, so their snapshots never go to it. They are skipped, and counted, not failed.
- * A chunk from merge_by_task is one task and is asked about once; a mixed chunk asks per
- * change of task, which in batch order is rare.
  */
-typedef struct sw_skip {
-    cn_task_registry *reg;
-    const char *last; /* the last task asked about, and its answer */
-    bool last_continuous;
-} sw_skip;
-
-static bool skipped(sw_skip *k, const cn_snap_ref *ref)
-{
-    const char *task = cn_ref_task(ref);
-    if (!k->last || (task != k->last && strcmp(task, k->last) != 0)) {
-        k->last = task;
-        k->last_continuous = cn_tasks_is_continuous(k->reg, task);
-    }
-    return k->last_continuous;
-}
-
 static cn_status sw_export(void *vctx, const cn_chunk *chunk)
 {
     sw_ctx *c = vctx;
     if (chunk->n == 0)
         return CN_OK; /* e.g. the final, empty chunk of a task: nothing to send */
-    sw_skip skip = {.reg = cn_component_tasks(c->self)};
+    cn_continuous_filter skip = {.reg = cn_component_tasks(c->self)};
     if (chunk->task_id && cn_tasks_is_continuous(skip.reg, chunk->task_id)) {
         cn_metric_add(c->m_snap_continuous, (int64_t)chunk->n);
         return CN_OK;
@@ -191,13 +173,14 @@ static cn_status sw_export(void *vctx, const cn_chunk *chunk)
     for (size_t off = start, len = 0; off < chunk->n; off += len) {
         /* The next run of at most `per` snapshots that the OAP may see; progress stays an offset
          * into the whole chunk, so a retry resumes in the same place. */
-        if (!chunk->task_id && skipped(&skip, &chunk->refs[off])) {
+        if (!chunk->task_id && cn_continuous_filter_skips(&skip, cn_ref_task(&chunk->refs[off]))) {
             cn_metric_inc(c->m_snap_continuous);
             len = 1;
             continue;
         }
         len = 1;
-        while (off + len < chunk->n && len < per && (chunk->task_id || !skipped(&skip, &chunk->refs[off + len])))
+        while (off + len < chunk->n && len < per &&
+               (chunk->task_id || !cn_continuous_filter_skips(&skip, cn_ref_task(&chunk->refs[off + len]))))
             len++;
         sw_rpc_status st;
         sw_endpoint *ep = NULL;
