@@ -19,6 +19,10 @@
  * lets the attempts in flight finish and then closes and reopens the socket,
  * which dials a fresh connection. Against a collector that is simply down
  * this costs a redial every few timeouts.
+ *
+ * At some 700 lines this is one thing: the sections below (queues, the nng
+ * side, judging an attempt, dialing, the thread) all serve that one thread's
+ * loop and share its state under one mutex.
  */
 #include <errno.h>
 #include <stdatomic.h>
