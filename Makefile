@@ -4,6 +4,9 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 CONFIG     ?=
 CTEST_ARGS ?=
+# Tests run two at a time; a test that needs the whole machine is marked to
+# run alone (cn_runs_alone in tests/CMakeLists.txt).
+TEST_JOBS  ?= 2
 
 .PHONY: all deps build build-asan run test test-fast test-asan bench clean docs
 
@@ -36,10 +39,10 @@ run: deps build
 # are in the log.
 FLAKY := chaos|e2e
 test: deps build build-asan
-	cd $(BUILD) && ctest --output-on-failure -LE "$(FLAKY)" $(CTEST_ARGS)
-	cd $(BUILD) && ctest --output-on-failure -L "$(FLAKY)" --repeat until-pass:2 $(CTEST_ARGS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L sanitize -LE "$(FLAKY)" $(CTEST_ARGS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L sanitize -L "$(FLAKY)" \
+	cd $(BUILD) && ctest -j $(TEST_JOBS) --output-on-failure -LE "$(FLAKY)" $(CTEST_ARGS)
+	cd $(BUILD) && ctest -j $(TEST_JOBS) --output-on-failure -L "$(FLAKY)" --repeat until-pass:2 $(CTEST_ARGS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest -j $(TEST_JOBS) --output-on-failure -L sanitize -LE "$(FLAKY)" $(CTEST_ARGS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest -j $(TEST_JOBS) --output-on-failure -L sanitize -L "$(FLAKY)" \
 	  --repeat until-pass:2 $(CTEST_ARGS)
 	$(MAKE) test-py313
 
@@ -51,7 +54,7 @@ test-py313: build
 	nice -n 5 tests/py313/run-tests $(BUILD)
 
 test-fast: build
-	cd $(BUILD) && ctest --output-on-failure -L unit $(CTEST_ARGS)
+	cd $(BUILD) && ctest -j $(TEST_JOBS) --output-on-failure -L unit $(CTEST_ARGS)
 
 bench: deps build
 	tools/bench/run-all $(BUILD)

@@ -13,9 +13,11 @@
     admin_auth.py --bin build/bin
 """
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -50,8 +52,15 @@ service:
 """
 
 
+def scratch_dir(prefix):
+    """A temp dir removed when the test process exits."""
+    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def validate(text):
-    d = tempfile.mkdtemp(prefix="canopy-admin-auth-", dir="/tmp")
+    d = scratch_dir("canopy-admin-auth-")
     path = os.path.join(d, "canopy.yaml")
     with open(path, "w") as f:
         f.write((CONFIG % text).replace("@DIR@", d))
@@ -70,7 +79,7 @@ def line_of(path, needle):
 class Validate(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.pki = tlsutil.make_pki(tempfile.mkdtemp(prefix="canopy-admin-pki-", dir="/tmp"))
+        cls.pki = tlsutil.make_pki(scratch_dir("canopy-admin-pki-"))
 
     def test_non_loopback_needs_tls_and_token(self):
         for http in ["      listen: 0.0.0.0:8888",
@@ -118,7 +127,7 @@ def https_get(url, ca, token=None):
 
 class Served(unittest.TestCase):
     def test_tls_and_token_file(self):
-        pki = tlsutil.make_pki(tempfile.mkdtemp(prefix="canopy-admin-pki-", dir="/tmp"))
+        pki = tlsutil.make_pki(scratch_dir("canopy-admin-pki-"))
         port = au.free_port()
         c = au.Collector(BIN, CONFIG % (
             "      listen: 0.0.0.0:%d\n      tls: {cert_file: %s, key_file: %s}\n      token_file: @DIR@/token"

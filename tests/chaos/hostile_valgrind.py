@@ -153,6 +153,7 @@ def main():
         print("\n".join(b for b in blocks if "at 0x" in b and ("Invalid" in b or "lost" in b or "uninit" in b))[:12000])
     assert rc == 0, "valgrind found errors (log: %s)" % vlog
     assert total == len(seen) == sum(totals), (total, len(seen), sum(totals))
+    shutil.rmtree(d, ignore_errors=True)  # kept, with the valgrind log, only when an assertion failed
     print("passed")
 
 

@@ -3,6 +3,7 @@ default address with no config at all, and writes their snapshots to
 ./canopy-data."""
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
@@ -30,6 +31,7 @@ def main():
     lines = open(os.path.join(work, "data", "task-0.jsonl")).read().count("\n")
     assert lines == 500, lines
     assert "embedded default config" in col.read_log()
+    shutil.rmtree(work, ignore_errors=True)
     print("1 passed, 0 failed")
 
 

@@ -2,6 +2,7 @@
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 
@@ -64,6 +65,7 @@ def main():
     r = run(args.bin, os.path.join(d, "does-not-exist.yaml"))
     assert r.returncode == 1 and "does-not-exist.yaml:1:1: cannot open config" in r.stderr, r.stderr
     passed += 1
+    shutil.rmtree(d, ignore_errors=True)
     print("%d passed, 0 failed" % (passed + 0))
 
 

@@ -49,7 +49,10 @@ def stubs():
         from skywalking.v3 import (common_pb2, management_pb2, management_pb2_grpc, profile_pb2,
                                    profile_pb2_grpc)
         _STUBS = dict(common=common_pb2, mgmt=management_pb2, mgmt_grpc=management_pb2_grpc,
-                      profile=profile_pb2, profile_grpc=profile_pb2_grpc, dir=out)
+                      profile=profile_pb2, profile_grpc=profile_pb2_grpc)
+        # Imported: the generated files are not read again (every gunicorn
+        # worker and test process makes its own; they used to pile up in /tmp).
+        shutil.rmtree(out, ignore_errors=True)
     return _STUBS
 
 
