@@ -5,7 +5,9 @@
  * be told different things.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
+#include "canopy/common.h"
 #include "canopy/tasks.h"
 
 void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out)
@@ -31,4 +33,34 @@ void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out)
         out->keys[i] = keys[i];
         out->values[i] = values[i];
     }
+}
+
+void cn_task_commands_clear(cn_task_commands *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        cn_task_clear(&c->tasks[i]);
+    free(c->tasks);
+    free(c->commands);
+    *c = (cn_task_commands){0};
+}
+
+int cn_task_commands_query(cn_task_registry *r, const char *service, const char *instance,
+                            int64_t last_command_time, unsigned flags, cn_task_adjust_fn adjust, void *arg,
+                            cn_task_commands *out)
+{
+    *out = (cn_task_commands){0};
+    out->n = cn_tasks_query(r, service, instance, last_command_time, cn_now_ms(), flags, &out->tasks);
+    if (out->n == 0)
+        return 0;
+    out->commands = calloc(out->n, sizeof *out->commands);
+    if (!out->commands) {
+        cn_task_commands_clear(out);
+        return -1;
+    }
+    for (size_t i = 0; i < out->n; i++) {
+        if (adjust)
+            adjust(arg, &out->tasks[i]);
+        cn_agent_command_from_task(&out->tasks[i], &out->commands[i]);
+    }
+    return 0;
 }

@@ -126,6 +126,24 @@ typedef struct cn_agent_command {
 /* Fills out from t; out points into t, which must outlive it. */
 void cn_agent_command_from_task(const cn_task *t, cn_agent_command *out);
 
+/*
+ * One agent's command query answered: cn_tasks_query's tasks and their
+ * commands. Every receiver answers through it and only wraps the commands in
+ * its own protocol's messages. `adjust` (NULL for none) may change each task
+ * copy before its command is formed: the SkyWalking receiver clamps there.
+ */
+typedef struct cn_task_commands {
+    size_t n;
+    cn_task *tasks;
+    cn_agent_command *commands; /* n of them, pointing into tasks */
+} cn_task_commands;
+typedef void (*cn_task_adjust_fn)(void *arg, cn_task *t);
+/* 0, or -1 out of memory (out is then empty). Free with cn_task_commands_clear. */
+int cn_task_commands_query(cn_task_registry *r, const char *service, const char *instance,
+                            int64_t last_command_time, unsigned flags, cn_task_adjust_fn adjust, void *arg,
+                            cn_task_commands *out);
+void cn_task_commands_clear(cn_task_commands *c);
+
 /* Removes ended tasks older than keep_ms after their end; returns how many. */
 size_t cn_tasks_expire(cn_task_registry *r, int64_t now_ms, int64_t keep_ms);
 

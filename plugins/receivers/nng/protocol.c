@@ -128,47 +128,46 @@ static nng_msg *handle_batch(nng_receiver *rx, cn_batch *b, const char *who)
 /* Replies to a command query with the registry's tasks as agent commands (cn_agent_command_from_task). */
 static nng_msg *handle_command_query(nng_receiver *rx, const Canopy__V1__Request *req)
 {
-    cn_task *tasks = NULL;
-    size_t n = cn_tasks_query(cn_component_tasks(rx->self), req->agent->service, req->agent->instance,
-                              req->command_query->last_command_time, cn_now_ms(), CN_TASKS_WITH_CONTINUOUS,
-                              &tasks);
-    Canopy__V1__Reply reply = CANOPY__V1__REPLY__INIT;
-    cn_agent_command *forms = n ? calloc(n, sizeof *forms) : NULL;
-    Canopy__V1__Command *cmds = n ? calloc(n, sizeof *cmds) : NULL;
-    Canopy__V1__Command **cmd_ptrs = n ? calloc(n, sizeof *cmd_ptrs) : NULL;
-    Canopy__V1__KeyStringValuePair *kvs = n ? calloc(n * CN_AGENT_COMMAND_MAX_ARGS, sizeof *kvs) : NULL;
-    Canopy__V1__KeyStringValuePair **kv_ptrs = n ? calloc(n * CN_AGENT_COMMAND_MAX_ARGS, sizeof *kv_ptrs) : NULL;
+    cn_task_commands q;
+    if (cn_task_commands_query(cn_component_tasks(rx->self), req->agent->service, req->agent->instance,
+                                req->command_query->last_command_time, CN_TASKS_WITH_CONTINUOUS, NULL, NULL,
+                                &q) != 0)
+        return nngrx_refuse(rx, CANOPY__V1__REASON__REASON_INTERNAL, LIMIT_OTHER, 0, "out of memory",
+                            req->agent->instance);
+    /* The wire form: one Command per task, its arguments in one array (no allocation per argument). */
+    Canopy__V1__Command *cmds = q.n ? calloc(q.n, sizeof *cmds) : NULL;
+    Canopy__V1__Command **cmd_ptrs = q.n ? calloc(q.n, sizeof *cmd_ptrs) : NULL;
+    Canopy__V1__KeyStringValuePair *kvs = q.n ? calloc(q.n * CN_AGENT_COMMAND_MAX_ARGS, sizeof *kvs) : NULL;
+    Canopy__V1__KeyStringValuePair **kv_ptrs = q.n ? calloc(q.n * CN_AGENT_COMMAND_MAX_ARGS, sizeof *kv_ptrs) : NULL;
     nng_msg *msg = NULL;
-    if (n && (!forms || !cmds || !cmd_ptrs || !kvs || !kv_ptrs)) {
+    if (q.n && (!cmds || !cmd_ptrs || !kvs || !kv_ptrs)) {
         msg = nngrx_refuse(rx, CANOPY__V1__REASON__REASON_INTERNAL, LIMIT_OTHER, 0, "out of memory",
                            req->agent->instance);
         goto done;
     }
-    for (size_t i = 0; i < n; i++) {
-        cn_agent_command_from_task(&tasks[i], &forms[i]);
+    for (size_t i = 0; i < q.n; i++) {
+        const cn_agent_command *c = &q.commands[i];
         canopy__v1__command__init(&cmds[i]);
-        cmds[i].command = (char *)forms[i].name;
-        cmds[i].n_args = forms[i].n_args;
+        cmds[i].command = (char *)c->name;
+        cmds[i].n_args = c->n_args;
         cmds[i].args = &kv_ptrs[i * CN_AGENT_COMMAND_MAX_ARGS];
-        for (size_t k = 0; k < forms[i].n_args; k++) {
+        for (size_t k = 0; k < c->n_args; k++) {
             Canopy__V1__KeyStringValuePair *kv = &kvs[i * CN_AGENT_COMMAND_MAX_ARGS + k];
             canopy__v1__key_string_value_pair__init(kv);
-            kv->key = (char *)forms[i].keys[k];
-            kv->value = (char *)forms[i].values[k];
-            kv_ptrs[i * CN_AGENT_COMMAND_MAX_ARGS + k] = kv;
+            kv->key = (char *)c->keys[k];
+            kv->value = (char *)c->values[k];
+            cmds[i].args[k] = kv;
         }
         cmd_ptrs[i] = &cmds[i];
     }
-    reply.n_commands = n;
+    Canopy__V1__Reply reply = CANOPY__V1__REPLY__INIT;
+    reply.n_commands = q.n;
     reply.commands = cmd_ptrs;
     msg = nngrx_reply_msg(&reply);
     /* Agents ask every few seconds: a cheap moment to refresh this gauge. */
     cn_metric_set(rx->agent_sessions, (int64_t)dedup_sessions(&rx->dedup));
 done:
-    for (size_t i = 0; i < n; i++)
-        cn_task_clear(&tasks[i]);
-    free(tasks);
-    free(forms);
+    cn_task_commands_clear(&q);
     free(cmds);
     free(cmd_ptrs);
     free(kvs);

@@ -257,8 +257,10 @@ void swrx_stream_free(swrx_call_state *st)
  * registry task outside them is clamped into them for these agents (canopy's
  * own agent gets it unchanged), logged with what changed.
  */
-static void clamp_task(sw_receiver *rx, cn_task *t)
+/* A cn_task_adjust_fn (arg: the receiver). */
+static void clamp_task(void *arg, cn_task *t)
 {
+    sw_receiver *rx = arg;
     char what[160] = "";
     size_t w = 0;
     if (t->duration_ms < 60000 || t->duration_ms > 15 * 60000) {
@@ -287,48 +289,48 @@ static void clamp_task(sw_receiver *rx, cn_task *t)
     }
 }
 
-/* The registry's tasks for the agent, as SkyWalking ProfileTaskQuery commands (cn_agent_command_from_task). */
+/* The registry's tasks for the agent, as SkyWalking ProfileTaskQuery commands (cn_task_commands_query). */
 static void get_commands(sw_receiver *rx, const Skywalking__V3__ProfileTaskCommandQuery *q, swrx_reply *reply,
                          const char *peer)
 {
-    cn_task *tasks = NULL;
-    size_t n = cn_tasks_query(cn_component_tasks(rx->self), q->service, q->serviceinstance, q->lastcommandtime,
-                              cn_now_ms(), 0 /* never a continuous task: the OAP's tasks end */, &tasks);
-    cn_agent_command *forms = n ? calloc(n, sizeof *forms) : NULL;
-    Skywalking__V3__Command *cmds = n ? calloc(n, sizeof *cmds) : NULL;
-    Skywalking__V3__Command **cmd_ptrs = n ? calloc(n, sizeof *cmd_ptrs) : NULL;
-    Skywalking__V3__KeyStringValuePair *kvs = n ? calloc(n * CN_AGENT_COMMAND_ARGS, sizeof *kvs) : NULL;
-    Skywalking__V3__KeyStringValuePair **kv_ptrs = n ? calloc(n * CN_AGENT_COMMAND_ARGS, sizeof *kv_ptrs) : NULL;
-    if (n && (!forms || !cmds || !cmd_ptrs || !kvs || !kv_ptrs)) {
+    cn_task_commands cq;
+    if (cn_task_commands_query(cn_component_tasks(rx->self), q->service, q->serviceinstance, q->lastcommandtime,
+                                0 /* never a continuous task: the OAP's tasks end */, clamp_task, rx,
+                                &cq) != 0) {
+        swrx_refuse(rx, reply, M_GET_COMMANDS, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer, "out of memory");
+        return;
+    }
+    /* The wire form: one Command per task, its arguments in one array (no allocation per argument). */
+    Skywalking__V3__Command *cmds = cq.n ? calloc(cq.n, sizeof *cmds) : NULL;
+    Skywalking__V3__Command **cmd_ptrs = cq.n ? calloc(cq.n, sizeof *cmd_ptrs) : NULL;
+    Skywalking__V3__KeyStringValuePair *kvs = cq.n ? calloc(cq.n * CN_AGENT_COMMAND_ARGS, sizeof *kvs) : NULL;
+    Skywalking__V3__KeyStringValuePair **kv_ptrs = cq.n ? calloc(cq.n * CN_AGENT_COMMAND_ARGS, sizeof *kv_ptrs) : NULL;
+    if (cq.n && (!cmds || !cmd_ptrs || !kvs || !kv_ptrs)) {
         swrx_refuse(rx, reply, M_GET_COMMANDS, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, peer, "out of memory");
         goto done;
     }
-    for (size_t i = 0; i < n; i++) {
-        clamp_task(rx, &tasks[i]);
-        cn_agent_command_from_task(&tasks[i], &forms[i]);
+    for (size_t i = 0; i < cq.n; i++) {
+        const cn_agent_command *c = &cq.commands[i];
         skywalking__v3__command__init(&cmds[i]);
-        cmds[i].command = (char *)forms[i].name;
-        cmds[i].n_args = CN_AGENT_COMMAND_ARGS;
+        cmds[i].command = (char *)c->name;
+        cmds[i].n_args = CN_AGENT_COMMAND_ARGS; /* continuous tasks (two more) are never asked for here */
         cmds[i].args = &kv_ptrs[i * CN_AGENT_COMMAND_ARGS];
         for (size_t k = 0; k < CN_AGENT_COMMAND_ARGS; k++) {
             Skywalking__V3__KeyStringValuePair *kv = &kvs[i * CN_AGENT_COMMAND_ARGS + k];
             skywalking__v3__key_string_value_pair__init(kv);
-            kv->key = (char *)forms[i].keys[k];
-            kv->value = (char *)forms[i].values[k];
-            kv_ptrs[i * CN_AGENT_COMMAND_ARGS + k] = kv;
+            kv->key = (char *)c->keys[k];
+            kv->value = (char *)c->values[k];
+            cmds[i].args[k] = kv;
         }
         cmd_ptrs[i] = &cmds[i];
     }
     Skywalking__V3__Commands out = SKYWALKING__V3__COMMANDS__INIT;
-    out.n_commands = n;
+    out.n_commands = cq.n;
     out.commands = cmd_ptrs;
     reply->status = GRPC_STATUS_OK;
     reply->message = pack(&out.base);
 done:
-    for (size_t i = 0; i < n; i++)
-        cn_task_clear(&tasks[i]);
-    free(tasks);
-    free(forms);
+    cn_task_commands_clear(&cq);
     free(cmds);
     free(cmd_ptrs);
     free(kvs);
