@@ -448,7 +448,7 @@ static void follow(PyObject *origin, PyObject *target)
         Py_XDECREF(ref);
         return;
     }
-    cx_segment *owner = pseg->owner ? pseg->owner : pseg;
+    cx_segment *owner = cx_segment_root(pseg);
     if (owner->n_children >= cx.max_children) {
         sweep_dead(owner);
         if (owner->n_children >= cx.max_children) {

@@ -114,6 +114,13 @@ typedef struct cx_segment {
     char buf[];               /* task id NUL segment id NUL */
 } cx_segment;
 
+/* The segment whose ids, sequence counter and caps a snapshot of seg uses:
+ * its owner for a child greenlet or thread, else seg itself. */
+static inline cx_segment *cx_segment_root(cx_segment *seg)
+{
+    return seg->owner ? seg->owner : seg;
+}
+
 typedef struct cx_registry {
     cx_segment **slots;  /* open addressing, linear probing, no tombstones */
     size_t mask;
@@ -290,5 +297,15 @@ void cx_update_sample_period(void);
 
 /* greenlet.getcurrent() through greenlet's C API; NULL if unavailable. */
 PyObject *cx_greenlet_current(void);
+
+/* "greenlet", "sampling", "thread" or "off". */
+const char *cx_mode_name(int mode);
+
+/* introspect.c: the test hook and the module's introspection functions. */
+void cx_capture_append(const cx_segment *seg, int64_t now, size_t n);
+PyObject *cx_py_stats(PyObject *self, PyObject *unused);
+PyObject *cx_py_capture(PyObject *self, PyObject *args);
+PyObject *cx_py_walk_current(PyObject *self, PyObject *unused);
+PyObject *cx_py_walk_greenlet(PyObject *self, PyObject *g);
 
 #endif

@@ -7,12 +7,11 @@
  * snapshot, and handing it to the client library (cn_agent), which batches,
  * interns and ships it from its own native thread.
  *
- * Past 700 lines this file is two things: the lifecycle and request path
- * above m_stats, and the introspection below it (stats, capture,
- * walk_current/walk_greenlet) that tests and canopy_agent.stats() read. The
- * latter belongs in a file of its own (introspect.c); it was not moved in
- * the stop that noticed it, for lack of time to re-verify the extension on
- * both Pythons from fresh clones.
+ * Past 700 lines, it is one thing: the module's lifecycle (configure,
+ * modes, tracers, shutdown, fork) and the request path (begin/end,
+ * commands) share cx's state and its invariants. What tests and
+ * canopy_agent.stats() read (counters, the capture hook, frame walks) is in
+ * introspect.c.
  */
 #include "cx.h"
 
@@ -50,39 +49,11 @@ static int import_greenlet(void)
 
 /* ---- snapshots ------------------------------------------------------------ */
 
-static void capture_append(const cx_segment *seg, int64_t now, size_t n)
-{
-    if (PyList_GET_SIZE(cx.capture) >= cx.capture_limit)
-        return;
-    PyObject *frames = PyList_New((Py_ssize_t)n);
-    if (!frames)
-        goto fail;
-    for (size_t i = 0; i < n; i++) {
-        PyObject *s = PyUnicode_FromStringAndSize(cx.frames_buf[i].ptr, (Py_ssize_t)cx.frames_buf[i].len);
-        if (!s) {
-            Py_DECREF(frames);
-            goto fail;
-        }
-        PyList_SET_ITEM(frames, (Py_ssize_t)i, s);
-    }
-    PyObject *t = Py_BuildValue("(s#s#LiN)", seg->task.ptr, (Py_ssize_t)seg->task.len, seg->segment.ptr,
-                                (Py_ssize_t)seg->segment.len, (long long)now, (int)seg->next_seq, frames);
-    if (!t)
-        goto fail;
-    int rc = PyList_Append(cx.capture, t);
-    Py_DECREF(t);
-    if (rc == 0)
-        return;
-fail:
-    PyErr_Clear();
-    cx.c.errors++;
-}
-
 int cx_snapshot(cx_segment *seg, cx_frame *leaf, int64_t now)
 {
     /* A child greenlet's snapshot belongs to its owner's segment: same ids,
      * same sequence counter, same caps. */
-    cx_segment *own = seg->owner ? seg->owner : seg;
+    cx_segment *own = cx_segment_root(seg);
     if (now < own->not_before_ms) {
         cx.c.snapshots_early++;
         return 0;
@@ -116,7 +87,7 @@ int cx_snapshot(cx_segment *seg, cx_frame *leaf, int64_t now)
         return 0;
     }
     if (CX_UNLIKELY(cx.capture != NULL))
-        capture_append(own, now, n);
+        cx_capture_append(own, now, n);
     own->next_seq++;
     cx.c.snapshots++;
     return 1;
@@ -137,7 +108,7 @@ static int parse_mode(const char *s)
     return -1;
 }
 
-static const char *mode_name(int m)
+const char *cx_mode_name(int m)
 {
     switch (m) {
     case CX_MODE_GREENLET: return "greenlet";
@@ -311,7 +282,7 @@ static PyObject *m_configure(PyObject *self, PyObject *args, PyObject *kw)
     }
     cx.agent = agent;
     if (atomic_load(&cx.mode) != CX_MODE_OFF) /* set_mode may have come first */
-        cn_agent_set_mode(agent, mode_name(atomic_load(&cx.mode)));
+        cn_agent_set_mode(agent, cx_mode_name(atomic_load(&cx.mode)));
     memset(&cx.c, 0, sizeof(cx.c)); /* stats() describes this agent's life */
     cx.max_snapshots_per_segment = (uint32_t)max_snaps;
     cx.max_segment_ms = max_segment_ms;
@@ -345,7 +316,7 @@ static PyObject *m_set_mode(PyObject *self, PyObject *arg)
     int old = atomic_exchange(&cx.mode, m);
     /* Batches say which mode took them (the collector labels profiles with it); "off" sends none. */
     if (cx.agent && m != CX_MODE_OFF)
-        cn_agent_set_mode(cx.agent, mode_name(m));
+        cn_agent_set_mode(cx.agent, cx_mode_name(m));
     /* Segments were registered under the old mode's keys; end them. */
     if (old != m && reset_registries() != 0)
         return PyErr_NoMemory();
@@ -355,7 +326,7 @@ static PyObject *m_set_mode(PyObject *self, PyObject *arg)
 
 static PyObject *m_get_mode(PyObject *self, PyObject *unused)
 {
-    return PyUnicode_FromString(mode_name(atomic_load(&cx.mode)));
+    return PyUnicode_FromString(cx_mode_name(atomic_load(&cx.mode)));
 }
 
 static PyObject *m_install_tracer(PyObject *self, PyObject *unused)
@@ -698,147 +669,6 @@ static PyObject *m_report_finish(PyObject *self, PyObject *arg)
     Py_RETURN_FALSE;
 }
 
-static int put_u64(PyObject *d, const char *k, uint64_t v)
-{
-    PyObject *o = PyLong_FromUnsignedLongLong(v);
-    if (!o)
-        return -1;
-    int rc = PyDict_SetItemString(d, k, o);
-    Py_DECREF(o);
-    return rc;
-}
-
-static PyObject *m_stats(PyObject *self, PyObject *unused)
-{
-    PyObject *d = PyDict_New();
-    if (!d)
-        return NULL;
-    cx_counters c = cx.c;
-    c.finish_reports = __atomic_load_n(&cx.c.finish_reports, __ATOMIC_RELAXED);
-    int ok = 1;
-#define PUT(k, v) ok = ok && put_u64(d, k, (uint64_t)(v)) == 0
-    PUT("switches", c.switches);
-    PUT("snapshots", c.snapshots);
-    PUT("snapshots_dropped", c.snapshots_dropped);
-    PUT("snapshots_capped", c.snapshots_capped);
-    PUT("snapshots_early", c.snapshots_early);
-    PUT("snapshots_empty", c.snapshots_empty);
-    PUT("errors", c.errors);
-    PUT("chained_errors", c.chained_errors);
-    PUT("signature_misses", c.sig_misses);
-    PUT("signature_resets", c.sig_resets);
-    PUT("frames_truncated", c.frames_truncated);
-    PUT("samples", c.samples);
-    PUT("samples_idle", c.samples_idle);
-    PUT("registry_full", c.registry_full);
-    PUT("segments_begun", c.segments_begun);
-    PUT("segments_ended", c.segments_ended);
-    PUT("segments_active", (uint64_t)atomic_load(&cx.active_segments));
-    PUT("finish_reports", c.finish_reports);
-    PUT("children_followed", c.children_followed);
-    PUT("children_dropped", c.children_dropped);
-    PUT("children_ended", c.children_ended);
-    PUT("spawn_sites", c.spawn_sites);
-    PUT("registry_count", cx.greenlets.count + cx.threads.count);
-    if (cx.agent) {
-        cn_agent_stats s;
-        memset(&s, 0, sizeof(s));
-        cn_agent_stats_get(cx.agent, &s);
-        PUT("lib_snapshots_added", s.snapshots_added);
-        PUT("lib_snapshots_dropped", s.snapshots_dropped);
-        PUT("batches_sealed", s.batches_sealed);
-        PUT("batches_sent", s.send.batches_sent);
-        PUT("batches_acked", s.send.batches_acked);
-        PUT("batches_duplicate", s.send.batches_duplicate);
-        PUT("batches_resent", s.send.batches_resent);
-        PUT("socket_resets", s.send.socket_resets);
-        PUT("batches_dropped", s.send.batches_dropped);
-        PUT("requests_sent", s.send.requests_sent);
-        PUT("send_errors", s.send.errors);
-        PUT("bytes_sent", s.send.bytes_sent);
-        PUT("bytes_buffered", s.send.bytes_buffered);
-        PUT("requests_pending", s.send.requests_pending);
-        PUT("command_queries", s.command_queries);
-        PUT("commands_received", s.commands_received);
-        PUT("finish_reports_queued", s.finish_reports);
-        PUT("session", s.session);
-        PUT("next_batch_seq", s.next_batch_seq);
-    }
-#undef PUT
-    if (ok) {
-        PyObject *m = PyUnicode_FromString(mode_name(atomic_load(&cx.mode)));
-        ok = m && PyDict_SetItemString(d, "mode", m) == 0;
-        Py_XDECREF(m);
-    }
-    if (!ok) {
-        Py_DECREF(d);
-        return NULL;
-    }
-    return d;
-}
-
-static PyObject *m_capture(PyObject *self, PyObject *args)
-{
-    PyObject *list = Py_None;
-    Py_ssize_t limit = 100000;
-    if (!PyArg_ParseTuple(args, "|On", &list, &limit))
-        return NULL;
-    if (list != Py_None && !PyList_Check(list)) {
-        PyErr_SetString(PyExc_TypeError, "capture() takes a list or None");
-        return NULL;
-    }
-    Py_CLEAR(cx.capture);
-    if (list != Py_None) {
-        Py_INCREF(list);
-        cx.capture = list;
-        cx.capture_limit = limit;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *frames_to_list(size_t n)
-{
-    PyObject *l = PyList_New((Py_ssize_t)n);
-    if (!l)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        PyObject *s = PyUnicode_FromStringAndSize(cx.frames_buf[i].ptr, (Py_ssize_t)cx.frames_buf[i].len);
-        if (!s) {
-            Py_DECREF(l);
-            return NULL;
-        }
-        PyList_SET_ITEM(l, (Py_ssize_t)i, s);
-    }
-    return l;
-}
-
-/* Test/bench helpers: the signatures canopy would record right here, or for
- * a suspended greenlet. Root first, capped at max_stack_depth. */
-static PyObject *m_walk_current(PyObject *self, PyObject *unused)
-{
-    if (!cx.frames_buf) {
-        PyErr_SetString(PyExc_RuntimeError, "canopy: not configured");
-        return NULL;
-    }
-    size_t n = cx_walk(cx_frame_of_tstate(PyThreadState_GET()));
-    return frames_to_list(n);
-}
-
-static PyObject *m_walk_greenlet(PyObject *self, PyObject *g)
-{
-    if (!cx.frames_buf) {
-        PyErr_SetString(PyExc_RuntimeError, "canopy: not configured");
-        return NULL;
-    }
-    PyObject *keep = NULL;
-    cx_frame *leaf = cx_frame_of_greenlet(g, &keep);
-    size_t n = cx_walk(leaf);
-    PyObject *l = frames_to_list(n);
-    Py_XDECREF(keep);
-    return l;
-}
-
-
 static PyObject *m_shutdown(PyObject *self, PyObject *unused)
 {
     atomic_store(&cx.mode, CX_MODE_OFF);
@@ -914,10 +744,10 @@ static PyMethodDef methods[] = {
     {"poll_now", m_poll_now, METH_NOARGS, "ask the collector for commands now"},
     {"flush", m_flush, METH_NOARGS, "hand the current batch to the sender now"},
     {"report_finish", m_report_finish, METH_O, "queue a task-finish report"},
-    {"stats", m_stats, METH_NOARGS, "counters of the extension and the library"},
-    {"capture", m_capture, METH_VARARGS, "capture(list_or_None, limit=100000): test hook"},
-    {"walk_current", m_walk_current, METH_NOARGS, "signatures of the current stack, root first"},
-    {"walk_greenlet", m_walk_greenlet, METH_O, "signatures of a suspended greenlet, root first"},
+    {"stats", cx_py_stats, METH_NOARGS, "counters of the extension and the library"},
+    {"capture", cx_py_capture, METH_VARARGS, "capture(list_or_None, limit=100000): test hook"},
+    {"walk_current", cx_py_walk_current, METH_NOARGS, "signatures of the current stack, root first"},
+    {"walk_greenlet", cx_py_walk_greenlet, METH_O, "signatures of a suspended greenlet, root first"},
     {"frame_walk", cx_py_frame_walk, METH_VARARGS,
      "frame_walk(name=None) -> 'fast' or 'public': the frame walker in use, after setting it to name"},
     {"follow_children", (PyCFunction)(void (*)(void))cx_py_follow_children, METH_VARARGS | METH_KEYWORDS,

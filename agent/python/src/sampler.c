@@ -124,7 +124,7 @@ static int pending_sample(void *arg)
             /* The segment's tick, whichever of its greenlets runs now. */
             if (!seg)
                 cx.c.samples_idle++;
-            else if (due(seg->owner ? seg->owner : seg, now, tick))
+            else if (due(cx_segment_root(seg), now, tick))
                 cx_snapshot(seg, cx_frame_of_tstate(PyThreadState_GET()), now);
         }
         if (++cx.c.samples % 64 == 0)
@@ -170,7 +170,7 @@ static void sample_tick(int tick_ms)
             if (!t->active || (mtid && t->thread_id == mtid))
                 continue;
             cx_segment *seg = cx_registry_find(&cx.greenlets, (uintptr_t)t->current);
-            if (!seg || !due(seg->owner ? seg->owner : seg, now, tick_ms))
+            if (!seg || !due(cx_segment_root(seg), now, tick_ms))
                 continue;
             PyThreadState *ts = find_tstate(interp, t->thread_id);
             if (ts)
@@ -179,7 +179,7 @@ static void sample_tick(int tick_ms)
     } else if (mode == CX_MODE_THREAD) {
         for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t; t = PyThreadState_Next(t)) {
             cx_segment *seg = cx_registry_find(&cx.threads, (uintptr_t)t->thread_id);
-            if (seg && due(seg->owner ? seg->owner : seg, now, tick_ms))
+            if (seg && due(cx_segment_root(seg), now, tick_ms))
                 cx_snapshot(seg, cx_frame_of_tstate(t), now);
         }
     }

@@ -52,7 +52,7 @@ PyObject *cx_py_thread_spawn(PyObject *self, PyObject *args)
     cx_segment *pseg = cx_registry_find(&cx.threads, (uintptr_t)PyThread_get_thread_ident());
     if (!pseg)
         Py_RETURN_NONE;
-    cx_segment *owner = pseg->owner ? pseg->owner : pseg;
+    cx_segment *owner = cx_segment_root(pseg);
     struct cx_spawn *sp = cx_spawn_here(pseg->spawn, skip);
     if (!sp)
         return PyErr_NoMemory();
