@@ -393,13 +393,14 @@ static void find_hub_type(void)
         Py_XSETREF(cx.skip_types, t);
 }
 
-static void follow(PyObject *origin, PyObject *target)
+/* Registers target as a child of its spawner's segment; returns it, or NULL. */
+static cx_segment *follow(PyObject *origin, PyObject *target)
 {
     if (!cx.skip_types || PyTuple_GET_SIZE(cx.skip_types) == 0)
         find_hub_type();
     if (cx.skip_types && PyTuple_GET_SIZE(cx.skip_types) &&
         PyObject_IsInstance(target, cx.skip_types) == 1)
-        return; /* gevent's hub: its loop is nobody's work */
+        return NULL; /* gevent's hub: its loop is nobody's work */
 
     PyObject *spawner = NULL; /* borrowed */
     PyObject *chain = NULL;   /* new ref: gevent's spawning_stack */
@@ -446,7 +447,7 @@ static void follow(PyObject *origin, PyObject *target)
     if (!pseg) {
         Py_XDECREF(chain);
         Py_XDECREF(ref);
-        return;
+        return NULL;
     }
     cx_segment *owner = cx_segment_root(pseg);
     if (owner->n_children >= cx.max_children) {
@@ -455,7 +456,7 @@ static void follow(PyObject *origin, PyObject *target)
             cx.c.children_dropped++;
             Py_XDECREF(chain);
             Py_XDECREF(ref);
-            return;
+            return NULL;
         }
     }
 
@@ -479,13 +480,13 @@ static void follow(PyObject *origin, PyObject *target)
     Py_XDECREF(ref);
     if (!sp) {
         cx.c.errors++;
-        return;
+        return NULL;
     }
     cx_segment *c = calloc(1, sizeof(*c));
     if (!c) {
         cx_spawn_release(sp);
         cx.c.errors++;
-        return;
+        return NULL;
     }
     Py_INCREF(target);
     c->key = (uintptr_t)target;
@@ -497,17 +498,18 @@ static void follow(PyObject *origin, PyObject *target)
         cx.c.children_dropped++;
         cx.c.registry_full++;
         cx_segment_free(c); /* target is alive in the switch: no code runs */
-        return;
+        return NULL;
     }
     c->children = owner->children;
     owner->children = c;
     owner->n_children++;
     cx.c.children_followed++;
+    return c;
 }
 
-void cx_children_switch(PyObject *origin, PyObject *target)
+void cx_children_switch(PyObject *origin, PyObject *target, cx_segment **origin_seg, cx_segment **target_seg)
 {
-    cx_segment *o = cx_registry_get(&cx.greenlets, (uintptr_t)origin);
+    cx_segment *o = *origin_seg;
     if (o && o->owner && is_dead(origin)) {
         /* The child finished: its last switch out. origin is alive in the
          * tracer's arguments, so freeing runs no code. */
@@ -515,17 +517,22 @@ void cx_children_switch(PyObject *origin, PyObject *target)
         child_unlink(o->owner, o);
         cx.c.children_ended++;
         cx_segment_free(o);
+        *origin_seg = NULL;
     }
-    if (cx_registry_get(&cx.greenlets, (uintptr_t)target))
+    if (*target_seg)
         return;
     /* Every later switch into a greenlet finds its saved frames in place. */
     if (cx_frames_any(PyThreadState_GET()))
         return;
-    follow(origin, target);
+    *target_seg = follow(origin, target);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         cx.c.errors++;
     }
+    /* follow() ran Python code (attribute lookups), which may have ended
+     * segments: the origin's is looked up again. */
+    if (*origin_seg)
+        *origin_seg = cx_registry_get(&cx.greenlets, (uintptr_t)origin);
 }
 
 size_t cx_children_stitch(const cx_segment *child, size_t n)

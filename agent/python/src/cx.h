@@ -177,8 +177,10 @@ void cx_sampler_forget(void);
 
 /* Called by the tracer on every switch while something is profiled and
  * children are followed: registers a greenlet on its first switch-in when its
- * spawner is profiled, and unregisters a child that just died. Never raises. */
-void cx_children_switch(PyObject *origin, PyObject *target);
+ * spawner is profiled, and unregisters a child that just died. The caller
+ * passes the registry's segments of origin and target (or NULL) and gets
+ * them back current, so a switch looks each greenlet up once. Never raises. */
+void cx_children_switch(PyObject *origin, PyObject *target, cx_segment **origin_seg, cx_segment **target_seg);
 /* The segment's own frames are in cx.frames_buf[0..n): puts the child's spawn
  * stack in front (depth cap keeps the leaf frames). Returns the new count. */
 size_t cx_children_stitch(const cx_segment *child, size_t n);

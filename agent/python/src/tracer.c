@@ -22,25 +22,25 @@
 
 #include <pythread.h>
 
-static void on_switch(PyObject *origin, PyObject *target)
+/* Greenlet mode: a snapshot of a profiled origin as it leaves and of a
+ * profiled target as it enters (their registry segments, or NULL). */
+static void on_switch(PyObject *origin, cx_segment *origin_seg, cx_segment *target_seg)
 {
     int64_t now = 0;
-    cx_segment *seg = cx_registry_get(&cx.greenlets, (uintptr_t)origin);
-    if (seg) {
+    if (origin_seg) {
         /* Switch-out: the origin's frames are saved in the greenlet by now. */
         PyObject *keep = NULL;
         cx_frame *leaf = cx_frame_of_greenlet(origin, &keep);
         now = cx_now_ms();
-        cx_snapshot(seg, leaf, now);
+        cx_snapshot(origin_seg, leaf, now);
         Py_XDECREF(keep);
     }
-    seg = cx_registry_get(&cx.greenlets, (uintptr_t)target);
-    if (seg) {
+    if (target_seg) {
         /* Switch-in: we run inside the target, whose frames are the current
          * ones (target.gr_frame is None while it runs). */
         if (!now)
             now = cx_now_ms();
-        cx_snapshot(seg, cx_frame_of_tstate(PyThreadState_GET()), now);
+        cx_snapshot(target_seg, cx_frame_of_tstate(PyThreadState_GET()), now);
     }
 }
 
@@ -57,12 +57,18 @@ static PyObject *tracer_call(PyObject *op, PyObject *args, PyObject *kwargs)
             cx.c.switches++;
             if (cx.greenlets.count) {
                 int mode = atomic_load_explicit(&cx.mode, memory_order_relaxed);
-                /* First: a child's first switch-in registers it, so greenlet
-                 * mode snapshots it from this very switch on. */
-                if (cx.follow_children && (mode == CX_MODE_GREENLET || mode == CX_MODE_SAMPLING))
-                    cx_children_switch(origin, target);
-                if (mode == CX_MODE_GREENLET)
-                    on_switch(origin, target);
+                int follow = cx.follow_children && (mode == CX_MODE_GREENLET || mode == CX_MODE_SAMPLING);
+                if (follow || mode == CX_MODE_GREENLET) {
+                    /* Each greenlet looked up once per switch, for both uses. */
+                    cx_segment *origin_seg = cx_registry_get(&cx.greenlets, (uintptr_t)origin);
+                    cx_segment *target_seg = cx_registry_get(&cx.greenlets, (uintptr_t)target);
+                    /* First: a child's first switch-in registers it, so
+                     * greenlet mode snapshots it from this very switch on. */
+                    if (follow)
+                        cx_children_switch(origin, target, &origin_seg, &target_seg);
+                    if (mode == CX_MODE_GREENLET)
+                        on_switch(origin, origin_seg, target_seg);
+                }
                 if (CX_UNLIKELY(PyErr_Occurred())) {
                     PyErr_Clear();
                     cx.c.errors++;
