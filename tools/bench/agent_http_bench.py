@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,21 +31,12 @@ import tempfile
 import time
 import urllib.request
 
+import benchlib
+from benchlib import free_port, pinned
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "gunicorn-gevent")
 PY = "/usr/bin/python3"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pinned(cpu, cmd):
-    if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1:
-        return ["taskset", "-c", str(cpu)] + cmd
-    return cmd
 
 
 def python_client(url, seconds, connections):
@@ -93,44 +83,6 @@ def wrk_client(url, seconds, connections):
     if m3:
         errors += sum(int(x) for x in m3.groups())
     return float(m.group(1)), errors
-
-
-class Collector:
-    def __init__(self, binary, work):
-        self.url = "ipc://" + os.path.join(work, "c.sock")
-        cfg = os.path.join(work, "c.yaml")
-        with open(cfg, "w") as f:
-            f.write("""receivers:
-  nng:
-    listen: ["%s"]
-processors:
-  merge_by_task: {}
-exporters:
-  discard: {}
-service:
-  telemetry:
-    http:
-      listen: 127.0.0.1:%d
-  pipelines:
-    profiles:
-      receivers: [nng]
-      processors: [merge_by_task]
-      exporters: [discard]
-""" % (self.url, free_port()))
-        self.proc = subprocess.Popen(pinned(1, [binary, "run", "-c", cfg]), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if os.path.exists(self.url[6:]):
-                break
-            time.sleep(0.05)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def run_server(config, endpoint, pythonpath, collector_url, work):
@@ -218,7 +170,7 @@ def main():
     client = wrk_client if shutil.which("wrk") else python_client
 
     work = tempfile.mkdtemp(prefix="canopy-httpbench-", dir="/tmp")
-    collector = Collector(binary, work) if binary else None
+    collector = benchlib.DiscardCollector(binary, cpu=1) if binary else None
     collector_url = collector.url if collector else "ipc://" + os.path.join(work, "nobody.sock")
     configs = ["off", "greenlet", "sampling"]
     results = {}

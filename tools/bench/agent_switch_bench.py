@@ -51,11 +51,12 @@ import collections
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+import benchlib
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,53 +81,6 @@ def find_canopy(build):
         if os.access(cand, os.X_OK):
             return cand
     return None
-
-
-class Collector:
-    """A collector with a discard exporter, so the library really ships batches."""
-
-    def __init__(self, binary):
-        self.dir = tempfile.mkdtemp(prefix="canopy-bench-", dir="/tmp")
-        self.url = "ipc://" + os.path.join(self.dir, "c.sock")
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cfg = os.path.join(self.dir, "c.yaml")
-        with open(cfg, "w") as f:
-            f.write("""receivers:
-  nng:
-    listen: ["%s"]
-processors:
-  merge_by_task: {}
-exporters:
-  discard: {}
-service:
-  telemetry:
-    http:
-      listen: 127.0.0.1:%d
-  pipelines:
-    profiles:
-      receivers: [nng]
-      processors: [merge_by_task]
-      exporters: [discard]
-""" % (self.url, port))
-        self.proc = subprocess.Popen([binary, "run", "-c", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sock = self.url[len("ipc://"):]
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---- the workload -------------------------------------------------------------
@@ -290,7 +244,7 @@ def main():
     collector = None
     binary = None if args.no_collector or args.collector_url else find_canopy(args.build)
     if binary:
-        collector = Collector(binary)
+        collector = benchlib.DiscardCollector(binary)
     url = args.collector_url or (collector.url if collector else "ipc:///tmp/canopy-bench-nobody.sock")
 
     rounds = args.rounds
@@ -479,7 +433,7 @@ def main():
 def side_by_side(args):
     """This interpreter, then Debian 13's 3.13 in its root, one collector for both."""
     binary = None if args.no_collector else find_canopy(args.build)
-    collector = Collector(binary) if binary else None
+    collector = benchlib.DiscardCollector(binary) if binary else None
     common = ["--rounds", str(args.rounds), "--repeat", str(args.repeat)]
     common += ["--collector-url", collector.url] if collector else ["--no-collector"]
     build = os.path.join(ROOT, args.build) if not os.path.isabs(args.build) else args.build

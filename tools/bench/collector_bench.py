@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import cpu_seconds, peak_rss_kib
+
 CONFIG = """
 receivers:
   nng:
@@ -42,27 +44,6 @@ service:
       processors: [merge_by_task]
       exporters: [{exporter_id}]
 """
-
-
-def peak_rss_kib(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid):
-    """user + system CPU time of a process so far (all its threads)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
 
 
 def wait_for(path, proc, what, timeout=10):

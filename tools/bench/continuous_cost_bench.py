@@ -41,46 +41,22 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import agent_http_bench as hb  # noqa: E402  (its client, pinning and /proc helpers)
+import agent_http_bench as hb  # noqa: E402  (its clients and server)
+import benchlib  # noqa: E402
 
 CONFIGS = ("off", "no-task", "continuous")
 
 
-def collector(binary, work, endpoint):
-    url = "ipc://" + os.path.join(work, "c.sock")
-    cfg = os.path.join(work, "c.yaml")
-    with open(cfg, "w") as f:
-        f.write("""receivers:
-  nng:
-    listen: ["%s"]
-processors:
-  merge_by_task: {}
-exporters:
-  discard: {}
-service:
-  telemetry:
-    http:
-      listen: 127.0.0.1:%d
-  pipelines:
-    profiles:
-      receivers: [nng]
-      processors: [merge_by_task]
-      exporters: [discard]
-tasks:
+def collector(binary, endpoint):
+    """The discard collector with one continuous task on the endpoint, on CPU 1."""
+    return benchlib.DiscardCollector(binary, cpu=1, extra="""tasks:
   static:
     - {id: bench-continuous, service: bench, endpoint: "%s", continuous: true}
-""" % (url, hb.free_port(), endpoint))
-    proc = subprocess.Popen(hb.pinned(1, [binary, "run", "-c", cfg]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if os.path.exists(url[6:]):
-            break
-        time.sleep(0.05)
-    return proc, url
+""" % endpoint)
 
 
 def server(config, pythonpath, collector_url, work):
-    port = hb.free_port()
+    port = benchlib.free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([hb.EXAMPLE, pythonpath]))
     cmd = [hb.PY, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", "127.0.0.1:%d" % port,
            "--worker-connections", "1000", "--log-level", "warning"]
@@ -89,7 +65,7 @@ def server(config, pythonpath, collector_url, work):
                     "CANOPY_SERVICE": "bench" if config == "continuous" else "bench-idle"})
         cmd += ["-c", "python:canopy_agent.gunicorn_conf"]
     log = open(os.path.join(work, "gunicorn-%s.log" % config), "ab")
-    proc = subprocess.Popen(hb.pinned(0, cmd + ["app:app"]), env=env, cwd=hb.EXAMPLE, stdout=log,
+    proc = subprocess.Popen(benchlib.pinned(0, cmd + ["app:app"]), env=env, cwd=hb.EXAMPLE, stdout=log,
                             stderr=subprocess.STDOUT)
     log.close()
     base = "http://127.0.0.1:%d" % port
@@ -140,7 +116,7 @@ print(best["no-task"], best["continuous"])
 
 def inproc(pythonpath, n=200000):
     env = dict(os.environ, PYTHONPATH=pythonpath)
-    out = subprocess.run(hb.pinned(0, [hb.PY, "-c", INPROC, str(n)]), env=env, capture_output=True, text=True,
+    out = subprocess.run(benchlib.pinned(0, [hb.PY, "-c", INPROC, str(n)]), env=env, capture_output=True, text=True,
                          timeout=600)
     if out.returncode != 0:
         raise SystemExit("in-process timing failed:\n" + out.stderr[-2000:])
@@ -172,7 +148,8 @@ def main():
     inproc_ns = inproc(pythonpath)
     for endpoint in args.endpoints.split(","):
         work = tempfile.mkdtemp(prefix="canopy-contbench-", dir="/tmp")
-        cproc, curl = collector(binary, work, endpoint)
+        col = collector(binary, endpoint)
+        curl = col.url
         cpu = {c: [] for c in CONFIGS}
         rates = {c: [] for c in CONFIGS}
         profiled = {c: 0 for c in CONFIGS}
@@ -203,8 +180,7 @@ def main():
                     finally:
                         hb.stop_server(proc)
         finally:
-            cproc.terminate()
-            cproc.wait(10)
+            col.stop()
             shutil.rmtree(work, ignore_errors=True)
         if not profiled["continuous"]:
             raise SystemExit("%s: the continuous task profiled nothing" % endpoint)

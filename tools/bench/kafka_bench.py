@@ -28,13 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "kafka"))
 import kafkalib  # noqa: E402
 from kafkalib import oaplib  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+from benchlib import cpu_seconds  # noqa: E402
 
 
 def one(args, wd, mock, compression, agents, batches, batch_size, depth):

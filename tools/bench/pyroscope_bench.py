@@ -25,13 +25,14 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from benchlib import cpu_seconds, free_port
 
 SERVICES, TASKS, ENDPOINTS = 10, 1000, 10
 
@@ -100,18 +101,6 @@ EXPORTERS = {
 }
 CASES = {"discard": ["discard"], "live": ["live"], "pyroscope": ["pyroscope"],
          "live+pyroscope": ["live", "pyroscope"]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(admin, name, component=None):

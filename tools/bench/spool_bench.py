@@ -24,16 +24,16 @@ ms; a spinning disk: 5-15 ms).
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+
+from benchlib import free_port, peak_rss_kib
 
 CONFIG = """
 receivers:
@@ -109,25 +109,6 @@ def build_shim(work):
     if r.returncode != 0:
         sys.exit("cannot build the flush-latency shim:\n" + r.stderr)
     return lib
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def peak_rss_kib(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def dir_bytes(path):

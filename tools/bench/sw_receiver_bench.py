@@ -33,7 +33,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 sys.path.insert(0, os.path.join(ROOT, "tests", "oap"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import oaplib  # noqa: E402
-from collector_bench import cpu_seconds  # noqa: E402
+from benchlib import cpu_seconds  # noqa: E402
 
 
 def varint(n):
