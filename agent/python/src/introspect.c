@@ -8,23 +8,32 @@
 
 #include <string.h>
 
+/* cx.frames_buf[0..n) as a list of str (NULL on error, with the exception set). */
+static PyObject *frames_to_list(size_t n)
+{
+    PyObject *l = PyList_New((Py_ssize_t)n);
+    if (!l)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromStringAndSize(cx.frames_buf[i].ptr, (Py_ssize_t)cx.frames_buf[i].len);
+        if (!s) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, (Py_ssize_t)i, s);
+    }
+    return l;
+}
+
 /* When cx.capture is a list (tests), each accepted snapshot is appended to
  * it as (task, segment, time_ms, sequence, [frames]). */
 void cx_capture_append(const cx_segment *seg, int64_t now, size_t n)
 {
     if (PyList_GET_SIZE(cx.capture) >= cx.capture_limit)
         return;
-    PyObject *frames = PyList_New((Py_ssize_t)n);
+    PyObject *frames = frames_to_list(n);
     if (!frames)
         goto fail;
-    for (size_t i = 0; i < n; i++) {
-        PyObject *s = PyUnicode_FromStringAndSize(cx.frames_buf[i].ptr, (Py_ssize_t)cx.frames_buf[i].len);
-        if (!s) {
-            Py_DECREF(frames);
-            goto fail;
-        }
-        PyList_SET_ITEM(frames, (Py_ssize_t)i, s);
-    }
     PyObject *t = Py_BuildValue("(s#s#LiN)", seg->task.ptr, (Py_ssize_t)seg->task.len, seg->segment.ptr,
                                 (Py_ssize_t)seg->segment.len, (long long)now, (int)seg->next_seq, frames);
     if (!t)
@@ -136,21 +145,6 @@ PyObject *cx_py_capture(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *frames_to_list(size_t n)
-{
-    PyObject *l = PyList_New((Py_ssize_t)n);
-    if (!l)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        PyObject *s = PyUnicode_FromStringAndSize(cx.frames_buf[i].ptr, (Py_ssize_t)cx.frames_buf[i].len);
-        if (!s) {
-            Py_DECREF(l);
-            return NULL;
-        }
-        PyList_SET_ITEM(l, (Py_ssize_t)i, s);
-    }
-    return l;
-}
 
 /* Test/bench helpers: the signatures canopy would record right here, or for
  * a suspended greenlet. Root first, capped at max_stack_depth. */
