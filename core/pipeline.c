@@ -161,6 +161,36 @@ static bool pipeline_backlogged(const cn_pipeline *p)
     return false;
 }
 
+/*
+ * The intake shares its disk with the pipeline's spools. When it is full, the
+ * spools whose when_full is drop_oldest give up their oldest segment, as they
+ * would for their own next append: otherwise the intake would refuse every
+ * batch and drop_oldest would never keep a full disk accepting. True when one
+ * made room.
+ */
+static bool pipeline_make_room(cn_pipeline *p)
+{
+    for (size_t i = 0; i < p->n_exporters; i++) {
+        cn_spool *s = p->exporters[i]->rt->spool;
+        if (s && cn_spool_make_room(s))
+            return true;
+    }
+    return false;
+}
+
+/* Appends the batch to the pipeline's intake log, making room on a full disk as above. */
+static bool intake_append(cn_pipeline *p, cn_batch *batch)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        cn_spool_result r = cn_intake_append(p->intake, batch);
+        if (r == CN_SPOOL_OK)
+            return true;
+        if (r != CN_SPOOL_NO_SPACE || !pipeline_make_room(p))
+            return false;
+    }
+    return false;
+}
+
 int cn_pipeline_open_intake(cn_pipeline *p)
 {
     if (!p->intake_options.directory)
@@ -233,7 +263,7 @@ static cn_submit_result submit(cn_component *receiver, cn_batch *batch)
     /* Durable pipelines: the batch must be in their intake logs before the receiver acks it. */
     for (size_t i = 0; i < receiver->n_feeds; i++) {
         cn_pipeline *p = receiver->feeds[i];
-        if (p->intake && (pipeline_backlogged(p) || cn_intake_append(p->intake, batch) != CN_SPOOL_OK)) {
+        if (p->intake && (pipeline_backlogged(p) || !intake_append(p, batch))) {
             /* Logs written so far keep the record; the resend's copy is a duplicate
              * that merge_by_task and the delivered sets drop by (segment, sequence). */
             for (size_t k = 0; k < receiver->n_feeds; k++)

@@ -637,6 +637,8 @@ cn_spool_result cn_spool_append_at(cn_spool *s, const void *data, size_t len, ui
     cn_metric_inc(s->m_records);
     goto out;
 io_error:
+    if (errno == ENOSPC)
+        result = CN_SPOOL_NO_SPACE;
     cn_metric_inc(s->m_errors);
     cn_metric_inc(s->m_full);
     cn_log_limited(&s->log, CN_LOG_ERROR, s->name,
@@ -645,6 +647,19 @@ io_error:
 out:
     pthread_mutex_unlock(&s->lock);
     return result;
+}
+
+bool cn_spool_make_room(cn_spool *s)
+{
+    if (s->o.when_full != CN_SPOOL_DROP_OLDEST)
+        return false;
+    pthread_mutex_lock(&s->lock);
+    /* Not while uncut bytes remain in the segment being written (see the append). */
+    bool dropped = !s->cut_pending && drop_oldest_segment(s);
+    if (dropped)
+        update_gauges(s);
+    pthread_mutex_unlock(&s->lock);
+    return dropped;
 }
 
 /* ---- read and complete ------------------------------------------------------------- */

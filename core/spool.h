@@ -42,13 +42,23 @@ typedef struct cn_spool cn_spool;
 typedef enum cn_spool_result {
     CN_SPOOL_OK = 0,
     CN_SPOOL_FULL,   /* max_size reached with when_full: block; retryable */
-    CN_SPOOL_IO,     /* write failed (disk full...); retryable */
+    CN_SPOOL_IO,     /* write failed; retryable */
+    CN_SPOOL_NO_SPACE, /* write failed for lack of room on the disk (ENOSPC); retryable */
 } cn_spool_result;
 
 /* Opens (creating) the spool and recovers it: finds the head, cuts a torn
  * tail, reads the cursor. `name` labels metrics and logs. NULL on failure. */
 cn_spool *cn_spool_open(const cn_spool_options *opts, const char *name, const char *labels);
 void cn_spool_close(cn_spool *s);
+
+/*
+ * With when_full: drop_oldest, drops the oldest segment not being written
+ * (counted and logged as a full spool's drops are), to make room on a disk
+ * this spool shares: the pipeline's intake log calls it when its own write
+ * fails with CN_SPOOL_NO_SPACE, so that drop_oldest keeps batches acked on a
+ * full disk. False when the policy is block or nothing can be dropped.
+ */
+bool cn_spool_make_room(cn_spool *s);
 
 /* Appends one record; thread safe. n_snapshots is kept for drop accounting. */
 cn_spool_result cn_spool_append(cn_spool *s, const void *data, size_t len, uint32_t n_snapshots);

@@ -119,6 +119,16 @@ def block(args, wd):
             col.stop(30)
 
 
+def wait_intake_drained(spool, timeout=20):
+    """Waits until the intake holds no more than its segment being written."""
+    intake = os.path.join(spool, "intake")
+    deadline = time.time() + timeout
+    while len(sl.spool_files(intake)) > 1:
+        check(time.time() < deadline, "the intake still holds %d segments after %ds"
+              % (len(sl.spool_files(intake)), timeout))
+        time.sleep(0.1)
+
+
 def drop_oldest(args, wd):
     with sl.Tmpfs(os.path.join(wd, "disk-drop"), "16m") as disk:
         out = os.path.join(wd, "drop-out")
@@ -134,6 +144,11 @@ def drop_oldest(args, wd):
             sent["a0"] = finish(load(args, url, 5, seed=11, service="a0"), "first load")
             time.sleep(1)
             sent["a"] = finish(load(args, url, 150, seed=12, service="a"), "load before the disk filled")
+            # Acked means durable in the pipeline's intake (spool/intake), which frees its
+            # segments only once merge_by_task has flushed them into this spool. Filling
+            # the disk before then would leave that room free again a moment later, and the
+            # full-disk load below would not need to drop anything.
+            wait_intake_drained(spool)
             spool_before = sl.spool_bytes(spool)
             firsts_before = sl.segment_firsts(spool)
             check(len(firsts_before) >= 3, "expected several spool segments, found %d" % len(firsts_before))
