@@ -25,12 +25,8 @@ static size_t cached_bytes, cache_limit = 32u << 20;
 
 static size_t page_size(void)
 {
-    static size_t page;
-    if (!page) {
-        long p = sysconf(_SC_PAGESIZE);
-        page = p > 0 ? (size_t)p : 4096;
-    }
-    return page;
+    long page = sysconf(_SC_PAGESIZE); /* read from the aux vector: cheap enough per block */
+    return page > 0 ? (size_t)page : 4096;
 }
 
 void cn_block_cache_limit(size_t bytes)
