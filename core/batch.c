@@ -95,8 +95,9 @@ Canopy__V1__Reason cn_request_decode(const uint8_t *data, size_t len, const cn_b
     *out_req = NULL;
     *out_arena = NULL;
     *out_batch = NULL;
-    /* protobuf-c's structs make a decoded batch about four times its wire size
-     * (a 24 KB batch of 256 snapshots decodes to ~90 KB); one block fits it. */
+    /* The direct decoder reserves exactly what it counted (a 24 KB batch of 256
+     * snapshots decodes to ~54 KB); this first-block size is protobuf-c's, for
+     * the requests it falls back to: its structs take about four times the wire size. */
     cn_arena *arena = cn_arena_new(len * 4 + 4096);
     if (!arena)
         return fail(CANOPY__V1__REASON__REASON_OVERLOADED, why, CN_LIMIT_NONE, "out of memory");

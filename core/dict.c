@@ -86,9 +86,18 @@ void *cn_dict_get(const cn_dict *d, const char *key)
     return s ? s->value : NULL;
 }
 
+/*
+ * Called when keys and tombstones fill 3/4 of the table. It doubles only when
+ * the live keys alone would fill more than 5/8 of it; otherwise it rehashes in
+ * place, dropping the tombstones, which leaves at least 1/8 of the table for
+ * inserts before the next rehash (at most 8 slot moves per insert, amortized).
+ * Doubling already at 1/4 live made a map that evicts as it inserts (segments
+ * at max_segments_per_task) double twice past its size: 131,072 slots (3 MiB)
+ * for 20,000 segments, per task.
+ */
 static int grow(cn_dict *d)
 {
-    size_t new_cap = d->size * 4 >= d->cap ? d->cap * 2 : d->cap; /* else just purge tombstones */
+    size_t new_cap = d->size * 8 > d->cap * 5 ? d->cap * 2 : d->cap;
     dict_slot *slots = calloc(new_cap, sizeof *slots);
     if (!slots)
         return -1;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "block_cache.h"
 #include "service.h"
 
 /* Starts (or stops, in reverse) every component of one kind that has the callback. */
@@ -40,6 +41,9 @@ int cn_service_start(cn_service *svc)
                                      "Batches refused (retryable) because service.memory_limit was reached.", "");
     svc->live_bytes = cn_gauge("canopy_batch_bytes", "Bytes held by decoded batches.", "");
     svc->memory_log.interval_ms = 10000;
+    /* Batches swing between none and memory_limit in flight: cache as much, so
+     * their blocks are reused rather than mapped again. */
+    cn_block_cache_limit((size_t)svc->settings.memory_limit);
     /* Intake logs first: durable exporters need their replay ends. */
     for (size_t i = 0; i < svc->n_pipelines; i++) {
         if (cn_pipeline_open_intake(svc->pipelines[i]) != 0) {

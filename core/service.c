@@ -69,7 +69,7 @@ static const cn_option service_options[] = {
     {CN_OPT_INT, "pipeline_queue_size", "1024", offsetof(cn_service_settings, pipeline_queue_size),
      "Batches waiting at each pipeline's input; when full, agents get a retryable 'overloaded' reply.",
      .min = 1, .max = 1000000},
-    {CN_OPT_SIZE, "memory_limit", "32MiB", offsetof(cn_service_settings, memory_limit),
+    {CN_OPT_SIZE, "memory_limit", "16MiB", offsetof(cn_service_settings, memory_limit),
      "Most memory decoded batches may hold (queued, merging, exporting). Past it, agents get a retryable "
      "'overloaded' reply and resend later, so a slow exporter slows intake instead of growing the process.",
      .min = 1 << 20, .max = 1LL << 40},

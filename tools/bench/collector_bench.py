@@ -120,27 +120,37 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every case once, interleaved; medians are reported")
     ap.add_argument("--baseline-bin", help="also run the discard case with this build's canopy (e.g. an older "
                     "commit's build/bin), interleaved, to compare")
+    ap.add_argument("--cases", default="raw,discard,live,jsonl",
+                    help="comma-separated cases to run (raw always runs: the ratios need it); e.g. raw,live to "
+                    "iterate on the live case; --baseline-bin adds the baseline's discard and live")
     ap.add_argument("--work-dir", default="/dev/shm",
                     help="where sockets and jsonl output go; a tmpfs measures canopy, not the disk")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="canopy-bench-", dir=args.work_dir if os.path.isdir(args.work_dir) else None)
-    cases = [
-        ("raw nng REQ/REP (rawsink, no decode)", lambda: bench_raw(args, work)),
-        ("canopy: nng -> merge_by_task -> discard",
+    # (key for --cases, name, run); each baseline case follows its own case
+    all_cases = [
+        ("raw", "raw nng REQ/REP (rawsink, no decode)", lambda: bench_raw(args, work)),
+        ("discard", "canopy: nng -> merge_by_task -> discard",
          lambda: bench_collector(args, work, "discard", "  discard:\n", "discard")),
-        ("canopy: same, with the live call trees (default config)",
+        ("live", "canopy: same, with the live call trees (default config)",
          lambda: bench_collector(args, work, "discard_live", "  discard:\n", "discard", live=True)),
-        ("canopy: nng -> merge_by_task -> file (jsonl)",
+        ("jsonl", "canopy: nng -> merge_by_task -> file (jsonl)",
          lambda: bench_collector(args, work, "jsonl",
                                  "  file:\n    directory: %s/out\n    fsync: never\n" % work, "file")),
     ]
     if args.baseline_bin:
-        cases.insert(2, ("baseline (%s): nng -> merge_by_task -> discard" % args.baseline_bin,
-                         lambda: bench_collector(args, work, "baseline", "  discard:\n", "discard",
-                                                 bin_dir=args.baseline_bin)))
-        cases.insert(4, ("baseline (%s): same, with the live call trees (default config)" % args.baseline_bin,
-                         lambda: bench_collector(args, work, "baseline_live", "  discard:\n", "discard", live=True,
-                                                 bin_dir=args.baseline_bin)))
+        all_cases.insert(2, ("discard", "baseline (%s): nng -> merge_by_task -> discard" % args.baseline_bin,
+                             lambda: bench_collector(args, work, "baseline", "  discard:\n", "discard",
+                                                     bin_dir=args.baseline_bin)))
+        all_cases.insert(4, ("live", "baseline (%s): same, with the live call trees (default config)"
+                             % args.baseline_bin,
+                             lambda: bench_collector(args, work, "baseline_live", "  discard:\n", "discard",
+                                                     live=True, bin_dir=args.baseline_bin)))
+    wanted = set(args.cases.split(",")) | {"raw"}
+    unknown = wanted - {key for key, _, _ in all_cases}
+    if unknown:
+        sys.exit("unknown case(s): %s" % ", ".join(sorted(unknown)))
+    cases = [(name, fn) for key, name, fn in all_cases if key in wanted]
     # Cases interleave round by round, and each case's ratio to raw is taken
     # within its round: on a shared machine the load drifts over minutes, and
     # pairing keeps that drift out of the ratio.

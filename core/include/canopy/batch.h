@@ -113,8 +113,13 @@ Canopy__V1__Reason cn_batch_validate(const Canopy__V1__SnapshotBatch *b, const c
 
 cn_arena *cn_arena_new(size_t first_block);
 void *cn_arena_alloc(cn_arena *a, size_t size);
-/* Gives back the tail of p, when p (of old_size bytes) is the newest allocation. */
-void cn_arena_shrink_last(cn_arena *a, void *p, size_t old_size, size_t new_size);
+/*
+ * Makes the next `size` bytes of allocations (each counted rounded up to
+ * max_align_t) fit the current block, adding a block of exactly that size when
+ * they do not: a caller that has counted what it needs gets one allocation
+ * without slack. 0, or -1 when out of memory.
+ */
+int cn_arena_reserve(cn_arena *a, size_t size);
 size_t cn_arena_bytes(const cn_arena *a);
 void cn_arena_free(cn_arena *a);
 
