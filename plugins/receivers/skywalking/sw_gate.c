@@ -256,6 +256,9 @@ static int relay(swrx_gate *g, gate_conn *c, int from)
             c->out_off[to] = 0;
             c->out_len[to] = rest;
         }
+        /* A short read took all there was: no recv just to hear EAGAIN (epoll reports what comes next). */
+        if (n < GATE_SCRATCH)
+            break;
     }
     return 0;
 }
@@ -539,7 +542,7 @@ static int open_listeners(swrx_gate *g)
     freeaddrinfo(res);
     /* Some of several addresses may fail (no IPv6 here), as gRPC's own listener allowed. */
     if (g->n_ls == 0) {
-        cn_error(g->id, "cannot listen on %s (%s; address in use, or not this machine's?)", listen_on,
+        cn_error(g->id, "cannot listen on %s: %s", listen_on,
                  strerror(saved ? saved : EADDRNOTAVAIL));
         return -1;
     }

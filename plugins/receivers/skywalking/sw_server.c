@@ -431,11 +431,7 @@ int swrx_server_start(sw_receiver *rx)
     grpc_server_start(rx->server);
     for (int i = 0; i < ACCEPT_DEPTH; i++)
         request_call(rx);
-    if (pthread_create(&rx->thread, NULL, server_main, rx) != 0) {
-        cn_error(id, "cannot start the gRPC server thread");
-        return -1;
-    }
-    rx->thread_started = true;
+    /* Before the server thread: it reads rx->gate (swrx_gate_peer) from its first call on. */
     swrx_gate_config gc = {
         .id = id,
         .listen = rx->listen,
@@ -449,6 +445,11 @@ int swrx_server_start(sw_receiver *rx)
     };
     if (swrx_gate_start(&rx->gate, &gc) != 0)
         return -1;
+    if (pthread_create(&rx->thread, NULL, server_main, rx) != 0) {
+        cn_error(id, "cannot start the gRPC server thread");
+        return -1;
+    }
+    rx->thread_started = true;
     cn_info(id, "SkyWalking agents' gRPC on %s (%s%s%s; at most %lld connections)", rx->listen,
             rx->tls.cert_file ? "TLS" : "plaintext",
             rx->tls.cert_file && rx->tls.client_auth == CN_CLIENT_AUTH_REQUIRED ? ", client certificates required"
