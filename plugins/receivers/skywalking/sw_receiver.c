@@ -18,7 +18,7 @@ const char *const swrx_method_labels[N_METHODS] = {
 };
 const char *const swrx_reason_labels[N_REASONS] = {
     "unauthenticated", "malformed", "stream_error", "too_long", "no_upstream", "overloaded", "shutting_down",
-    "internal", "passthrough_full",
+    "internal", "passthrough_full", "connections",
 };
 
 
@@ -41,6 +41,11 @@ static const cn_option sw_options[] = {
      .min = 1024, .max = 1LL << 30},
     {CN_OPT_INT, "max_streams_per_connection", "100", offsetof(sw_receiver, max_streams_per_connection),
      "Calls one agent connection may have open at once (HTTP/2 concurrent streams).", .min = 1, .max = 100000},
+    {CN_OPT_INT, "max_connections", "1024", offsetof(sw_receiver, max_connections),
+     "Agent connections open at once; further ones are closed as soon as they are accepted, counted "
+     "(canopy_receiver_refused_total, reason connections) and logged. Connections that never finish their "
+     "handshake (handshake_timeout) or stay idle (max_connection_idle) are closed and free their slot.",
+     .min = 1, .max = 1000000},
     {CN_OPT_INT, "batch_size", "1024", offsetof(sw_receiver, batch_size),
      "Snapshots of a collectSnapshot stream per batch handed to the pipelines; a longer stream is handed on "
      "in several batches, and answered once all are durable.",
@@ -144,7 +149,7 @@ static void make_metrics(sw_receiver *rx)
         rx->refused[i] = cn_counter("canopy_receiver_refused_total",
                                     "Requests refused with an error reply, by reason.", l);
         rx->refuse_log[i].interval_ms = SWRX_LOG_INTERVAL_MS;
-        for (size_t m = 0; m < N_METHODS; m++) {
+        for (size_t m = 0; m < N_METHODS && i != R_CONNECTIONS; m++) { /* a connection is no call */
             snprintf(l, sizeof l, "%s,type=\"%s\",reason=\"%s\"", labels, swrx_method_labels[m],
                      swrx_reason_labels[i]);
             rx->refused_by[m][i] = cn_counter("canopy_skywalking_receiver_refused_total",
@@ -178,6 +183,12 @@ static void make_metrics(sw_receiver *rx)
                                    "Task commands changed or left out to fit the SkyWalking agents' ranges.",
                                    labels);
     rx->clamp_log.interval_ms = SWRX_LOG_INTERVAL_MS;
+    /* The nng receiver's names: one view of every receiver's connections. */
+    rx->conns_open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
+    rx->conns_accepted = cn_counter("canopy_receiver_connections_accepted_total",
+                                    "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
+    rx->conns_refused = cn_counter("canopy_receiver_connections_refused_total",
+                                   "Connections closed at once because max_connections was reached.", labels);
 }
 
 static void free_str(void *p) { free(p); }

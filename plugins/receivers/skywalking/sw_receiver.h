@@ -8,6 +8,8 @@
  *                  batches, task commands, finish reports, ManagementService
  *   passthrough.c  every other service, forwarded as raw bytes to the
  *                  `upstream` exporter's OAP (ManagementService observed)
+ *   sw_gate.c      the connection gate in front of the gRPC server:
+ *                  max_connections, which gRPC 1.51 cannot enforce
  */
 #ifndef CN_SW_RECEIVER_H
 #define CN_SW_RECEIVER_H
@@ -23,6 +25,7 @@
 #include "canopy/listen_security.h"
 #include "canopy/plugin.h"
 #include "skywalking/sw_client.h"
+#include "sw_gate.h"
 
 #define SWRX_LOG_INTERVAL_MS 10000
 
@@ -48,6 +51,7 @@ typedef enum swrx_reason {
     R_SHUTTING_DOWN,
     R_INTERNAL,       /* out of memory */
     R_PASSTHROUGH_FULL, /* max_passthrough_calls already in flight to the upstream */
+    R_CONNECTIONS,    /* a connection closed at once: max_connections open (sw_gate.c); no call */
     N_REASONS
 } swrx_reason;
 
@@ -77,6 +81,7 @@ typedef struct sw_receiver {
     char *authentication;
     int64_t max_message_size;
     int64_t max_streams_per_connection;
+    int64_t max_connections;
     int64_t batch_size;
     int64_t max_agents;
     int64_t agent_idle_timeout_ms;
@@ -91,6 +96,7 @@ typedef struct sw_receiver {
     cn_component *self;
     bool grpc_started;
     grpc_server *server;
+    swrx_gate *gate;            /* accepts on `listen`, relays to the server on 127.0.0.1:<inner port> */
     grpc_completion_queue *cq;
     pthread_t thread;
     bool thread_started;
@@ -118,6 +124,7 @@ typedef struct sw_receiver {
     cn_metric *pt_calls[N_PT_METHODS], *pt_errors[N_PT_METHODS], *pt_bytes_up[N_PT_METHODS],
         *pt_bytes_down[N_PT_METHODS], *unimplemented[N_PT_METHODS], *pt_in_flight;
     cn_metric *accepted_batches, *accepted_snapshots, *connected_agents, *clamped_tasks;
+    cn_metric *conns_open, *conns_accepted, *conns_refused;
     cn_ratelimit refuse_log[N_REASONS];
     cn_ratelimit clamp_log;
 } sw_receiver;

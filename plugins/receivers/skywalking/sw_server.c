@@ -228,8 +228,14 @@ static void on_accept(swrx_call *c, bool ok)
     }
     if (!atomic_load(&rx->stopping))
         request_call(rx);
+    /*
+     * gRPC's peer is the gate's inner connection (127.0.0.1:<port>, one per
+     * agent connection); the agent's own address replaces it, so attribution,
+     * logs and metrics read as before the gate.
+     */
     char *peer = grpc_call_get_peer(c->call);
-    snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
+    if (!peer || !swrx_gate_peer(rx->gate, peer, c->peer, sizeof c->peer))
+        snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
     gpr_free(peer);
     c->method = method_of(c->details.method);
     cn_metric_inc(rx->calls[c->method]);
@@ -413,10 +419,11 @@ int swrx_server_start(sw_receiver *rx)
     grpc_server_credentials *creds = make_credentials(rx);
     if (!creds)
         return -1;
-    int port = grpc_server_add_http2_port(rx->server, rx->listen, creds);
+    /* Agents connect to the gate on `listen`; gRPC (TLS included) serves on a loopback port of its own. */
+    int port = grpc_server_add_http2_port(rx->server, "127.0.0.1:0", creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {
-        cn_error(id, "cannot listen on %s (address in use, or not this machine's?)", rx->listen);
+        cn_error(id, "cannot bind the gRPC server to a port on 127.0.0.1");
         grpc_server_destroy(rx->server); /* never started: no shutdown needed */
         rx->server = NULL;
         return -1;
@@ -424,15 +431,30 @@ int swrx_server_start(sw_receiver *rx)
     grpc_server_start(rx->server);
     for (int i = 0; i < ACCEPT_DEPTH; i++)
         request_call(rx);
+    /* Before the server thread: it reads rx->gate (swrx_gate_peer) from its first call on. */
+    swrx_gate_config gc = {
+        .id = id,
+        .listen = rx->listen,
+        .inner_port = port,
+        .max_connections = rx->max_connections,
+        .refused = rx->refused[R_CONNECTIONS],
+        .conns_refused = rx->conns_refused,
+        .conns_accepted = rx->conns_accepted,
+        .conns_open = rx->conns_open,
+        .refuse_log = &rx->refuse_log[R_CONNECTIONS],
+    };
+    if (swrx_gate_start(&rx->gate, &gc) != 0)
+        return -1;
     if (pthread_create(&rx->thread, NULL, server_main, rx) != 0) {
         cn_error(id, "cannot start the gRPC server thread");
         return -1;
     }
     rx->thread_started = true;
-    cn_info(id, "SkyWalking agents' gRPC on %s (%s%s%s)", rx->listen, rx->tls.cert_file ? "TLS" : "plaintext",
+    cn_info(id, "SkyWalking agents' gRPC on %s (%s%s%s; at most %lld connections)", rx->listen,
+            rx->tls.cert_file ? "TLS" : "plaintext",
             rx->tls.cert_file && rx->tls.client_auth == CN_CLIENT_AUTH_REQUIRED ? ", client certificates required"
                                                                             : "",
-            rx->authentication ? ", authentication token required" : "");
+            rx->authentication ? ", authentication token required" : "", (long long)rx->max_connections);
     return 0;
 }
 
@@ -461,6 +483,9 @@ void swrx_server_stop(sw_receiver *rx)
         grpc_server_destroy(rx->server);
         rx->server = NULL;
     }
+    /* After the server: the replies and GOAWAYs of its shutdown still reach the agents. */
+    swrx_gate_stop(rx->gate);
+    rx->gate = NULL;
     if (rx->cq) {
         grpc_completion_queue_shutdown(rx->cq); /* idempotent; the thread may have done it */
         grpc_completion_queue_destroy(rx->cq);
