@@ -146,7 +146,9 @@ conn_state *nngrx_conns_new(nng_receiver *rx)
     snprintf(cs->id, sizeof cs->id, "%s", cn_component_id(rx->self));
     cs->open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
     cs->accepted = cn_counter("canopy_receiver_connections_accepted_total",
-                              "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
+                              "Agent connections accepted (nng: after the TLS handshake of tls+tcp; skywalking: at "
+                              "TCP accept).",
+                              labels);
     cs->refused = cn_counter("canopy_receiver_connections_refused_total",
                              "Connections closed at once because max_connections was reached.", labels);
     cs->unreaped_gauge = cn_gauge("canopy_receiver_unreaped_connections",

@@ -186,7 +186,9 @@ static void make_metrics(sw_receiver *rx)
     /* The nng receiver's names: one view of every receiver's connections. */
     rx->conns_open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
     rx->conns_accepted = cn_counter("canopy_receiver_connections_accepted_total",
-                                    "Agent connections accepted (after the TLS handshake for tls+tcp).", labels);
+                                    "Agent connections accepted (nng: after the TLS handshake of tls+tcp; "
+                                    "skywalking: at TCP accept).",
+                                    labels);
     rx->conns_refused = cn_counter("canopy_receiver_connections_refused_total",
                                    "Connections closed at once because max_connections was reached.", labels);
 }
