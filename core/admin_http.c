@@ -35,6 +35,7 @@
 
 #include "canopy/common.h"
 #include "canopy/log.h"
+#include "fd_reserve.h"
 
 #define MAX_CLIENTS 32
 #define MAX_HEAD 16384 /* request line and headers */
@@ -75,7 +76,7 @@ typedef struct http_conn {
 struct cn_http_server {
     int listen_fd;
     int wake[2]; /* a byte on wake[1] stops the thread */
-    int spare_fd; /* /dev/null, closed to make room for accept when the process is out of descriptors */
+    cn_fd_reserve reserve; /* a descriptor given up to accept when the process is out of them */
     pthread_t thread;
     bool thread_started;
     const cn_http_route *routes;
@@ -345,13 +346,10 @@ static bool write_client(http_conn *c)
 static void accept_clients(cn_http_server *s)
 {
     while (s->n_clients < MAX_CLIENTS) {
-        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        bool from_reserve;
+        int fd = cn_accept_reserved(&s->reserve, s->listen_fd, NULL, NULL, &from_reserve);
         int err = fd < 0 ? errno : 0;
-        if ((err == EMFILE || err == ENFILE) && s->spare_fd >= 0) {
-            close(s->spare_fd);
-            fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            err = fd < 0 ? errno : 0;
-            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (from_reserve) {
             cn_log_limited(&s->no_fd_log, CN_LOG_WARN, "admin",
                            "the process is out of file descriptors (ulimit -n); the admin API answers from its "
                            "reserve one, so /metrics can still show what holds them");
@@ -376,8 +374,7 @@ static void *server_main(void *arg)
     struct pollfd fds[MAX_CLIENTS + 2];
     for (;;) {
         int64_t now = cn_mono_ms();
-        if (s->spare_fd < 0)
-            s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        cn_fd_reserve_refill(&s->reserve);
         for (size_t i = s->n_clients; i-- > 0;)
             if (now >= s->clients[i].deadline_ms)
                 close_client(s, i);
@@ -477,7 +474,7 @@ int cn_http_server_start(cn_http_server **out, const char *listen_on, const cn_h
         snprintf(err, err_len, "out of memory");
         return -1;
     }
-    s->wake[0] = s->wake[1] = s->spare_fd = -1;
+    s->wake[0] = s->wake[1] = s->reserve.fd = -1;
     s->routes = routes;
     s->n_routes = n_routes;
     s->arg = arg;
@@ -488,8 +485,7 @@ int cn_http_server_start(cn_http_server **out, const char *listen_on, const cn_h
         cn_http_server_stop(s);
         return rv;
     }
-    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0 || s->spare_fd < 0) {
+    if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0 || cn_fd_reserve_init(&s->reserve) != 0) {
         snprintf(err, err_len, "%s", strerror(errno));
         cn_http_server_stop(s);
         return -1;
@@ -530,7 +526,8 @@ void cn_http_server_stop(cn_http_server *s)
     }
     while (s->n_clients)
         close_client(s, s->n_clients - 1);
-    int fds[] = {s->listen_fd, s->wake[0], s->wake[1], s->spare_fd};
+    cn_fd_reserve_close(&s->reserve);
+    int fds[] = {s->listen_fd, s->wake[0], s->wake[1]};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0)
             close(fds[i]);

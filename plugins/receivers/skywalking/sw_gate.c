@@ -46,6 +46,7 @@
 
 #include "canopy/common.h"
 #include "canopy/dict.h"
+#include "fd_reserve.h"
 
 #define GATE_SCRATCH (32 * 1024)
 #define MAX_LISTENERS 4
@@ -89,7 +90,8 @@ typedef struct gate_listener {
 struct swrx_gate {
     swrx_gate_config cfg;
     char id[64];
-    int ep, wake_fd, spare_fd;
+    int ep, wake_fd;
+    cn_fd_reserve reserve; /* given up to accept (and refuse) when the process is out of descriptors */
     int wake_kind; /* K_WAKE; its address is the eventfd's epoll data */
     gate_listener ls[MAX_LISTENERS];
     size_t n_ls;
@@ -399,31 +401,22 @@ static void accept_conns(swrx_gate *g, int lfd)
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
         char peer[80];
-        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        bool from_reserve;
+        int fd = cn_accept_reserved(&g->reserve, lfd, (struct sockaddr *)&ss, &sl, &from_reserve);
+        if (from_reserve) {
+            format_peer(&ss, peer, sizeof peer);
+            refuse(g, peer, "the process is out of file descriptors (ulimit -n)");
+            close(fd);
+            continue;
+        }
         if (fd < 0) {
             int err = errno;
-            if (err == EINTR || err == ECONNABORTED)
-                continue;
-            if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
-                return; /* EAGAIN: all taken */
-            if (g->spare_fd >= 0) {
-                close(g->spare_fd);
-                sl = sizeof ss;
-                fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd >= 0) {
-                    format_peer(&ss, peer, sizeof peer);
-                    refuse(g, peer, "the process is out of file descriptors (ulimit -n)");
-                    close(fd);
-                }
-                g->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-            }
-            if (g->spare_fd < 0 || fd < 0) {
-                cn_log_limited(&g->fd_log, CN_LOG_WARN, g->id,
-                               "cannot accept connections: %s; trying again in %d ms", strerror(err),
-                               NO_FD_PAUSE_MS);
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                cn_log_limited(&g->fd_log, CN_LOG_WARN, g->id, "cannot accept connections: %s; trying again in %d ms",
+                               strerror(err), NO_FD_PAUSE_MS);
                 pause_listeners(g, true);
             }
-            return;
+            return; /* EAGAIN: all taken; ECONNABORTED and the like: epoll says again */
         }
         format_peer(&ss, peer, sizeof peer);
         if (g->n_open >= g->cfg.max_connections) {
@@ -448,8 +441,7 @@ static void *gate_main(void *arg)
         if (g->paused_until) {
             int64_t left = g->paused_until - cn_mono_ms();
             if (left <= 0) {
-                if (g->spare_fd < 0)
-                    g->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                cn_fd_reserve_refill(&g->reserve);
                 pause_listeners(g, false);
             } else {
                 timeout = (int)left;
@@ -562,7 +554,7 @@ int swrx_gate_start(swrx_gate **out, const swrx_gate_config *cfg)
     }
     g->cfg = *cfg;
     snprintf(g->id, sizeof g->id, "%s", cfg->id);
-    g->ep = g->wake_fd = g->spare_fd = -1;
+    g->ep = g->wake_fd = g->reserve.fd = -1;
     g->wake_kind = K_WAKE;
     g->fd_log.interval_ms = 10000;
     g->inner_log.interval_ms = 10000;
@@ -576,9 +568,8 @@ int swrx_gate_start(swrx_gate **out, const swrx_gate_config *cfg)
     }
     g->ep = epoll_create1(EPOLL_CLOEXEC);
     g->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    g->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &g->wake_kind};
-    if (g->ep < 0 || g->wake_fd < 0 || g->spare_fd < 0 || epoll_ctl(g->ep, EPOLL_CTL_ADD, g->wake_fd, &ev) != 0) {
+    if (g->ep < 0 || g->wake_fd < 0 || cn_fd_reserve_init(&g->reserve) != 0 || epoll_ctl(g->ep, EPOLL_CTL_ADD, g->wake_fd, &ev) != 0) {
         cn_error(g->id, "cannot start the connection gate: %s", strerror(errno));
         goto fail;
     }
@@ -616,8 +607,7 @@ void swrx_gate_stop(swrx_gate *g)
         close(g->ep);
     if (g->wake_fd >= 0)
         close(g->wake_fd);
-    if (g->spare_fd >= 0)
-        close(g->spare_fd);
+    cn_fd_reserve_close(&g->reserve);
     cn_metric_set(g->cfg.conns_open, 0);
     cn_dict_free(g->peers, free);
     free(g->scratch);
