@@ -130,9 +130,10 @@ typedef struct cn_profile_file_exporter {
          "Call tree nodes per task (about 200 bytes each with its signature); a stack needing more is cut "       \
          "under a \"[truncated]\" frame and counted.",                                                             \
          .min = 16, .max = 100000000},                                                                             \
-        {CN_OPT_INT, "max_segments", "10000", offsetof(ctx, base.max_segments),                                   \
-         "Segments per task followed for durations; the least recently seen are forgotten first.", .min = 16,    \
-         .max = 100000000}
+        {CN_OPT_INT, "max_segments", "1024", offsetof(ctx, base.max_segments),                                    \
+         "Segments per task followed for durations; the least recently seen are forgotten first. Only segments " \
+         "being profiled at once need room: agents profile at most a few per worker.",                           \
+         .min = 16, .max = 100000000}
 
 /* Opens the exporter's files: for the plugin's cb_start. render_arg is handed to render. */
 int cn_profile_file_exporter_start(cn_profile_file_exporter *x, cn_component *self, const char *suffix,

@@ -27,9 +27,10 @@ static const cn_option live_options[] = {
      "Call tree nodes per task (about 200 bytes each with its signature; an app's profile has a few thousand). "
      "A stack needing more is cut and counted under a \"[truncated]\" frame.",
      .min = 16, .max = 100000000},
-    {CN_OPT_INT, "max_segments", "10000", offsetof(live_exporter, max_segments),
-     "Segments per task followed for durations; the least recently seen are forgotten first (their next "
-     "snapshot starts a new run).",
+    {CN_OPT_INT, "max_segments", "1024", offsetof(live_exporter, max_segments),
+     "Segments per task followed for durations (about 330 bytes each at depth 20); the least recently seen are "
+     "forgotten first (their next snapshot starts a new run). Only segments being profiled at once need room: "
+     "agents profile at most a few per worker (canopy's 5, SkyWalking's 9).",
      .min = 16, .max = 100000000},
     {CN_OPT_INT, "max_agents", "10000", offsetof(live_exporter, max_agents),
      "Distinct agent instances counted per task; more are counted in canopy_profile_agents_over_limit_total.",
