@@ -173,8 +173,26 @@ static void test_stream(void **state)
         assert_int_equal(swrx_stream_message(rx, st, bb, &r), 0);
         grpc_byte_buffer_destroy(bb);
     }
+    /* No ManagementService call on this connection: the service is the task's. */
+    assert_string_equal(swrx_stream_service(st), "shop");
     swrx_stream_end(rx, st, &r);
     Skywalking__V3__Commands *c = commands_of(&r);
+    skywalking__v3__commands__free_unpacked(c, NULL);
+    swrx_stream_free(st);
+
+    /* A task the registry does not know leaves it "unknown". */
+    st = swrx_stream_new(rx, "ipv4:127.0.0.1:4");
+    assert_non_null(st);
+    Skywalking__V3__ThreadSnapshot other = SKYWALKING__V3__THREAD_SNAPSHOT__INIT;
+    other.taskid = "t-nobody-knows";
+    other.tracesegmentid = "seg-2";
+    other.stack = &stack;
+    grpc_byte_buffer *ob = packed(&other.base);
+    assert_int_equal(swrx_stream_message(rx, st, ob, &r), 0);
+    grpc_byte_buffer_destroy(ob);
+    assert_string_equal(swrx_stream_service(st), "unknown");
+    swrx_stream_end(rx, st, &r);
+    c = commands_of(&r);
     skywalking__v3__commands__free_unpacked(c, NULL);
     swrx_stream_free(st);
 

@@ -22,6 +22,7 @@
 struct swrx_call_state {
     char peer[128];
     char service[256], instance[256];
+    bool unnamed; /* no ManagementService call named the connection: service from the first snapshot's task */
     cn_batch_builder *b;
     bool failed; /* a batch was refused: the rest of the stream is read and dropped */
     swrx_reply fail;
@@ -144,14 +145,32 @@ swrx_call_state *swrx_stream_new(sw_receiver *rx, const char *peer)
         snprintf(st->service, sizeof st->service, "%.*s", (int)(sep - known), known);
         snprintf(st->instance, sizeof st->instance, "%s", sep + 1);
     } else {
-        /* No management call on this connection yet: name it by its address rather than drop it. */
+        /* No management call on this connection yet: the instance is its address, and the service
+         * the one the first snapshot's task profiles (name_from_task), else "unknown". */
         snprintf(st->service, sizeof st->service, "unknown");
         snprintf(st->instance, sizeof st->instance, "%s", peer);
-        cn_log_limited(&rx->refuse_log[R_MALFORMED], CN_LOG_INFO, cn_component_id(rx->self),
-                       "collectSnapshot from %s before any ManagementService call on it: service \"unknown\"",
-                       peer);
+        st->unnamed = true;
     }
     return st;
+}
+
+const char *swrx_stream_service(const swrx_call_state *st) { return st->service; }
+
+/* A task is for one service: the registry names an unnamed connection's service from it. */
+static void name_from_task(sw_receiver *rx, swrx_call_state *st, const char *task_id)
+{
+    st->unnamed = false;
+    cn_task t;
+    bool known = cn_tasks_get(cn_component_tasks(rx->self), task_id, &t) == 0;
+    if (known) {
+        if (t.service && *t.service)
+            snprintf(st->service, sizeof st->service, "%s", t.service);
+        cn_task_clear(&t);
+    }
+    cn_log_limited(&rx->refuse_log[R_MALFORMED], CN_LOG_INFO, cn_component_id(rx->self),
+                   "collectSnapshot from %s before any ManagementService call on it: service \"%s\" (%s), "
+                   "instance \"%s\"",
+                   st->peer, st->service, known ? "its task's" : "task unknown", st->instance);
 }
 
 /* Hands the builder's batch to the pipelines; 0 once durable, else -1 with st->fail set. */
@@ -185,8 +204,10 @@ static int submit(sw_receiver *rx, swrx_call_state *st)
     return 0;
 }
 
-static int add_snapshot(swrx_call_state *st, const Skywalking__V3__ThreadSnapshot *s)
+static int add_snapshot(sw_receiver *rx, swrx_call_state *st, const Skywalking__V3__ThreadSnapshot *s)
 {
+    if (st->unnamed)
+        name_from_task(rx, st, s->taskid);
     if (!st->b && !(st->b = cn_batch_builder_new(st->service, st->instance)))
         return -1;
     size_t n = s->stack ? s->stack->n_codesignatures : 0;
@@ -221,7 +242,7 @@ int swrx_stream_message(sw_receiver *rx, swrx_call_state *st, grpc_byte_buffer *
             submit(rx, st);
         return -1;
     }
-    int rc = add_snapshot(st, s);
+    int rc = add_snapshot(rx, st, s);
     protobuf_c_message_free_unpacked(&s->base, NULL);
     if (rc != 0) {
         swrx_refuse(rx, &st->fail, M_COLLECT_SNAPSHOT, R_INTERNAL, GRPC_STATUS_RESOURCE_EXHAUSTED, st->peer, "out of memory");

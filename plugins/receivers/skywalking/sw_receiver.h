@@ -149,6 +149,8 @@ int swrx_stream_message(sw_receiver *rx, swrx_call_state *st, grpc_byte_buffer *
 /* The client half-closed: submits what is left, then fills the reply (OK only when all is durable). */
 void swrx_stream_end(sw_receiver *rx, swrx_call_state *st, swrx_reply *reply);
 void swrx_stream_free(swrx_call_state *st);
+/* The service the stream's batches carry (tests). */
+const char *swrx_stream_service(const swrx_call_state *st);
 /* A unary call's one message (bb NULL: none came). */
 void swrx_unary(sw_receiver *rx, swrx_method m, const char *peer, grpc_byte_buffer *bb, swrx_reply *reply);
 
