@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "durable.h"
@@ -166,13 +167,20 @@ static bool pipeline_backlogged(const cn_pipeline *p)
  * spools whose when_full is drop_oldest give up their oldest segment, as they
  * would for their own next append: otherwise the intake would refuse every
  * batch and drop_oldest would never keep a full disk accepting. True when one
- * made room.
+ * made room; spools on other file systems are left alone.
  */
 static bool pipeline_make_room(cn_pipeline *p)
 {
+    struct stat intake_fs;
+    if (stat(p->intake_options.directory, &intake_fs) != 0)
+        return false;
     for (size_t i = 0; i < p->n_exporters; i++) {
-        cn_spool *s = p->exporters[i]->rt->spool;
-        if (s && cn_spool_make_room(s))
+        cn_exporter_runtime *rt = p->exporters[i]->rt;
+        struct stat spool_fs;
+        /* Only a spool on the intake's file system frees room the intake can use. */
+        if (!rt->spool || stat(rt->common.spool.directory, &spool_fs) != 0 || spool_fs.st_dev != intake_fs.st_dev)
+            continue;
+        if (cn_spool_make_room(rt->spool))
             return true;
     }
     return false;
