@@ -199,7 +199,10 @@ typedef struct region {
 /* Room for `bytes` more in the region. The counts and the fill pass read the
  * same bytes, so this never fails on data that decodes; it guards the writes
  * all the same. */
-static inline bool region_fits(const region *g, size_t bytes) { return (size_t)(g->end - g->next) >= bytes; }
+static inline bool region_fits(const region *g, size_t bytes)
+{
+    return g->next && (size_t)(g->end - g->next) >= bytes; /* an empty region is NULL: no pointer arithmetic */
+}
 
 static decode_result decode_agent(reader r, cn_arena *a, Canopy__V1__AgentIdentity *out)
 {
@@ -261,7 +264,7 @@ static decode_result decode_snapshot(reader r, region *frame_region, Canopy__V1_
             have_frames = true;
             /* The batch's frames region holds exactly the ids the count found. */
             uint32_t *frames = (uint32_t *)frame_region->next;
-            size_t room = (size_t)(frame_region->end - frame_region->next) / sizeof *frames;
+            size_t room = frames ? (size_t)(frame_region->end - frame_region->next) / sizeof *frames : 0;
             /* Locals: through out-> the compiler reloads both on every store. */
             size_t filled = 0;
             /* Ids of one and two bytes mix at random (below and above 128), so a
@@ -283,7 +286,8 @@ static decode_result decode_snapshot(reader r, region *frame_region, Canopy__V1_
                     return DECODE_FALLBACK; /* more ids than counted: cannot happen; protobuf-c decides */
                 frames[filled++] = (uint32_t)v;
             }
-            frame_region->next += filled * sizeof *frames;
+            if (filled) /* NULL + 0 is undefined too (the region is NULL when the batch counted no ids) */
+                frame_region->next += filled * sizeof *frames;
             out->frames = filled ? frames : NULL;
             out->n_frames = filled;
         } else if (field < 5) {
