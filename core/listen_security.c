@@ -92,3 +92,16 @@ int cn_server_tls_check(const cn_server_tls *t, const cn_node *component_node, c
         rc = -1;
     return rc;
 }
+
+cn_conn_metrics cn_conn_metrics_get(const char *labels)
+{
+    return (cn_conn_metrics){
+        .open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels),
+        .accepted = cn_counter("canopy_receiver_connections_accepted_total",
+                               "Agent connections accepted (nng: after the TLS handshake of tls+tcp; "
+                               "skywalking: at TCP accept).",
+                               labels),
+        .refused = cn_counter("canopy_receiver_connections_refused_total",
+                              "Connections closed at once because max_connections was reached.", labels),
+    };
+}

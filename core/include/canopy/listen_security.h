@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "canopy/config.h"
+#include "canopy/metrics.h"
 
 /* True for a host name only this machine can reach: localhost, ::1, 127.0.0.0/8. */
 bool cn_host_is_loopback(const char *host, size_t len);
@@ -41,5 +42,15 @@ bool cn_server_tls_configured(const cn_server_tls *t);
  * kind. Errors carry the option's position. Returns 0 or -1.
  */
 int cn_server_tls_check(const cn_server_tls *t, const cn_node *component_node, cn_diag *d);
+
+/* The connection metrics every receiver exports under the same names: one view of all agents' connections. */
+typedef struct cn_conn_metrics {
+    cn_metric *open;     /* gauge canopy_receiver_connections */
+    cn_metric *accepted; /* canopy_receiver_connections_accepted_total */
+    cn_metric *refused;  /* canopy_receiver_connections_refused_total (max_connections) */
+} cn_conn_metrics;
+
+/* Registers (or finds) them for a receiver's labels. */
+cn_conn_metrics cn_conn_metrics_get(const char *labels);
 
 #endif

@@ -144,13 +144,10 @@ conn_state *nngrx_conns_new(nng_receiver *rx)
     const char *labels = cn_component_labels(rx->self);
     cs->max_connections = rx->max_connections;
     snprintf(cs->id, sizeof cs->id, "%s", cn_component_id(rx->self));
-    cs->open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
-    cs->accepted = cn_counter("canopy_receiver_connections_accepted_total",
-                              "Agent connections accepted (nng: after the TLS handshake of tls+tcp; skywalking: at "
-                              "TCP accept).",
-                              labels);
-    cs->refused = cn_counter("canopy_receiver_connections_refused_total",
-                             "Connections closed at once because max_connections was reached.", labels);
+    cn_conn_metrics conns = cn_conn_metrics_get(labels);
+    cs->open = conns.open;
+    cs->accepted = conns.accepted;
+    cs->refused = conns.refused;
     cs->unreaped_gauge = cn_gauge("canopy_receiver_unreaped_connections",
                                   "Closed agent connections nng has not released, holding a file descriptor each "
                                   "(an nng 1.5.2 wedge, docs/security.md; restart the collector when it grows).",

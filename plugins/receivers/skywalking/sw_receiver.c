@@ -183,14 +183,10 @@ static void make_metrics(sw_receiver *rx)
                                    "Task commands changed or left out to fit the SkyWalking agents' ranges.",
                                    labels);
     rx->clamp_log.interval_ms = SWRX_LOG_INTERVAL_MS;
-    /* The nng receiver's names: one view of every receiver's connections. */
-    rx->conns_open = cn_gauge("canopy_receiver_connections", "Agent connections open, over all listeners.", labels);
-    rx->conns_accepted = cn_counter("canopy_receiver_connections_accepted_total",
-                                    "Agent connections accepted (nng: after the TLS handshake of tls+tcp; "
-                                    "skywalking: at TCP accept).",
-                                    labels);
-    rx->conns_refused = cn_counter("canopy_receiver_connections_refused_total",
-                                   "Connections closed at once because max_connections was reached.", labels);
+    cn_conn_metrics conns = cn_conn_metrics_get(labels);
+    rx->conns_open = conns.open;
+    rx->conns_accepted = conns.accepted;
+    rx->conns_refused = conns.refused;
 }
 
 static void free_str(void *p) { free(p); }
