@@ -63,9 +63,11 @@ class AgentTls(fleet.FleetTestCase):
             "CANOPY_MAX_PARALLEL": "1000",
         })
         # The task comes from the collector: command queries work over TLS.
-        fleet.wait_until(lambda: (lambda s: len(s) == 2 and all(v.get("tasks") for v in s.values()))(
-            good.worker_stats()), 15, interval=0.2, what="the task in both workers")
-        pids = set(good.worker_stats())
+        # The workers are the ones this wait saw: a second worker_stats() may hear only one of them
+        # (the kernel can hand every connection to the same worker), which once left a worker out.
+        pids = set(fleet.wait_until(
+            lambda: (lambda s: s if len(s) == 2 and all(v.get("tasks") for v in s.values()) else None)(
+                good.worker_stats()), 15, interval=0.2, what="the task in both workers"))
 
         def from_both_workers():
             # Requests are spread by the kernel's accept; load until both workers profiled some.
