@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "canopy/batch.h"
+#include "canopy/string_key.h"
 #include "canopy/common.h"
 #include "decode.h"
 
@@ -161,6 +162,15 @@ static cn_batch *batch_in(cn_arena *arena, const cn_agent_identity *agent, const
     b->batch_seq = sb->batch_seq;
     b->n_strings = sb->n_strings;
     b->strings = sb->strings;
+    /* While the strings are in cache from decoding (canopy/string_key.h says why). */
+    if (sb->n_strings) {
+        uint64_t *keys = cn_arena_alloc(arena, sb->n_strings * sizeof *keys);
+        if (!keys)
+            return NULL;
+        for (size_t i = 0; i < sb->n_strings; i++)
+            keys[i] = cn_string_key(sb->strings[i], strlen(sb->strings[i]));
+        b->string_keys = keys;
+    }
     b->n_snapshots = sb->n_snapshots;
     b->snapshots = sb->snapshots;
     b->received_ms = received_ms;

@@ -372,7 +372,8 @@ static size_t request_bytes(size_t agent_wire_bytes, const batch_counts *c)
            arena_rounded(c->n_strings * sizeof(char *)) + arena_rounded(c->string_bytes + c->n_strings) +
            arena_rounded(c->n_snapshots * sizeof(Canopy__V1__Snapshot *)) +
            arena_rounded(c->n_snapshots * sizeof(Canopy__V1__Snapshot)) +
-           arena_rounded(c->n_frames * sizeof(uint32_t)) + arena_rounded(sizeof(cn_batch));
+           arena_rounded(c->n_frames * sizeof(uint32_t)) + arena_rounded(sizeof(cn_batch)) +
+           arena_rounded(c->n_strings * sizeof(uint64_t)) /* the batch's string keys */;
 }
 
 decode_result cn_decode_batch_request(const uint8_t *data, size_t len, cn_arena *a, Canopy__V1__Request **out,

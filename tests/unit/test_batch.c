@@ -3,7 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "canopy/string_key.h"
 #include "decode.h"
+#include "durable.h"
 #include "testutil.h"
 
 static Canopy__V1__Reason decode(const uint8_t *data, size_t len, const cn_batch_limits *lim, char *detail)
@@ -297,6 +299,108 @@ static void test_crc32c(void **state)
     assert_int_not_equal(cn_crc32(big, 999), cn_crc32(big, 1000));
 }
 
+/* Every string of b has its key: the stages that merge frames look signatures up by it alone. */
+static void assert_keys_match(const cn_batch *b)
+{
+    assert_true(b->n_strings == 0 || b->string_keys != NULL);
+    for (size_t i = 0; i < b->n_strings; i++)
+        assert_true(b->string_keys[i] == cn_string_key(b->strings[i], strlen(b->strings[i])));
+}
+
+/* Each way a batch is made (decoded, built by a receiver, replayed from the intake log) carries the keys. */
+static void test_string_keys_every_producer(void **state)
+{
+    (void)state;
+    uint8_t *buf;
+    size_t len = test_encode_batch("i-1", 3, two, 2, &buf);
+    cn_batch *decoded = test_decode_batch(buf, len);
+    assert_keys_match(decoded);
+    /* the same strings in two batches: the same keys */
+    cn_batch *again = test_decode_batch(buf, len);
+    for (size_t i = 0; i < decoded->n_strings; i++)
+        assert_true(decoded->string_keys[i] == again->string_keys[i]);
+    cn_batch_unref(again);
+
+    size_t dlen = 0;
+    uint8_t *durable = cn_durable_encode_batch(decoded, &dlen);
+    assert_non_null(durable);
+    const char *why = NULL;
+    cn_batch *replayed = cn_durable_decode_batch(durable, dlen, &why);
+    assert_non_null(replayed);
+    assert_keys_match(replayed);
+    assert_int_equal(replayed->n_strings, decoded->n_strings);
+    cn_batch_unref(replayed);
+    free(durable);
+
+    cn_batch_builder *bb = cn_batch_builder_new("svc", "i-2");
+    assert_non_null(bb);
+    uint32_t task, seg, frames[2];
+    assert_int_equal(cn_batch_builder_string(bb, "task-a", &task), 0);
+    assert_int_equal(cn_batch_builder_string(bb, "seg-1", &seg), 0);
+    assert_int_equal(cn_batch_builder_string(bb, "app.py.main: 1", &frames[0]), 0);
+    assert_int_equal(cn_batch_builder_string(bb, "app.py.handle: 20", &frames[1]), 0);
+    assert_int_equal(cn_batch_builder_add(bb, task, seg, 0, 1000, frames, 2), 0);
+    cn_batch *built = cn_batch_builder_finish(bb, 1);
+    assert_non_null(built);
+    assert_keys_match(built);
+    /* a frame's key does not depend on the batch or its producer */
+    assert_true(built->string_keys[frames[1]] == cn_string_key("app.py.handle: 20", 17));
+    cn_batch_unref(built);
+    cn_batch_unref(decoded);
+    free(buf);
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * Keys stand for strings (canopy/string_key.h), so different strings must get
+ * different keys: every length around the 8- and 16-byte steps, strings that
+ * differ only by zero padding, every single-bit change of a signature, and
+ * 200,000 signatures shaped like an app's, with no collision among them.
+ */
+static void test_string_key_distinct(void **state)
+{
+    (void)state;
+    const char zeros[32] = {0};
+    uint64_t pad[33];
+    for (size_t n = 0; n <= 32; n++)
+        pad[n] = cn_string_key(zeros, n);
+    qsort(pad, 33, sizeof *pad, key_cmp);
+    for (size_t i = 1; i < 33; i++)
+        assert_true(pad[i] != pad[i - 1]);
+
+    char sig[64];
+    snprintf(sig, sizeof sig, "/srv/app/services/payment.py.charge: 118");
+    size_t len = strlen(sig);
+    uint64_t base = cn_string_key(sig, len);
+    char copy[64];
+    memcpy(copy, sig, len + 1);
+    assert_true(cn_string_key(copy, len) == base); /* content, not address */
+    for (size_t at = 0; at < len; at++)
+        for (int bit = 0; bit < 8; bit++) {
+            copy[at] ^= (char)(1 << bit);
+            assert_true(cn_string_key(copy, len) != base);
+            copy[at] ^= (char)(1 << bit);
+        }
+
+    enum { N = 200000 };
+    uint64_t *keys = malloc(N * sizeof *keys);
+    assert_non_null(keys);
+    for (int i = 0; i < N; i++) {
+        char s[96];
+        int n = snprintf(s, sizeof s, "/srv/app/mod%d.py.func_%d: %d", i % 97, i / 97, i % 1000);
+        keys[i] = cn_string_key(s, (size_t)n);
+    }
+    qsort(keys, N, sizeof *keys, key_cmp);
+    for (int i = 1; i < N; i++)
+        assert_true(keys[i] != keys[i - 1]);
+    free(keys);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -308,6 +412,8 @@ int main(void)
         cmocka_unit_test(test_direct_decoder_matches_protobuf_c),
         cmocka_unit_test(test_direct_decoder_wide_ids),
         cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_string_keys_every_producer),
+        cmocka_unit_test(test_string_key_distinct),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,6 +30,7 @@ typedef struct cn_batch {
     uint64_t batch_seq;
     size_t n_strings;
     char **strings;                  /* NUL-terminated, validated for length */
+    const uint64_t *string_keys;     /* cn_string_key of each string, made with the batch */
     size_t n_snapshots;
     cn_snapshot **snapshots;         /* indices validated against n_strings */
     int64_t received_ms;             /* collector wall clock at receipt */
@@ -178,6 +179,11 @@ static inline const char *cn_ref_segment(const cn_snap_ref *r) { return r->batch
 static inline const char *cn_ref_frame(const cn_snap_ref *r, size_t i)
 {
     return r->batch->strings[r->snap->frames[i]];
+}
+/* The frame's cn_string_key (canopy/string_key.h). */
+static inline uint64_t cn_ref_frame_key(const cn_snap_ref *r, size_t i)
+{
+    return r->batch->string_keys[r->snap->frames[i]];
 }
 
 #endif

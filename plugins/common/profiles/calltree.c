@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "canopy/batch.h"
+#include "canopy/string_key.h"
 #include "profiles/calltree.h"
 
 /* Room for "[truncated]" nodes past max_nodes, so a cut stack still lands under its deepest frame. */
@@ -32,8 +33,8 @@ struct cn_calltree {
     uint32_t *vals;
     size_t cap_table; /* power of two */
     /* signatures */
-    /* signature index: open addressing of (hash, id + 1); 0 ids are empty */
-    uint64_t *sig_hash;
+    /* signature index: open addressing of (string key, id + 1); 0 ids are empty */
+    uint64_t *sig_key;
     uint32_t *sig_slot;
     size_t cap_sig_index;
     uint32_t *sig_len;
@@ -79,10 +80,10 @@ cn_calltree *cn_calltree_new_presized(size_t max_nodes, size_t presize)
     t->keys = calloc(t->cap_table, sizeof *t->keys);
     t->vals = malloc(t->cap_table * sizeof *t->vals);
     t->cap_sig_index = 256;
-    t->sig_hash = malloc(t->cap_sig_index * sizeof *t->sig_hash);
+    t->sig_key = malloc(t->cap_sig_index * sizeof *t->sig_key);
     t->sig_slot = calloc(t->cap_sig_index, sizeof *t->sig_slot);
     t->arena = cn_arena_new(16 * 1024);
-    if (!t->nodes || !t->keys || !t->vals || !t->sig_hash || !t->sig_slot || !t->arena) {
+    if (!t->nodes || !t->keys || !t->vals || !t->sig_key || !t->sig_slot || !t->arena) {
         cn_calltree_free(t);
         return NULL;
     }
@@ -96,7 +97,7 @@ void cn_calltree_free(cn_calltree *t)
     free(t->nodes);
     free(t->keys);
     free(t->vals);
-    free(t->sig_hash);
+    free(t->sig_key);
     free(t->sig_slot);
     free(t->sig_len);
     free(t->sigs);
@@ -130,23 +131,6 @@ static uint32_t sig_add(cn_calltree *t, const char *sig, size_t len)
     return (uint32_t)t->n_sigs++;
 }
 
-/* A word-at-a-time hash: interning runs for every new string of every batch, so it must be quick. */
-static uint64_t sig_hash(const char *s, size_t len)
-{
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (len * 0xC2B2AE3D27D4EB4FULL);
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
-        h ^= h >> 32;
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, s + i, len - i);
-    h = (h ^ tail) * 0xC4CEB9FE1A85EC53ULL;
-    return h ^ (h >> 29);
-}
-
 static int sig_index_grow(cn_calltree *t)
 {
     size_t cap = t->cap_sig_index * 2;
@@ -160,15 +144,15 @@ static int sig_index_grow(cn_calltree *t)
     for (size_t i = 0; i < t->cap_sig_index; i++) {
         if (!t->sig_slot[i])
             continue;
-        size_t j = (size_t)t->sig_hash[i] & (cap - 1);
+        size_t j = (size_t)t->sig_key[i] & (cap - 1);
         while (slots[j])
             j = (j + 1) & (cap - 1);
         slots[j] = t->sig_slot[i];
-        hashes[j] = t->sig_hash[i];
+        hashes[j] = t->sig_key[i];
     }
-    free(t->sig_hash);
+    free(t->sig_key);
     free(t->sig_slot);
-    t->sig_hash = hashes;
+    t->sig_key = hashes;
     t->sig_slot = slots;
     t->cap_sig_index = cap;
     return 0;
@@ -176,16 +160,27 @@ static int sig_index_grow(cn_calltree *t)
 
 uint32_t cn_calltree_intern(cn_calltree *t, const char *sig)
 {
+    return cn_calltree_intern_key(t, cn_string_key(sig, strlen(sig)), sig);
+}
+
+uint32_t cn_calltree_find_key(const cn_calltree *t, uint64_t key)
+{
+    size_t mask = t->cap_sig_index - 1;
+    for (size_t i = (size_t)key & mask; t->sig_slot[i]; i = (i + 1) & mask)
+        if (t->sig_key[i] == key)
+            return t->sig_slot[i] - 1;
+    return CN_CALLTREE_NONE;
+}
+
+uint32_t cn_calltree_intern_key(cn_calltree *t, uint64_t key, const char *sig)
+{
     if (t->frozen)
         return CN_CALLTREE_NONE;
-    size_t len = strlen(sig);
-    uint64_t h = sig_hash(sig, len);
-    size_t mask = t->cap_sig_index - 1, i = (size_t)h & mask;
-    for (; t->sig_slot[i]; i = (i + 1) & mask) {
-        uint32_t id = t->sig_slot[i] - 1;
-        if (t->sig_hash[i] == h && t->sig_len[id] == len && memcmp(t->sigs[id], sig, len) == 0)
-            return id;
-    }
+    /* The key stands for the string (canopy/string_key.h): sig is read only when it is new. */
+    size_t mask = t->cap_sig_index - 1, i = (size_t)key & mask;
+    for (; t->sig_slot[i]; i = (i + 1) & mask)
+        if (t->sig_key[i] == key)
+            return t->sig_slot[i] - 1;
     /* A signature only matters as a node; there are never more distinct ones than nodes. */
     if (t->n_sigs >= t->max_nodes + RESERVE(t->max_nodes) || t->n_sigs >= UINT32_MAX - 2)
         return CN_CALLTREE_NONE;
@@ -193,14 +188,14 @@ uint32_t cn_calltree_intern(cn_calltree *t, const char *sig)
         if (sig_index_grow(t) != 0)
             return CN_CALLTREE_NONE;
         mask = t->cap_sig_index - 1;
-        for (i = (size_t)h & mask; t->sig_slot[i]; i = (i + 1) & mask)
+        for (i = (size_t)key & mask; t->sig_slot[i]; i = (i + 1) & mask)
             ;
     }
-    uint32_t id = sig_add(t, sig, len);
+    uint32_t id = sig_add(t, sig, strlen(sig));
     if (id == CN_CALLTREE_NONE)
         return id;
     t->sig_slot[i] = id + 1;
-    t->sig_hash[i] = h;
+    t->sig_key[i] = key;
     return id;
 }
 
@@ -479,7 +474,7 @@ size_t cn_calltree_bytes(const cn_calltree *t)
 {
     return sizeof *t + t->cap_nodes * sizeof *t->nodes + t->cap_table * (sizeof *t->keys + sizeof *t->vals) +
            t->cap_sigs * (sizeof *t->sigs + sizeof *t->sig_len) +
-           t->cap_sig_index * (sizeof *t->sig_hash + sizeof *t->sig_slot) + t->sig_bytes + t->n_sigs * 16;
+           t->cap_sig_index * (sizeof *t->sig_key + sizeof *t->sig_slot) + t->sig_bytes + t->n_sigs * 16;
 }
 
 bool cn_signature_parse(const char *sig, const char **file, size_t *file_len, const char **func, size_t *func_len,

@@ -80,6 +80,13 @@ void cn_calltree_free(cn_calltree *t);
 
 /* Index of a code signature in the tree's table, added when new; CN_CALLTREE_NONE at the limit or out of memory. */
 uint32_t cn_calltree_intern(cn_calltree *t, const char *sig);
+/*
+ * The same for a signature whose cn_string_key is known (a batch's
+ * string_keys): sig is read only when the signature is new to the tree.
+ */
+uint32_t cn_calltree_intern_key(cn_calltree *t, uint64_t key, const char *sig);
+/* The signature with that key, or CN_CALLTREE_NONE: for callers to whom finding sig costs a cache miss. */
+uint32_t cn_calltree_find_key(const cn_calltree *t, uint64_t key);
 
 /*
  * Adds one snapshot: sigs are interned signatures, root first (n may be 0).

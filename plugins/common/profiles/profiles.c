@@ -227,6 +227,10 @@ static uint32_t *cache_get(cn_profiles *p, const cn_batch *b, prof_task *t)
     p->used_slots++;
     uint32_t *map = p->sig_pool + p->pool_len;
     memset(map, 0xff, b->n_strings * sizeof *map);
+    /* Every frame of a new map is looked up by its key: fetch the batch's keys (cold, 8 bytes a
+     * string) all at once rather than one miss at a time. */
+    for (size_t k = 0; k < b->n_strings; k += 64 / sizeof *b->string_keys)
+        __builtin_prefetch(b->string_keys + k);
     p->pool_len += b->n_strings;
 
     const char *instance = b->agent->instance ? b->agent->instance : "";
@@ -315,6 +319,8 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
     cache_reset(p);
     prof_task *t = NULL;
     const char *task_str = NULL, *seg_str = NULL;
+    const cn_batch *seg_batch = NULL; /* seg_str is string seg_idx of seg_batch */
+    uint32_t seg_idx = 0;
     prof_segment *seg = NULL;
     int64_t added = 0, truncated = 0, dropped = 0;
     const cn_batch *map_batch = NULL;
@@ -350,25 +356,21 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             dropped++;
             continue;
         }
-        /* Refs come grouped by segment: compare with the last one before any lookup. */
-        const char *sid = cn_ref_segment(r);
-        if (!seg_str || (sid != seg_str && strcmp(sid, seg_str) != 0)) {
-            seg = segment_get(p, t, sid);
-            seg_str = sid;
+        /* Refs come grouped by segment: compare with the last one before any lookup, by string
+         * index while in the same batch (its string pointers are one more cold line). */
+        if (!seg_str || r->batch != seg_batch || r->snap->segment != seg_idx) {
+            const char *sid = cn_ref_segment(r);
+            if (!seg_str || (sid != seg_str && strcmp(sid, seg_str) != 0)) {
+                seg = segment_get(p, t, sid);
+                seg_str = sid;
+            }
+            seg_batch = r->batch;
+            seg_idx = r->snap->segment;
         }
         if (r->batch != map_batch || t != map_task) {
             map = cache_get(p, r->batch, t);
             map_batch = r->batch;
             map_task = t;
-        }
-        /* Interning reads each new string once, and in the collector that read was a cache miss
-         * (strlen in cn_calltree_intern was a tenth of the process's CPU): fetch the strings a
-         * snapshot two ahead will intern, whose frame indices were fetched two refs ago. */
-        if (map && i + 2 < chunk->n && chunk->refs[i + 2].batch == r->batch) {
-            const cn_snapshot *ahead = chunk->refs[i + 2].snap;
-            for (size_t f = 0; f < ahead->n_frames; f++)
-                if (map[ahead->frames[f]] == SIG_UNSET)
-                    __builtin_prefetch(r->batch->strings[ahead->frames[f]]);
         }
         const cn_snapshot *snap = r->snap;
         size_t nf = snap->n_frames;
@@ -397,7 +399,11 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             uint32_t idx = snap->frames[f];
             uint32_t sig = map ? map[idx] : SIG_UNSET;
             if (sig == SIG_UNSET) {
-                sig = cn_calltree_intern(t->tree, r->batch->strings[idx]);
+                /* By the key alone: the batch's string pointers are one more cold line. */
+                uint64_t key = r->batch->string_keys[idx];
+                sig = cn_calltree_find_key(t->tree, key);
+                if (sig == CN_CALLTREE_NONE)
+                    sig = cn_calltree_intern_key(t->tree, key, r->batch->strings[idx]);
                 if (sig == CN_CALLTREE_NONE)
                     sig = SIG_FAILED;
                 if (map)

@@ -154,7 +154,8 @@ static int add_snapshot(pyro_ctx *p, pyro_profile *prof, const cn_snap_ref *ref)
         p->cap_sigs = cap;
     }
     for (size_t i = 0; i < n; i++)
-        p->sigs[i] = cn_calltree_intern(prof->tree, cn_ref_frame(ref, i)); /* NONE: cut there, counted */
+        p->sigs[i] = cn_calltree_intern_key(prof->tree, cn_ref_frame_key(ref, i),
+                                            cn_ref_frame(ref, i)); /* NONE: cut there, counted */
     cn_calltree_run *run = run_get(prof, cn_ref_segment(ref));
     if (cn_calltree_add(prof->tree, p->sigs, n, run, ref->snap->sequence, ref->snap->time_ms) != 0)
         cn_metric_inc(p->m_truncated);

@@ -12,6 +12,7 @@
 #include <zlib.h>
 #include <cmocka.h>
 
+#include "canopy/string_key.h"
 #include "profiles/calltree.h"
 #include "pprof/profile.pb-c.h"
 
@@ -391,10 +392,28 @@ static void test_clone(void **state)
     cn_calltree_free(t);
 }
 
+/* A signature interned by its key (a batch's string_keys) is the one interned by its text. */
+static void test_intern_by_key(void **state)
+{
+    (void)state;
+    cn_calltree *t = cn_calltree_new(100);
+    assert_non_null(t);
+    const char *a = "app.py.main: 1", *b = "app.py.handle: 20";
+    uint32_t ia = cn_calltree_intern(t, a);
+    assert_int_equal(cn_calltree_intern_key(t, cn_string_key(a, strlen(a)), a), ia);
+    uint32_t ib = cn_calltree_intern_key(t, cn_string_key(b, strlen(b)), b);
+    assert_int_not_equal(ib, ia);
+    assert_int_equal(cn_calltree_intern(t, b), ib);
+    assert_string_equal(cn_calltree_sig(t, ib), b);
+    assert_int_equal(cn_calltree_sig_count(t), 2);
+    cn_calltree_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts_and_durations),
+        cmocka_unit_test(test_intern_by_key),
         cmocka_unit_test(test_same_signature_other_parent),
         cmocka_unit_test(test_node_limit),
         cmocka_unit_test(test_presized_grows),
