@@ -70,8 +70,9 @@ static const cn_option service_options[] = {
      "Batches waiting at each pipeline's input; when full, agents get a retryable 'overloaded' reply.",
      .min = 1, .max = 1000000},
     {CN_OPT_SIZE, "memory_limit", "16MiB", offsetof(cn_service_settings, memory_limit),
-     "Most memory decoded batches may hold (queued, merging, exporting). Past it, agents get a retryable "
-     "'overloaded' reply and resend later, so a slow exporter slows intake instead of growing the process.",
+     "Most memory decoded batches may hold (queued, merging, exporting). Within a fifth of it the nng receiver "
+     "pauses, taking no request for up to 250 ms; past it, agents get a retryable 'overloaded' reply and resend "
+     "later. A slow exporter slows intake instead of growing the process.",
      .min = 1 << 20, .max = 1LL << 40},
     {CN_OPT_MAP, "telemetry", NULL, offsetof(cn_service_settings, telemetry), "The collector's own telemetry.",
      .sub = (const cn_option[]){

@@ -67,6 +67,17 @@ typedef enum cn_submit_result {
  * it. Never blocks on exporters. The caller keeps its own reference.
  */
 cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch);
+/*
+ * True while the service's decoded batches are within a fifth of memory_limit,
+ * past which cn_receiver_submit refuses. A receiver that can stop reading (a socket
+ * it takes requests from) waits a little before taking the next one, as
+ * Fluent Bit pauses an input at mem_buf_limit: its peers' requests then wait
+ * in the transport instead of being decoded only to be refused, resent after
+ * a back-off, and decoded again. It should not wait forever: past a bound it
+ * takes the request and answers what submit says, so a stuck exporter still
+ * gets its peers a clear 'overloaded'.
+ */
+bool cn_receiver_intake_paused(cn_component *receiver);
 
 /* Processors pass chunks on through an emitter; ownership of the chunk moves. */
 typedef struct cn_emitter {

@@ -113,10 +113,8 @@ static int nng_start(void *ctx, cn_component *self)
         return -1;
     }
     nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
-    for (size_t i = 0; i < rx->n_workers; i++) {
-        rx->workers[i].state = WORKER_RECV;
-        nng_ctx_recv(rx->workers[i].ctx, rx->workers[i].aio);
-    }
+    for (size_t i = 0; i < rx->n_workers; i++)
+        nngrx_start_worker(&rx->workers[i]);
     return 0;
 }
 

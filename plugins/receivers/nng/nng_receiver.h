@@ -40,13 +40,15 @@ typedef struct conn_state {
     atomic_bool abandoned; /* set when nngrx_close_socket gave up: callbacks do nothing */
 } conn_state;
 
-typedef enum worker_state { WORKER_RECV, WORKER_SEND } worker_state;
+/* WORKER_PAUSE: waiting out the service's memory_limit before taking a request (rep.c). */
+typedef enum worker_state { WORKER_RECV, WORKER_SEND, WORKER_PAUSE } worker_state;
 
 typedef struct rep_worker {
     nng_receiver *rx;
     nng_ctx ctx;
     nng_aio *aio;
     worker_state state;
+    int64_t paused_ms; /* how long this context has waited for memory before its next request */
     bool ctx_open;
     /* The connection of the request being answered (nng_pipe id); read by the timer too. */
     _Atomic uint32_t pipe_id;
@@ -122,6 +124,7 @@ struct nng_receiver {
     cn_metric *refused[N_REASONS];
     cn_metric *limit_exceeded[N_LIMITS];
     cn_metric *reply_timeouts;
+    cn_metric *intake_pauses; /* rep.c: times a context waited for memory_limit before a request */
     /* One per reason and per limit: a flood of one kind must not hide the others. */
     cn_ratelimit refuse_log[N_REASONS];
     cn_ratelimit limit_log[N_LIMITS];
@@ -151,6 +154,7 @@ conn_state *nngrx_conns_new(nng_receiver *rx);
 void nngrx_conns_free(conn_state *cs);
 
 /* rep.c */
+void nngrx_start_worker(rep_worker *w);
 void nngrx_worker_cb(void *arg);
 void nngrx_reap_slow_readers(nng_receiver *rx);
 

@@ -253,6 +253,10 @@ static void make_metrics(nng_receiver *rx)
     rx->reply_timeouts = cn_counter("canopy_receiver_reply_timeouts_total",
                                     "Connections closed because they did not take a reply within reply_timeout.",
                                     labels);
+    rx->intake_pauses = cn_counter("canopy_receiver_intake_pauses_total",
+                                   "Times a context waited before taking a request because the service was over "
+                                   "memory_limit (up to 250 ms each; the requests wait in their connections).",
+                                   labels);
     rx->accepted_batches =
         cn_counter("canopy_receiver_accepted_batches_total", "Batches acked into the pipelines.", labels);
     rx->accepted_snapshots = cn_counter("canopy_receiver_accepted_snapshots_total",

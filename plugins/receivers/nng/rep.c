@@ -25,10 +25,47 @@ static void close_slow_reader(nng_receiver *rx, nng_pipe p)
         nng_pipe_close(p);
 }
 
+/*
+ * While the service is over memory_limit a context waits before it takes a
+ * request, PAUSE_STEP_MS at a time: the agents' requests wait in their
+ * connections (nng reads no more from a pipe whose request nobody took), and
+ * nothing is decoded only to be refused. Under a load the exporters can carry
+ * the pause lasts a few ms; past PAUSE_MAX_MS (an exporter stuck, no spool)
+ * the context takes the request and refuses it 'overloaded' as before, so the
+ * agents hear why long before their own attempt timeouts.
+ */
+enum { PAUSE_STEP_MS = 5, PAUSE_MAX_MS = 250 };
+
+static void take_next_request(rep_worker *w)
+{
+    if (w->paused_ms < PAUSE_MAX_MS && cn_receiver_intake_paused(w->rx->self)) {
+        if (w->paused_ms == 0)
+            cn_metric_inc(w->rx->intake_pauses);
+        w->state = WORKER_PAUSE;
+        w->paused_ms += PAUSE_STEP_MS;
+        nng_sleep_aio(PAUSE_STEP_MS, w->aio);
+        return;
+    }
+    w->paused_ms = 0;
+    w->state = WORKER_RECV;
+    nng_ctx_recv(w->ctx, w->aio);
+}
+
+void nngrx_start_worker(rep_worker *w)
+{
+    w->paused_ms = 0;
+    take_next_request(w);
+}
+
 void nngrx_worker_cb(void *arg)
 {
     rep_worker *w = arg;
     int rv = nng_aio_result(w->aio);
+    if (w->state == WORKER_PAUSE) {
+        if (rv == 0)
+            take_next_request(w); /* the wait is over, or it waits another step */
+        return;                   /* cancelled: stopping */
+    }
     if (w->state == WORKER_SEND) {
         if (rv != 0) {
             /* The agent went away before the reply; it will resend and be deduplicated. */
@@ -57,8 +94,7 @@ void nngrx_worker_cb(void *arg)
     } else if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) {
         return; /* stopping */
     }
-    w->state = WORKER_RECV;
-    nng_ctx_recv(w->ctx, w->aio);
+    take_next_request(w);
 }
 
 /* Closes the connections of replies pending longer than reply_timeout. */
