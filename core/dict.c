@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "canopy/dict.h"
+#include "canopy/string_key.h"
 
 typedef struct dict_slot {
     char *key; /* NULL: empty; TOMBSTONE: deleted */
@@ -20,20 +21,8 @@ struct cn_dict {
 static char tombstone_marker;
 #define TOMBSTONE (&tombstone_marker)
 
-/* FNV-1a, then a finalizer so the low bits used for indexing are well mixed. */
-uint64_t cn_hash_bytes(const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 1099511628211ULL;
-    }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    return h;
-}
+/* Seeded per process, so no client can pick keys that all land in one probe run. */
+uint64_t cn_dict_hash(const char *key) { return cn_string_key(key, strlen(key)); }
 
 cn_dict *cn_dict_new(size_t initial_capacity)
 {
@@ -80,11 +69,13 @@ static dict_slot *find_slot(const cn_dict *d, const char *key, uint64_t hash)
     }
 }
 
-void *cn_dict_get(const cn_dict *d, const char *key)
+void *cn_dict_get_hashed(const cn_dict *d, const char *key, uint64_t hash)
 {
-    dict_slot *s = find_slot(d, key, cn_hash_bytes(key, strlen(key)));
+    dict_slot *s = find_slot(d, key, hash);
     return s ? s->value : NULL;
 }
+
+void *cn_dict_get(const cn_dict *d, const char *key) { return cn_dict_get_hashed(d, key, cn_dict_hash(key)); }
 
 /*
  * Called when keys and tombstones fill 3/4 of the table. It doubles only when
@@ -117,9 +108,8 @@ static int grow(cn_dict *d)
     return 0;
 }
 
-const char *cn_dict_put_key(cn_dict *d, const char *key, void *value)
+const char *cn_dict_put_key_hashed(cn_dict *d, const char *key, uint64_t hash, void *value)
 {
-    uint64_t hash = cn_hash_bytes(key, strlen(key));
     dict_slot *s = find_slot(d, key, hash);
     if (s) {
         s->value = value;
@@ -141,11 +131,18 @@ const char *cn_dict_put_key(cn_dict *d, const char *key, void *value)
     return copy;
 }
 
+const char *cn_dict_put_key(cn_dict *d, const char *key, void *value)
+{
+    return cn_dict_put_key_hashed(d, key, cn_dict_hash(key), value);
+}
+
 int cn_dict_put(cn_dict *d, const char *key, void *value) { return cn_dict_put_key(d, key, value) ? 0 : -1; }
 
-void *cn_dict_remove(cn_dict *d, const char *key)
+void *cn_dict_remove(cn_dict *d, const char *key) { return cn_dict_remove_hashed(d, key, cn_dict_hash(key)); }
+
+void *cn_dict_remove_hashed(cn_dict *d, const char *key, uint64_t hash)
 {
-    dict_slot *s = find_slot(d, key, cn_hash_bytes(key, strlen(key)));
+    dict_slot *s = find_slot(d, key, hash);
     if (!s)
         return NULL;
     void *value = s->value;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "canopy/dict.h"
 #include "canopy/string_key.h"
 #include "decode.h"
 #include "durable.h"
@@ -357,6 +358,61 @@ static int key_cmp(const void *a, const void *b)
 }
 
 /*
+ * cn_dict hashes with string keys, so a batch's key finds what was put by the
+ * string and the other way round; through growth (20,000 keys), removals
+ * (tombstones), reinserts and iteration, which visits each live key once.
+ */
+static void test_dict_batch_keys(void **state)
+{
+    (void)state;
+    cn_dict *d = cn_dict_new(4);
+    assert_non_null(d);
+    enum { N = 20000 };
+    char id[48];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "segment-%08x-%d", (unsigned)i * 2654435761u, i);
+        uint64_t key = cn_string_key(id, strlen(id));
+        assert_int_equal(key, cn_dict_hash(id));
+        const char *copy = (i & 1) ? cn_dict_put_key(d, id, (void *)(intptr_t)(i + 1))
+                                   : cn_dict_put_key_hashed(d, id, key, (void *)(intptr_t)(i + 1));
+        assert_non_null(copy);
+        assert_string_equal(copy, id);
+    }
+    assert_int_equal(cn_dict_size(d), N);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "segment-%08x-%d", (unsigned)i * 2654435761u, i);
+        assert_int_equal((intptr_t)cn_dict_get_hashed(d, id, cn_string_key(id, strlen(id))), i + 1);
+        assert_int_equal((intptr_t)cn_dict_get(d, id), i + 1);
+    }
+    /* Every third key removed, half of them by the map's own copy and its hash. */
+    for (int i = 0; i < N; i += 3) {
+        snprintf(id, sizeof id, "segment-%08x-%d", (unsigned)i * 2654435761u, i);
+        void *v = (i & 1) ? cn_dict_remove(d, id) : cn_dict_remove_hashed(d, id, cn_dict_hash(id));
+        assert_int_equal((intptr_t)v, i + 1);
+        assert_null(cn_dict_get(d, id));
+    }
+    size_t pos = 0, seen = 0;
+    const char *k;
+    void *v;
+    while (cn_dict_next(d, &pos, &k, &v)) {
+        int i = (int)(intptr_t)v - 1;
+        assert_true(i >= 0 && i < N && i % 3 != 0);
+        snprintf(id, sizeof id, "segment-%08x-%d", (unsigned)i * 2654435761u, i);
+        assert_string_equal(k, id);
+        seen++;
+    }
+    assert_int_equal(seen, N - (N + 2) / 3);
+    assert_int_equal(cn_dict_size(d), seen);
+    /* Removed keys come back through the tombstones. */
+    for (int i = 0; i < N; i += 3) {
+        snprintf(id, sizeof id, "segment-%08x-%d", (unsigned)i * 2654435761u, i);
+        assert_non_null(cn_dict_put_key_hashed(d, id, cn_dict_hash(id), (void *)(intptr_t)(i + 1)));
+    }
+    assert_int_equal(cn_dict_size(d), N);
+    cn_dict_free(d, NULL);
+}
+
+/*
  * Keys stand for strings (canopy/string_key.h), so different strings must get
  * different keys: every length around the 8- and 16-byte steps, strings that
  * differ only by zero padding, every single-bit change of a signature, and
@@ -414,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_crc32c),
         cmocka_unit_test(test_string_keys_every_producer),
         cmocka_unit_test(test_string_key_distinct),
+        cmocka_unit_test(test_dict_batch_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -185,5 +185,7 @@ static inline uint64_t cn_ref_frame_key(const cn_snap_ref *r, size_t i)
 {
     return r->batch->string_keys[r->snap->frames[i]];
 }
+/* The segment id's key: its cn_dict hash too (canopy/dict.h). */
+static inline uint64_t cn_ref_segment_key(const cn_snap_ref *r) { return r->batch->string_keys[r->snap->segment]; }
 
 #endif

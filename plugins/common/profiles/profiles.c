@@ -24,6 +24,7 @@ typedef struct prof_segment {
     cn_calltree_run run;
     cn_lru_link lru;  /* on its task's list, least recently seen first */
     const char *id;   /* the task's dict's copy of the key */
+    uint64_t id_hash; /* its cn_dict hash, for the removal */
 } prof_segment;
 
 typedef struct prof_task {
@@ -142,25 +143,27 @@ static void evict_segments(cn_profiles *p, prof_task *t)
     while (evicted < quota && t->seen.oldest) {
         prof_segment *s = CN_LRU_ENTRY(t->seen.oldest, prof_segment, lru);
         cn_lru_unlink(&t->seen, &s->lru);
-        cn_dict_remove(t->segments, s->id);
+        cn_dict_remove_hashed(t->segments, s->id, s->id_hash);
         segment_free(s);
         evicted++;
     }
     cn_metric_add(p->m_evicted_segments, (int64_t)evicted);
 }
 
-static prof_segment *segment_get(cn_profiles *p, prof_task *t, const char *id)
+/* hash: id's cn_dict hash, the batch's key for the string. */
+static prof_segment *segment_get(cn_profiles *p, prof_task *t, const char *id, uint64_t hash)
 {
-    prof_segment *s = cn_dict_get(t->segments, id);
+    prof_segment *s = cn_dict_get_hashed(t->segments, id, hash);
     if (s)
         return s;
     if ((int64_t)cn_dict_size(t->segments) >= t->limits.max_segments)
         evict_segments(p, t);
     s = calloc(1, sizeof *s);
-    if (!s || !(s->id = cn_dict_put_key(t->segments, id, s))) {
+    if (!s || !(s->id = cn_dict_put_key_hashed(t->segments, id, hash, s))) {
         free(s);
         return NULL; /* counted without durations */
     }
+    s->id_hash = hash;
     cn_lru_push(&t->seen, &s->lru);
     t->segments_seen++;
     return s;
@@ -321,6 +324,7 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
     const char *task_str = NULL, *seg_str = NULL;
     const cn_batch *seg_batch = NULL; /* seg_str is string seg_idx of seg_batch */
     uint32_t seg_idx = 0;
+    uint64_t seg_key = 0; /* seg_str's key */
     prof_segment *seg = NULL;
     int64_t added = 0, truncated = 0, dropped = 0;
     const cn_batch *map_batch = NULL;
@@ -357,12 +361,15 @@ void cn_profiles_add_chunk(cn_profiles *p, const cn_chunk *chunk)
             continue;
         }
         /* Refs come grouped by segment: compare with the last one before any lookup, by string
-         * index while in the same batch (its string pointers are one more cold line). */
+         * index while in the same batch (its string pointers are one more cold line), by key
+         * across batches. */
         if (!seg_str || r->batch != seg_batch || r->snap->segment != seg_idx) {
             const char *sid = cn_ref_segment(r);
-            if (!seg_str || (sid != seg_str && strcmp(sid, seg_str) != 0)) {
-                seg = segment_get(p, t, sid);
+            uint64_t key = cn_ref_segment_key(r);
+            if (!seg_str || (sid != seg_str && key != seg_key)) {
+                seg = segment_get(p, t, sid, key);
                 seg_str = sid;
+                seg_key = key;
             }
             seg_batch = r->batch;
             seg_idx = r->snap->segment;

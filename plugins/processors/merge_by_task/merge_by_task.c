@@ -40,6 +40,7 @@ typedef struct merge_segment {
     int64_t last_seen_ms;    /* monotonic */
     cn_lru_link lru;         /* on the task's list by last_seen_ms */
     const char *id;          /* the task's dict's copy of the key */
+    uint64_t id_hash;        /* its cn_dict hash, for the removal */
 } merge_segment;
 
 typedef struct merge_task {
@@ -147,7 +148,7 @@ static void segment_touch(merge_task *t, merge_segment *s, int64_t now)
 static void segment_forget(merge_ctx *m, merge_task *t, merge_segment *s)
 {
     cn_lru_unlink(&t->seen, &s->lru);
-    cn_dict_remove(t->segments, s->id);
+    cn_dict_remove_hashed(t->segments, s->id, s->id_hash);
     segment_free(s);
     cn_metric_add(m->live_segments, -1);
 }
@@ -174,9 +175,10 @@ static void evict_segments(merge_ctx *m, merge_task *t)
     cn_metric_add(m->evicted_segments, (int64_t)evicted);
 }
 
-static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, int64_t now)
+/* hash: id's cn_dict hash, the batch's key for the string. */
+static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, uint64_t hash, int64_t now)
 {
-    merge_segment *s = cn_dict_get(t->segments, id);
+    merge_segment *s = cn_dict_get_hashed(t->segments, id, hash);
     if (s)
         return s;
     if ((int64_t)cn_dict_size(t->segments) >= m->max_segments_per_task) {
@@ -189,10 +191,11 @@ static merge_segment *segment_get(merge_ctx *m, merge_task *t, const char *id, i
             return NULL;
     }
     s = calloc(1, sizeof *s);
-    if (!s || !(s->id = cn_dict_put_key(t->segments, id, s))) {
+    if (!s || !(s->id = cn_dict_put_key_hashed(t->segments, id, hash, s))) {
         free(s);
         return NULL;
     }
+    s->id_hash = hash;
     s->last_seen_ms = now;
     cn_lru_push(&t->seen, &s->lru);
     cn_metric_inc(m->live_segments);
@@ -379,7 +382,7 @@ static void add_refs(merge_ctx *m, const cn_snap_ref *refs, size_t n, int64_t no
         if (m->stamp[si] == gen && m->segment_task[si] == t && m->segment_of[si]) {
             s = m->segment_of[si];
         } else {
-            s = segment_get(m, t, b->strings[si], now);
+            s = segment_get(m, t, b->strings[si], b->string_keys[si], now);
             if (m->stamp[si] != gen) {
                 m->stamp[si] = gen;
                 m->task_of[si] = NULL;
