@@ -82,7 +82,10 @@ static inline bool read_field(reader *r, uint32_t *field, int *wire, reader *len
     *wire = (int)(key & 7);
     if (*wire == WT_LEN) {
         uint64_t n;
-        if (!read_varint(r, &n) || n > (uint64_t)(r->end - r->p))
+        const uint8_t *prefix = r->p;
+        /* protobuf-c reads a length prefix of five bytes at most (scan_length_prefix) and refuses a
+         * longer one, even an overlong encoding of a small length: so do we. */
+        if (!read_varint(r, &n) || r->p - prefix > 5 || n > (uint64_t)(r->end - r->p))
             return false;
         len_field->p = r->p;
         len_field->end = r->p + n;
