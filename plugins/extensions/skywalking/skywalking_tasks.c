@@ -15,30 +15,16 @@
  * Agents' finish reports go the other way, to reportTaskFinish, through a
  * bounded queue that survives OAP outages (retried with backoff).
  *
- * It is one file past 700 lines on purpose: the registry listener, the OAP
- * calls and the thread share one schedule (the per-instance polls and the
- * finish queue under t->lock), and read apart they would each need the
- * others' invariants restated. The OAP client itself is shared code.
+ * This file is the schedule: the registry listener, the thread and the life
+ * cycle, which share the per-instance polls and the finish queue under
+ * t->lock. The calls to the OAP, made by the thread without the lock, are in
+ * skywalking_tasks_oap.c; the OAP client itself is shared code.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "canopy/dict.h"
-#include "skywalking/v3/profile.pb-c.h"
-#include "skywalking/sw_client.h"
-
-#define SW_METHOD_QUERY "/skywalking.v3.ProfileTask/getProfileTaskCommands"
-#define SW_METHOD_FINISH "/skywalking.v3.ProfileTask/reportTaskFinish"
-
-typedef struct sw_tasks_opts {
-    char *exporter;
-    int64_t poll_interval_ms;
-    int64_t max_instances;
-    int64_t finish_queue_size;
-    int64_t finish_max_elapsed_ms;
-    int64_t first_query_wait_ms;
-} sw_tasks_opts;
+#include "skywalking_tasks.h"
 
 static const cn_option sw_tasks_options[] = {
     {.type = CN_OPT_STR, .name = "exporter", .offset = offsetof(sw_tasks_opts, exporter), .required = true,
@@ -61,76 +47,6 @@ static const cn_option sw_tasks_options[] = {
                     "so that it gets the OAP's tasks at once (0: answer from the registry at once)"},
     CN_OPT_END,
 };
-
-typedef struct sw_instance {
-    char *service;
-    char *instance;
-    /*
-     * The lastCommandTime we send for it: the agent's own value at its first
-     * query, then the largest CreateTime the OAP gave us for this instance.
-     * Not the agent's later values: those also count tasks the registry got
-     * on behalf of other instances, and the OAP would then never log this
-     * instance as notified of them.
-     */
-    int64_t cursor;
-    int64_t last_ask_ms;     /* monotonic: the agent's latest query */
-    int64_t last_poll_ms;    /* monotonic: our latest poll for it; 0 = never */
-    bool asked;              /* asked since our latest poll */
-    bool first_poll_done;    /* the OAP answered (or failed) our first poll for it */
-} sw_instance;
-
-typedef struct sw_finish {
-    char *service;
-    char *instance;
-    char *task_id;
-    int attempts;
-    int64_t first_ms;        /* monotonic */
-    int64_t next_ms;         /* monotonic: not before */
-} sw_finish;
-
-/* Work copied out of the lock, done without it. */
-typedef struct sw_poll {
-    char *key;
-    char *service;
-    char *instance;
-    int64_t cursor;
-} sw_poll;
-
-/* The extension's context. */
-typedef struct sw_tasks {
-    sw_tasks_opts opt;       /* first: the options table's offsets are the context's */
-    sw_client client;        /* the named exporter's endpoints, TLS and token */
-    bool client_applied;
-    sw_client *c;            /* &client */
-    cn_component *self;
-    cn_task_registry *reg;
-
-    pthread_mutex_t lock;
-    pthread_cond_t cond;     /* wakes the task thread */
-    pthread_cond_t polled;   /* the task thread finished a round of polls */
-    bool lock_ok, cond_ok, polled_ok;
-    pthread_t thread;
-    bool thread_ok;
-    bool stop;
-
-    cn_dict *instances;      /* "service\x1finstance" -> sw_instance */
-    sw_finish *fq;           /* finish reports waiting, oldest first */
-    size_t fq_n;
-    sw_cancel_slot slot;     /* the thread's in-flight call, cancelled by stop */
-    unsigned seed;           /* rand_r state for retry jitter (task thread only) */
-
-    cn_metric *m_polls;
-    cn_metric *m_poll_errors;
-    cn_metric *m_commands;
-    cn_metric *m_instances;
-    cn_metric *m_instances_refused;
-    cn_metric *m_finish_sent;
-    cn_metric *m_finish_retried;
-    cn_metric *m_finish_dropped;
-    cn_ratelimit rl_poll;
-    cn_ratelimit rl_refused;
-    cn_ratelimit rl_finish;
-} sw_tasks;
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -287,168 +203,6 @@ static void on_finish(void *arg, const char *service, const char *instance, cons
     pthread_mutex_unlock(&t->lock);
 }
 
-/* ---- OAP calls (task thread, no lock held) -------------------------------- */
-
-static int64_t arg_int(const Skywalking__V3__Command *cmd, const char *key, int64_t dflt, bool *bad)
-{
-    for (size_t i = 0; i < cmd->n_args; i++) {
-        const Skywalking__V3__KeyStringValuePair *kv = cmd->args[i];
-        if (kv->key && strcmp(kv->key, key) == 0) {
-            int64_t v;
-            if (cn_parse_int(kv->value, &v) != 0) {
-                *bad = true;
-                return dflt;
-            }
-            return v;
-        }
-    }
-    return dflt;
-}
-
-static char *arg_str(const Skywalking__V3__Command *cmd, const char *key)
-{
-    for (size_t i = 0; i < cmd->n_args; i++) {
-        const Skywalking__V3__KeyStringValuePair *kv = cmd->args[i];
-        if (kv->key && strcmp(kv->key, key) == 0)
-            return kv->value;
-    }
-    return NULL;
-}
-
-/*
- * Adds one ProfileTaskQuery command to the registry. Returns its CreateTime
- * when the registry has the task afterwards (added now or earlier), else -1.
- */
-static int64_t add_command(sw_tasks *t, const sw_poll *p, const Skywalking__V3__Command *cmd)
-{
-    bool bad = false;
-    cn_task task;
-    memset(&task, 0, sizeof task);
-    task.id = arg_str(cmd, "TaskId");
-    task.serial = arg_str(cmd, "SerialNumber");
-    task.endpoint = arg_str(cmd, "EndpointName");
-    task.service = p->service; /* the command does not name it: it is the service we asked for */
-    /* Units as in the SkyWalking protocol: Duration in minutes, the rest ms. */
-    task.duration_ms = arg_int(cmd, "Duration", 0, &bad) * 60000;
-    task.min_duration_ms = arg_int(cmd, "MinDurationThreshold", 0, &bad);
-    task.dump_period_ms = arg_int(cmd, "DumpPeriod", 10, &bad);
-    task.max_sampling_count = arg_int(cmd, "MaxSamplingCount", 5, &bad);
-    task.start_ms = arg_int(cmd, "StartTime", 0, &bad);
-    task.create_ms = arg_int(cmd, "CreateTime", 0, &bad);
-    task.source = CN_TASK_OAP;
-    if (!task.id || !task.id[0] || bad) {
-        cn_log_limited(&t->rl_poll, CN_LOG_WARN, t->c->id,
-                       "task source: ignoring a ProfileTaskQuery command for %s with %s",
-                       p->service, bad ? "a non-numeric argument" : "no TaskId");
-        return -1;
-    }
-    if (task.start_ms == 0)
-        task.start_ms = task.create_ms;
-
-    cn_task have;
-    if (cn_tasks_get(t->reg, task.id, &have) == 0) {
-        cn_task_clear(&have); /* another instance of the service brought it already */
-        return task.create_ms;
-    }
-    char err[256];
-    if (cn_tasks_add(t->reg, &task, err, sizeof err) != 0) {
-        if (cn_tasks_get(t->reg, task.id, &have) == 0) {
-            cn_task_clear(&have); /* lost a race with a concurrent add: fine */
-            return task.create_ms;
-        }
-        cn_log_limited(&t->rl_poll, CN_LOG_WARN, t->c->id,
-                       "task source: the registry refused OAP task %s for %s: %s", task.id, p->service, err);
-        return -1;
-    }
-    cn_metric_inc(t->m_commands);
-    cn_info(t->c->id, "task source: OAP task %s (service %s, endpoint %s, %lld min) is now offered to agents",
-            task.id, p->service, task.endpoint ? task.endpoint : "", (long long)(task.duration_ms / 60000));
-    return task.create_ms;
-}
-
-/* Tries each endpoint once until one answers or refuses for good. */
-static int call_with_failover(sw_tasks *t, const char *method, const ProtobufCMessage *req,
-                              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-                              sw_rpc_status *st, sw_endpoint **ep_out)
-{
-    sw_client *c = t->c;
-    for (size_t i = 0; i < c->n_eps; i++) {
-        sw_endpoint *ep = sw_pick_endpoint(c);
-        *ep_out = ep;
-        int rc = sw_unary(c, ep, method, req, resp_desc, resp, &t->slot, st);
-        sw_endpoint_result(c, ep, st);
-        if (rc == 0 || !sw_status_retryable(st) || st->cancelled_by_us)
-            return rc;
-    }
-    return -1;
-}
-
-/* Returns the new cursor (largest CreateTime now in the registry), or -1. */
-static int64_t poll_instance(sw_tasks *t, const sw_poll *p)
-{
-    Skywalking__V3__ProfileTaskCommandQuery q = SKYWALKING__V3__PROFILE_TASK_COMMAND_QUERY__INIT;
-    q.service = p->service;
-    q.serviceinstance = p->instance;
-    q.lastcommandtime = p->cursor;
-    ProtobufCMessage *resp = NULL;
-    sw_rpc_status st;
-    sw_endpoint *ep = NULL;
-    cn_metric_inc(t->m_polls);
-    if (call_with_failover(t, SW_METHOD_QUERY, &q.base, &skywalking__v3__commands__descriptor, &resp, &st,
-                           &ep) != 0) {
-        if (!st.cancelled_by_us) {
-            cn_metric_inc(t->m_poll_errors);
-            cn_log_limited(&t->rl_poll, CN_LOG_WARN, t->c->id,
-                           "task source: getProfileTaskCommands for %s (%s) at %s failed: %s: %s",
-                           p->instance, p->service, ep ? ep->target : "?", sw_status_name(st.code), st.detail);
-        }
-        return -1;
-    }
-    int64_t cursor = p->cursor;
-    Skywalking__V3__Commands *cmds = (Skywalking__V3__Commands *)resp;
-    for (size_t i = 0; i < cmds->n_commands; i++) {
-        const Skywalking__V3__Command *cmd = cmds->commands[i];
-        if (!cmd->command || strcmp(cmd->command, "ProfileTaskQuery") != 0) {
-            cn_debug(t->c->id, "task source: ignoring OAP command %s", cmd->command ? cmd->command : "?");
-            continue;
-        }
-        int64_t created = add_command(t, p, cmd);
-        if (created > cursor)
-            cursor = created;
-    }
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return cursor;
-}
-
-/* 0: sent; 1: retry later; -1: dropped for good. */
-static int send_finish(sw_tasks *t, const sw_finish *f)
-{
-    Skywalking__V3__ProfileTaskFinishReport r = SKYWALKING__V3__PROFILE_TASK_FINISH_REPORT__INIT;
-    r.service = f->service;
-    r.serviceinstance = f->instance;
-    r.taskid = f->task_id;
-    sw_rpc_status st;
-    sw_endpoint *ep = NULL;
-    if (call_with_failover(t, SW_METHOD_FINISH, &r.base, &skywalking__v3__commands__descriptor, NULL, &st, &ep) == 0) {
-        cn_metric_inc(t->m_finish_sent);
-        cn_debug(t->c->id, "task source: reported task %s finished by %s", f->task_id, f->instance);
-        return 0;
-    }
-    if (st.cancelled_by_us)
-        return 1;
-    if (sw_status_retryable(&st)) {
-        cn_log_limited(&t->rl_finish, CN_LOG_WARN, t->c->id,
-                       "task source: reportTaskFinish (task %s, %s) at %s failed: %s: %s; will retry",
-                       f->task_id, f->instance, ep ? ep->target : "?", sw_status_name(st.code), st.detail);
-        return 1;
-    }
-    cn_log_limited(&t->rl_finish, CN_LOG_ERROR, t->c->id,
-                   "task source: OAP %s refused the finish report of task %s by %s: %s: %s%s",
-                   ep ? ep->target : "?", f->task_id, f->instance, sw_status_name(st.code), st.detail,
-                   st.code == GRPC_STATUS_UNAUTHENTICATED ? " (the OAP refused the authentication token)" : "");
-    return -1;
-}
-
 /* ---- the thread ----------------------------------------------------------- */
 
 /* Waits on `cond` (a CLOCK_MONOTONIC one) with t->lock held, until woken or the deadline. */
@@ -572,13 +326,13 @@ static void *task_thread(void *arg)
 
         int64_t *cursors = n_polls ? calloc(n_polls, sizeof *cursors) : NULL;
         for (size_t i = 0; i < n_polls; i++) {
-            int64_t cur = poll_instance(t, &polls[i]);
+            int64_t cur = sw_tasks_poll_instance(t, &polls[i]);
             if (cursors)
                 cursors[i] = cur;
         }
         int *fin_rc = n_fins ? calloc(n_fins, sizeof *fin_rc) : NULL;
         for (size_t i = 0; i < n_fins; i++) {
-            int rc = send_finish(t, &fins[i]);
+            int rc = sw_tasks_send_finish(t, &fins[i]);
             if (fin_rc)
                 fin_rc[i] = rc;
         }
