@@ -3,7 +3,6 @@
  * through one 64x64->128-bit multiply per 16 bytes (the construction of
  * wyhash), so a 60-byte signature costs a handful of multiplies.
  */
-#include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -13,9 +12,10 @@
 __extension__ typedef unsigned __int128 key_u128;
 
 static uint64_t seed[3];
-static pthread_once_t seed_once = PTHREAD_ONCE_INIT;
 
-static void seed_init(void)
+/* At load, before any thread can ask for a key: nothing to check on the hot path (every string of
+ * every batch, every dict lookup). */
+__attribute__((constructor)) static void seed_init(void)
 {
     if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
         /* No entropy yet (early boot): the clock still differs between processes. */
@@ -44,7 +44,6 @@ static inline uint64_t load64(const char *p)
 
 uint64_t cn_string_key(const char *s, size_t len)
 {
-    pthread_once(&seed_once, seed_init);
     uint64_t h = seed[0] ^ fold_mul((uint64_t)len ^ seed[1], seed[2]);
     size_t i = 0;
     for (; i + 16 <= len; i += 16)

@@ -177,22 +177,18 @@ uint32_t cn_calltree_intern_key(cn_calltree *t, uint64_t key, const char *sig)
     if (t->frozen)
         return CN_CALLTREE_NONE;
     /* The key stands for the string (canopy/string_key.h): sig is read only when it is new. */
-    size_t mask = t->cap_sig_index - 1, i = (size_t)key & mask;
-    for (; t->sig_slot[i]; i = (i + 1) & mask)
-        if (t->sig_key[i] == key)
-            return t->sig_slot[i] - 1;
+    uint32_t id = cn_calltree_find_key(t, key);
+    if (id != CN_CALLTREE_NONE)
+        return id;
     /* A signature only matters as a node; there are never more distinct ones than nodes. */
     if (t->n_sigs >= t->max_nodes + RESERVE(t->max_nodes) || t->n_sigs >= UINT32_MAX - 2)
         return CN_CALLTREE_NONE;
-    if ((t->n_sigs + 1) * 2 > t->cap_sig_index) {
-        if (sig_index_grow(t) != 0)
-            return CN_CALLTREE_NONE;
-        mask = t->cap_sig_index - 1;
-        for (i = (size_t)key & mask; t->sig_slot[i]; i = (i + 1) & mask)
-            ;
-    }
-    uint32_t id = sig_add(t, sig, strlen(sig));
-    if (id == CN_CALLTREE_NONE)
+    if ((t->n_sigs + 1) * 2 > t->cap_sig_index && sig_index_grow(t) != 0)
+        return CN_CALLTREE_NONE;
+    size_t mask = t->cap_sig_index - 1, i = (size_t)key & mask;
+    while (t->sig_slot[i])
+        i = (i + 1) & mask;
+    if ((id = sig_add(t, sig, strlen(sig))) == CN_CALLTREE_NONE)
         return id;
     t->sig_slot[i] = id + 1;
     t->sig_key[i] = key;
