@@ -3,10 +3,12 @@
  * cycle. Validation happens once, here, so that every later stage can index
  * the string table without checks.
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "canopy/batch.h"
 #include "canopy/string_key.h"
@@ -15,6 +17,20 @@
 
 /* Bytes of decoded batches alive anywhere in the process: the memory limiter's input. */
 static _Atomic int64_t live_batch_bytes;
+
+/*
+ * Threads in cn_batch_wait_live_bytes. wake_at_or_below is the highest level
+ * any of them waits for, -1 while none waits: the batch free that brings the
+ * live bytes there wakes them, and every other free costs one load. The
+ * waiter publishes its level before it reads the live bytes, and a free
+ * subtracts before it reads the level (both sequentially consistent), so one
+ * of the two always sees the other: no wake-up is lost.
+ */
+static pthread_mutex_t live_wait_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_wait_cond;
+static pthread_once_t live_wait_once = PTHREAD_ONCE_INIT;
+static size_t live_waiters; /* under live_wait_lock */
+static _Atomic int64_t wake_at_or_below = -1;
 
 static void *arena_pb_alloc(void *data, size_t size) { return cn_arena_alloc(data, size); }
 static void arena_pb_free(void *data, void *ptr)
@@ -205,7 +221,12 @@ void cn_batch_unref(cn_batch *b)
     if (!b)
         return;
     if (atomic_fetch_sub_explicit(&b->refcount, 1, memory_order_acq_rel) == 1) {
-        atomic_fetch_sub_explicit(&live_batch_bytes, (int64_t)b->mem_bytes, memory_order_relaxed);
+        int64_t left = atomic_fetch_sub(&live_batch_bytes, (int64_t)b->mem_bytes) - (int64_t)b->mem_bytes;
+        if (left <= atomic_load(&wake_at_or_below)) {
+            pthread_mutex_lock(&live_wait_lock);
+            pthread_cond_broadcast(&live_wait_cond);
+            pthread_mutex_unlock(&live_wait_lock);
+        }
         if (b->on_release)
             b->on_release(b->release_arg, b->release_token);
         if (b->owner)
@@ -216,6 +237,43 @@ void cn_batch_unref(cn_batch *b)
 }
 
 int64_t cn_batch_live_bytes(void) { return atomic_load_explicit(&live_batch_bytes, memory_order_relaxed); }
+
+static void live_wait_init(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* a wall clock step must not stretch the wait */
+    pthread_cond_init(&live_wait_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+bool cn_batch_wait_live_bytes(int64_t bytes, int64_t timeout_ms)
+{
+    pthread_once(&live_wait_once, live_wait_init);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&live_wait_lock);
+    live_waiters++;
+    if (bytes > atomic_load(&wake_at_or_below))
+        atomic_store(&wake_at_or_below, bytes);
+    bool reached;
+    while (!(reached = atomic_load(&live_batch_bytes) <= bytes))
+        if (pthread_cond_timedwait(&live_wait_cond, &live_wait_lock, &deadline) != 0)
+            break; /* timed out (the only error a valid deadline can give) */
+    if (!reached)
+        reached = atomic_load(&live_batch_bytes) <= bytes;
+    /* A level left above what the remaining waiters need only costs them a spurious wake-up. */
+    if (--live_waiters == 0)
+        atomic_store(&wake_at_or_below, -1);
+    pthread_mutex_unlock(&live_wait_lock);
+    return reached;
+}
 
 static atomic_uint_fast64_t next_chunk_id = 1;
 

@@ -243,15 +243,24 @@ cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch)
     return r;
 }
 
-bool cn_receiver_intake_paused(cn_component *receiver)
+/* A fifth below the limit, as OpenTelemetry's memory_limiter keeps spike_limit (20 % by default) between its soft
+ * and hard limits: the requests the receiver is decoding at that moment fit under the limit. */
+static int64_t intake_resume_level(cn_component *receiver)
 {
     pthread_rwlock_rdlock(&swap_lock); /* receiver->svc moves at a reload */
-    /* A fifth below the limit, as OpenTelemetry's memory_limiter keeps spike_limit (20 % by default) between
-     * its soft and hard limits: the requests the receiver is decoding at that moment fit under the limit. */
     int64_t limit = receiver->svc->settings.memory_limit;
-    bool paused = cn_batch_live_bytes() > limit - limit / 5;
     pthread_rwlock_unlock(&swap_lock);
-    return paused;
+    return limit - limit / 5;
+}
+
+bool cn_receiver_intake_paused(cn_component *receiver)
+{
+    return cn_batch_live_bytes() > intake_resume_level(receiver);
+}
+
+bool cn_receiver_await_intake(cn_component *receiver, int64_t timeout_ms)
+{
+    return cn_batch_wait_live_bytes(intake_resume_level(receiver), timeout_ms);
 }
 
 static cn_submit_result submit(cn_component *receiver, cn_batch *batch)

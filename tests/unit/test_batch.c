@@ -1,4 +1,5 @@
 /* Decoding and validating agent requests. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -457,6 +458,54 @@ static void test_string_key_distinct(void **state)
     free(keys);
 }
 
+/* A thread waiting for the live bytes to fall is woken by the free that gets them there, not by its timeout. */
+typedef struct live_waiter {
+    int64_t level;
+    bool reached;
+    int64_t waited_ms;
+} live_waiter;
+
+static void *wait_live(void *arg)
+{
+    live_waiter *w = arg;
+    int64_t start = cn_mono_ms();
+    w->reached = cn_batch_wait_live_bytes(w->level, 10000);
+    w->waited_ms = cn_mono_ms() - start;
+    return NULL;
+}
+
+static void test_wait_live_bytes(void **state)
+{
+    (void)state;
+    uint8_t *buf;
+    size_t len = test_encode_batch("i-1", 1, two, 2, &buf);
+    int64_t before = cn_batch_live_bytes();
+    /* Already there: no wait. */
+    assert_true(cn_batch_wait_live_bytes(before, 0));
+    cn_batch *b = test_decode_batch(buf, len);
+    int64_t held = cn_batch_live_bytes();
+    assert_true(held > before);
+    /* Not there and nothing freed: the timeout ends the wait. */
+    int64_t start = cn_mono_ms();
+    assert_false(cn_batch_wait_live_bytes(before, 30));
+    assert_true(cn_mono_ms() - start >= 25);
+    /* Two waiters at different levels, both woken by the one free that gets below both. */
+    live_waiter low = {.level = before}, high = {.level = held - 1};
+    pthread_t t1, t2;
+    assert_int_equal(pthread_create(&t1, NULL, wait_live, &low), 0);
+    assert_int_equal(pthread_create(&t2, NULL, wait_live, &high), 0);
+    struct timespec pause = {0, 50 * 1000000};
+    nanosleep(&pause, NULL); /* both are waiting by now, most likely; the test holds either way */
+    cn_batch_unref(b);
+    assert_int_equal(pthread_join(t1, NULL), 0);
+    assert_int_equal(pthread_join(t2, NULL), 0);
+    assert_true(low.reached);
+    assert_true(high.reached);
+    assert_true(low.waited_ms < 10000); /* woken, not timed out */
+    assert_true(high.waited_ms < 10000);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -471,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_string_keys_every_producer),
         cmocka_unit_test(test_string_key_distinct),
         cmocka_unit_test(test_dict_batch_keys),
+        cmocka_unit_test(test_wait_live_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -132,6 +132,11 @@ static inline cn_batch *cn_batch_ref(cn_batch *b)
 void cn_batch_unref(cn_batch *b);
 /* Bytes held by all decoded batches still alive (queued, buffered, exporting). */
 int64_t cn_batch_live_bytes(void);
+/*
+ * Blocks until the live bytes are at most `bytes` or timeout_ms has passed;
+ * true when they are. The batch free that brings them there wakes the waiter.
+ */
+bool cn_batch_wait_live_bytes(int64_t bytes, int64_t timeout_ms);
 
 static inline const char *cn_batch_str(const cn_batch *b, uint32_t idx) { return b->strings[idx]; }
 

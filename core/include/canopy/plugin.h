@@ -78,6 +78,12 @@ cn_submit_result cn_receiver_submit(cn_component *receiver, cn_batch *batch);
  * gets its peers a clear 'overloaded'.
  */
 bool cn_receiver_intake_paused(cn_component *receiver);
+/*
+ * Blocks up to timeout_ms until intake is no longer paused; true when it is
+ * not. The batch free that ends the pause wakes the caller: a paused receiver
+ * waits on this (on a thread of its own) rather than polling with a timer.
+ */
+bool cn_receiver_await_intake(cn_component *receiver, int64_t timeout_ms);
 
 /* Processors pass chunks on through an emitter; ownership of the chunk moves. */
 typedef struct cn_emitter {

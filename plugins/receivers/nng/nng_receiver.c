@@ -113,6 +113,10 @@ static int nng_start(void *ctx, cn_component *self)
         return -1;
     }
     nng_sleep_aio(STATS_INTERVAL_MS, rx->stats_aio);
+    if (nngrx_start_resumer(rx) != 0) {
+        cn_error(cn_component_id(self), "cannot start the thread that resumes intake after memory_limit pauses");
+        return -1;
+    }
     for (size_t i = 0; i < rx->n_workers; i++)
         nngrx_start_worker(&rx->workers[i]);
     return 0;
@@ -131,6 +135,7 @@ static void nng_stop(void *ctx)
         }
     }
     /* The service already refuses new batches (SHUTTING_DOWN replies); stop the workers. */
+    nngrx_stop_resumer(rx);
     for (size_t i = 0; i < rx->n_workers; i++)
         if (rx->workers[i].aio)
             nng_aio_stop(rx->workers[i].aio);
@@ -163,6 +168,7 @@ static void nng_destroy(void *ctx)
     if (!rx->close_abandoned) {
         free(rx->workers);
         nngrx_conns_free(rx->conns);
+        nngrx_free_resumer(rx);
     }
     rx->workers = NULL;
     rx->n_workers = 0;

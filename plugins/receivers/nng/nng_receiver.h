@@ -3,7 +3,7 @@
  *   nng_receiver.c    options, start, stop, destroy
  *   listeners.c       listen/tls checks, the TLS config, starting listeners
  *   conns.c           max_connections, connections nng never releases
- *   rep.c             the REP context state machine, slow readers
+ *   rep.c             the REP context state machine, pauses at memory_limit, slow readers
  *   protocol.c        a Request's bytes in, a Reply's bytes out (no sockets)
  *   command_query.c   tasks as ProfileTaskQuery commands
  *   listener_stats.c  the timer: transport errors, evicted sessions
@@ -40,7 +40,7 @@ typedef struct conn_state {
     atomic_bool abandoned; /* set when nngrx_close_socket gave up: callbacks do nothing */
 } conn_state;
 
-/* WORKER_PAUSE: waiting out the service's memory_limit before taking a request (rep.c). */
+/* WORKER_PAUSE: parked, waiting out the service's memory_limit before taking a request (rep.c). */
 typedef enum worker_state { WORKER_RECV, WORKER_SEND, WORKER_PAUSE } worker_state;
 
 typedef struct rep_worker {
@@ -48,7 +48,9 @@ typedef struct rep_worker {
     nng_ctx ctx;
     nng_aio *aio;
     worker_state state;
-    int64_t paused_ms; /* how long this context has waited for memory before its next request */
+    /* While parked (WORKER_PAUSE), under the receiver's park_lock: */
+    struct rep_worker *next_parked;
+    int64_t parked_since_ms; /* monotonic */
     bool ctx_open;
     /* The connection of the request being answered (nng_pipe id); read by the timer too. */
     _Atomic uint32_t pipe_id;
@@ -125,6 +127,12 @@ struct nng_receiver {
     cn_metric *limit_exceeded[N_LIMITS];
     cn_metric *reply_timeouts;
     cn_metric *intake_pauses; /* rep.c: times a context waited for memory_limit before a request */
+    /* rep.c: contexts parked at memory_limit, and the thread that sends them back to work */
+    pthread_mutex_t park_lock;
+    pthread_cond_t park_cond;
+    rep_worker *parked;
+    bool park_ready, resumer_started, resumer_stop;
+    pthread_t resumer;
     /* One per reason and per limit: a flood of one kind must not hide the others. */
     cn_ratelimit refuse_log[N_REASONS];
     cn_ratelimit limit_log[N_LIMITS];
@@ -154,6 +162,9 @@ conn_state *nngrx_conns_new(nng_receiver *rx);
 void nngrx_conns_free(conn_state *cs);
 
 /* rep.c */
+int nngrx_start_resumer(nng_receiver *rx);
+void nngrx_stop_resumer(nng_receiver *rx); /* before the workers' aios stop */
+void nngrx_free_resumer(nng_receiver *rx);  /* after */
 void nngrx_start_worker(rep_worker *w);
 void nngrx_worker_cb(void *arg);
 void nngrx_reap_slow_readers(nng_receiver *rx);
