@@ -283,6 +283,31 @@ static decode_result decode_snapshot(reader r, region *frame_region, Canopy__V1_
              * branch on the length mispredicts half the time; decode both without
              * one. A longer id leaves the rest to read_varint. */
             const uint8_t *p = f.p;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* Eight bytes at a time: the bytes without a continuation bit end the ids, so the ids
+             * in a word are found from its bits, and the next word's address waits on one sum per
+             * word, not on a load per id (that chain was half of the decoder's time). */
+            while (f.end - p >= 8 && room - filled >= 8) {
+                uint64_t w;
+                memcpy(&w, p, sizeof w);
+                uint64_t ends = ~w & 0x8080808080808080ULL;
+                unsigned start = 0; /* byte where the next id starts */
+                bool longer = false;
+                for (; ends; ends &= ends - 1) {
+                    unsigned last = (unsigned)__builtin_ctzll(ends) >> 3;
+                    if (last - start > 1) {
+                        longer = true; /* three bytes or more */
+                        break;
+                    }
+                    uint32_t low = (uint32_t)(w >> (8 * start)) & 0x7F, high = (uint32_t)(w >> (8 * last)) & 0x7F;
+                    frames[filled++] = low | ((high << 7) & (0u - (last - start)));
+                    start = last + 1;
+                }
+                p += start;
+                if (longer || start == 0)
+                    break;
+            }
+#endif
             while (f.end - p >= 2 && filled < room) {
                 uint32_t b0 = p[0], b1 = p[1], two = b0 >> 7;
                 if (two & (b1 >> 7))

@@ -22,16 +22,23 @@
  */
 #define PRESIZE_NODES 32768
 
+/*
+ * A child table slot: (parent + 1, signature) -> node + 1, where node1 0 is
+ * empty. Key and value side by side: with them in two arrays, each probe of
+ * a table bigger than the cache missed twice (key, then value).
+ */
+typedef struct child_slot {
+    uint32_t parent1, sig, node1;
+} child_slot;
+
 struct cn_calltree {
     size_t max_nodes;
     bool frozen; /* a clone: read only */
     cn_calltree_node *nodes;
     size_t n_nodes, cap_nodes;
     uint32_t first_root;
-    /* child table: key (parent + 1) << 32 | sig, value node id; 0 keys are empty */
-    uint64_t *keys;
-    uint32_t *vals;
-    size_t cap_table; /* power of two */
+    child_slot *table; /* the child table */
+    size_t cap_table;  /* power of two */
     /* signatures */
     /* signature index: open addressing of (string key, id + 1); 0 ids are empty */
     uint64_t *sig_key;
@@ -59,6 +66,14 @@ void cn_calltree_run_clear(cn_calltree_run *r)
     memset(r, 0, sizeof *r);
 }
 
+void cn_calltree_run_reset(cn_calltree_run *r)
+{
+    r->valid = false;
+    r->last_seq = 0;
+    r->last_time_ms = 0;
+    r->n_path = 0;
+}
+
 cn_calltree *cn_calltree_new(size_t max_nodes) { return cn_calltree_new_presized(max_nodes, PRESIZE_NODES); }
 
 cn_calltree *cn_calltree_new_presized(size_t max_nodes, size_t presize)
@@ -77,13 +92,12 @@ cn_calltree *cn_calltree_new_presized(size_t max_nodes, size_t presize)
     while (t->cap_table < 2 * t->cap_nodes)
         t->cap_table *= 2;
     t->nodes = malloc(t->cap_nodes * sizeof *t->nodes);
-    t->keys = calloc(t->cap_table, sizeof *t->keys);
-    t->vals = malloc(t->cap_table * sizeof *t->vals);
+    t->table = calloc(t->cap_table, sizeof *t->table);
     t->cap_sig_index = 256;
     t->sig_key = malloc(t->cap_sig_index * sizeof *t->sig_key);
     t->sig_slot = calloc(t->cap_sig_index, sizeof *t->sig_slot);
     t->arena = cn_arena_new(16 * 1024);
-    if (!t->nodes || !t->keys || !t->vals || !t->sig_key || !t->sig_slot || !t->arena) {
+    if (!t->nodes || !t->table || !t->sig_key || !t->sig_slot || !t->arena) {
         cn_calltree_free(t);
         return NULL;
     }
@@ -95,8 +109,7 @@ void cn_calltree_free(cn_calltree *t)
     if (!t)
         return;
     free(t->nodes);
-    free(t->keys);
-    free(t->vals);
+    free(t->table);
     free(t->sig_key);
     free(t->sig_slot);
     free(t->sig_len);
@@ -195,14 +208,10 @@ uint32_t cn_calltree_intern_key(cn_calltree *t, uint64_t key, const char *sig)
     return id;
 }
 
-static inline uint64_t child_key(uint32_t parent, uint32_t sig)
+/* A full 64-bit mix of (parent + 1, sig): both must reach the low bits used. */
+static inline size_t child_slot_index(uint32_t parent1, uint32_t sig, size_t mask)
 {
-    return ((uint64_t)(parent + 1u) << 32 | sig) + 1; /* + 1: parent NONE wraps to 0, and 0 means empty */
-}
-
-/* A full 64-bit mix: both halves of the key (parent, signature) must reach the low bits used. */
-static inline size_t key_slot(uint64_t key, size_t mask)
-{
+    uint64_t key = (uint64_t)parent1 << 32 | sig;
     key ^= key >> 31;
     key *= 0x7FB5D329728EA185ULL;
     key ^= key >> 27;
@@ -214,26 +223,20 @@ static inline size_t key_slot(uint64_t key, size_t mask)
 static int table_grow(cn_calltree *t)
 {
     size_t cap = t->cap_table * 2;
-    uint64_t *keys = calloc(cap, sizeof *keys);
-    uint32_t *vals = malloc(cap * sizeof *vals);
-    if (!keys || !vals) {
-        free(keys);
-        free(vals);
+    child_slot *table = calloc(cap, sizeof *table);
+    if (!table)
         return -1;
-    }
     for (size_t i = 0; i < t->cap_table; i++) {
-        if (!t->keys[i])
+        const child_slot *s = &t->table[i];
+        if (!s->node1)
             continue;
-        size_t j = key_slot(t->keys[i], cap - 1);
-        while (keys[j])
+        size_t j = child_slot_index(s->parent1, s->sig, cap - 1);
+        while (table[j].node1)
             j = (j + 1) & (cap - 1);
-        keys[j] = t->keys[i];
-        vals[j] = t->vals[i];
+        table[j] = *s;
     }
-    free(t->keys);
-    free(t->vals);
-    t->keys = keys;
-    t->vals = vals;
+    free(t->table);
+    t->table = table;
     t->cap_table = cap;
     return 0;
 }
@@ -241,21 +244,19 @@ static int table_grow(cn_calltree *t)
 /* The child of parent with signature sig, created when missing and allowed (limit = most nodes). */
 static uint32_t child_get(cn_calltree *t, uint32_t parent, uint32_t sig, size_t limit)
 {
-    uint64_t key = child_key(parent, sig);
-    size_t mask = t->cap_table - 1, i = key_slot(key, mask);
-    while (t->keys[i]) {
-        if (t->keys[i] == key)
-            return t->vals[i];
-        i = (i + 1) & mask;
-    }
+    uint32_t parent1 = parent + 1u; /* CN_CALLTREE_NONE (a root) wraps to 0 */
+    size_t mask = t->cap_table - 1, i = child_slot_index(parent1, sig, mask);
+    for (; t->table[i].node1; i = (i + 1) & mask)
+        if (t->table[i].parent1 == parent1 && t->table[i].sig == sig)
+            return t->table[i].node1 - 1;
     if (t->n_nodes >= limit)
         return CN_CALLTREE_NONE;
     if ((t->n_nodes + 1) * 2 > t->cap_table) {
         if (table_grow(t) != 0)
             return CN_CALLTREE_NONE;
         mask = t->cap_table - 1;
-        i = key_slot(key, mask);
-        while (t->keys[i])
+        i = child_slot_index(parent1, sig, mask);
+        while (t->table[i].node1)
             i = (i + 1) & mask;
     }
     if (t->n_nodes == t->cap_nodes) {
@@ -277,8 +278,7 @@ static uint32_t child_get(cn_calltree *t, uint32_t parent, uint32_t sig, size_t 
         n->next_sibling = t->nodes[parent].first_child;
         t->nodes[parent].first_child = id;
     }
-    t->keys[i] = key;
-    t->vals[i] = id;
+    t->table[i] = (child_slot){parent1, sig, id + 1};
     return id;
 }
 
@@ -468,7 +468,7 @@ int64_t cn_calltree_truncated(const cn_calltree *t) { return t->truncated; }
 
 size_t cn_calltree_bytes(const cn_calltree *t)
 {
-    return sizeof *t + t->cap_nodes * sizeof *t->nodes + t->cap_table * (sizeof *t->keys + sizeof *t->vals) +
+    return sizeof *t + t->cap_nodes * sizeof *t->nodes + t->cap_table * sizeof *t->table +
            t->cap_sigs * (sizeof *t->sigs + sizeof *t->sig_len) +
            t->cap_sig_index * (sizeof *t->sig_key + sizeof *t->sig_slot) + t->sig_bytes + t->n_sigs * 16;
 }

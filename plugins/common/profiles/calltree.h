@@ -66,6 +66,8 @@ typedef struct cn_calltree_run {
 } cn_calltree_run;
 
 void cn_calltree_run_clear(cn_calltree_run *r);
+/* Empties the run for another segment (of any tree), keeping its buffers. */
+void cn_calltree_run_reset(cn_calltree_run *r);
 
 /* max_nodes: most nodes, not counting a small reserve for "[truncated]" nodes. */
 cn_calltree *cn_calltree_new(size_t max_nodes);

@@ -22,10 +22,19 @@
 
 typedef struct prof_segment {
     cn_calltree_run run;
-    cn_lru_link lru;  /* on its task's list, least recently seen first */
+    cn_lru_link lru;  /* on its task's list, least recently seen first; links the spares */
     const char *id;   /* the task's dict's copy of the key */
     uint64_t id_hash; /* its cn_dict hash, for the removal */
 } prof_segment;
+
+/*
+ * Segments forgotten at max_segments are kept, with their runs' buffers, for
+ * the next new ones: a request is a new segment every few snapshots, and its
+ * allocations (the segment, its run's path and signatures) were a tenth of
+ * the live exporter's time. Evictions free a tenth of max_segments at once,
+ * so this many spares cover them at the default max_segments.
+ */
+#define SPARE_SEGMENTS 128
 
 typedef struct prof_task {
     char *id;
@@ -59,6 +68,8 @@ struct cn_profiles {
     size_t pool_len, pool_cap;
     uint32_t *frames; /* signatures of the snapshot being added */
     size_t cap_frames;
+    cn_lru_link *spare; /* forgotten segments for reuse, linked through lru.newer */
+    size_t n_spare;
     cn_metric *m_tasks, *m_nodes, *m_snapshots, *m_truncated, *m_dropped, *m_evicted_tasks, *m_evicted_segments,
         *m_agents_over;
     cn_ratelimit drop_log;
@@ -136,6 +147,31 @@ static prof_task *task_get(cn_profiles *p, const char *id)
     return t;
 }
 
+/* Keeps a forgotten segment (whose key its task's dict no longer holds) for reuse, up to SPARE_SEGMENTS. */
+static void segment_retire(cn_profiles *p, prof_segment *s)
+{
+    if (p->n_spare >= SPARE_SEGMENTS) {
+        segment_free(s);
+        return;
+    }
+    cn_calltree_run_reset(&s->run);
+    s->id = NULL;
+    s->lru.newer = p->spare;
+    p->spare = &s->lru;
+    p->n_spare++;
+}
+
+static prof_segment *segment_new(cn_profiles *p)
+{
+    if (!p->spare)
+        return calloc(1, sizeof(prof_segment));
+    prof_segment *s = CN_LRU_ENTRY(p->spare, prof_segment, lru);
+    p->spare = s->lru.newer;
+    p->n_spare--;
+    s->lru = (cn_lru_link){0};
+    return s;
+}
+
 /* At max_segments, the least recently seen tenth is forgotten: only their duration runs are lost. */
 static void evict_segments(cn_profiles *p, prof_task *t)
 {
@@ -144,7 +180,7 @@ static void evict_segments(cn_profiles *p, prof_task *t)
         prof_segment *s = CN_LRU_ENTRY(t->seen.oldest, prof_segment, lru);
         cn_lru_unlink(&t->seen, &s->lru);
         cn_dict_remove_hashed(t->segments, s->id, s->id_hash);
-        segment_free(s);
+        segment_retire(p, s);
         evicted++;
     }
     cn_metric_add(p->m_evicted_segments, (int64_t)evicted);
@@ -158,10 +194,11 @@ static prof_segment *segment_get(cn_profiles *p, prof_task *t, const char *id, u
         return s;
     if ((int64_t)cn_dict_size(t->segments) >= t->limits.max_segments)
         evict_segments(p, t);
-    s = calloc(1, sizeof *s);
-    if (!s || !(s->id = cn_dict_put_key_hashed(t->segments, id, hash, s))) {
-        free(s);
+    if (!(s = segment_new(p)))
         return NULL; /* counted without durations */
+    if (!(s->id = cn_dict_put_key_hashed(t->segments, id, hash, s))) {
+        segment_retire(p, s);
+        return NULL;
     }
     s->id_hash = hash;
     cn_lru_push(&t->seen, &s->lru);
@@ -293,6 +330,11 @@ void cn_profiles_free(cn_profiles *p)
         task_free(t);
     }
     cn_dict_free(p->tasks, NULL);
+    while (p->spare) {
+        prof_segment *s = CN_LRU_ENTRY(p->spare, prof_segment, lru);
+        p->spare = s->lru.newer;
+        segment_free(s);
+    }
     free(p->slots);
     free(p->sig_pool);
     free(p->frames);
