@@ -250,14 +250,7 @@ static void live_wait_init(void)
 bool cn_batch_wait_live_bytes(int64_t bytes, int64_t timeout_ms)
 {
     pthread_once(&live_wait_once, live_wait_init);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
+    struct timespec deadline = cn_deadline_after(CLOCK_MONOTONIC, timeout_ms);
     pthread_mutex_lock(&live_wait_lock);
     live_waiters++;
     if (bytes > atomic_load(&wake_at_or_below))

@@ -21,4 +21,17 @@ int64_t cn_mono_ns(void)
 
 int64_t cn_mono_ms(void) { return cn_mono_ns() / 1000000; }
 
+struct timespec cn_deadline_after(clockid_t clock, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 char *cn_strdup(const char *s) { return s ? strdup(s) : NULL; }

@@ -184,17 +184,8 @@ void cn_exporter_runtime_join(cn_component *c, int64_t deadline_mono_ms)
     atomic_store(&shutdown_deadline_ms, deadline_mono_ms);
     if (c->rt && c->rt->thread_started) {
         /* Wait until the deadline; then a plugin stuck in a remote call is told to abort it. */
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
         int64_t left = deadline_mono_ms - cn_mono_ms();
-        if (left < 0)
-            left = 0;
-        until.tv_sec += left / 1000;
-        until.tv_nsec += (left % 1000) * 1000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
+        struct timespec until = cn_deadline_after(CLOCK_REALTIME, left > 0 ? left : 0); /* pthread_timedjoin_np's clock */
         if (pthread_timedjoin_np(c->rt->thread, NULL, &until) != 0) {
             if (cn_exporter_of(c)->cb_interrupt) {
                 cn_warn(c->id, "shutdown_timeout ran out during an export; aborting the call in flight");

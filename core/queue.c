@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "canopy/common.h"
 #include "queue.h"
 
 int cn_queue_init(cn_queue *q, size_t capacity)
@@ -82,14 +83,7 @@ void cn_queue_push_reserved(cn_queue *q, void *item)
 
 void *cn_queue_pop(cn_queue *q, int64_t timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
+    struct timespec deadline = cn_deadline_after(CLOCK_MONOTONIC, timeout_ms);
     pthread_mutex_lock(&q->lock);
     /* A closed queue still waits for reserved items: they are on their way. */
     while (q->len == 0 && (!q->closed || q->reserved > 0)) {

@@ -666,14 +666,7 @@ bool cn_spool_make_room(cn_spool *s)
 
 int cn_spool_read(cn_spool *s, uint64_t *seq, void **data, size_t *len, int64_t timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
+    struct timespec deadline = cn_deadline_after(CLOCK_MONOTONIC, timeout_ms);
     pthread_mutex_lock(&s->lock);
     int rc = 0;
     for (;;) {
@@ -852,14 +845,7 @@ static void *flusher_main(void *arg)
     int64_t interval = s->o.fsync == CN_SPOOL_FSYNC_INTERVAL ? s->o.fsync_interval : 1000;
     pthread_mutex_lock(&s->lock);
     while (!s->stop_flusher) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += interval / 1000;
-        ts.tv_nsec += (interval % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = cn_deadline_after(CLOCK_MONOTONIC, interval);
         pthread_cond_timedwait(&s->flusher_wake, &s->lock, &ts);
         if (s->stop_flusher)
             break;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define CN_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CN_UNUSED(x) ((void)(x))
@@ -32,6 +33,8 @@ int64_t cn_now_ms(void);
 int64_t cn_mono_ms(void);
 /* Monotonic clock, nanoseconds. */
 int64_t cn_mono_ns(void);
+/* `clock`'s time now plus ms (>= 0): the deadline for pthread_cond_timedwait and friends. */
+struct timespec cn_deadline_after(clockid_t clock, int64_t ms);
 
 /* strdup that returns NULL for NULL. */
 char *cn_strdup(const char *s);

@@ -68,14 +68,7 @@ bool nngrx_close_socket(nng_receiver *rx)
         nng_close(rx->sock);
         return true;
     }
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += CLOSE_TIMEOUT_MS / 1000;
-    deadline.tv_nsec += (long)(CLOSE_TIMEOUT_MS % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = cn_deadline_after(CLOCK_MONOTONIC, CLOSE_TIMEOUT_MS);
     pthread_mutex_lock(&c->lock);
     while (!c->done && pthread_cond_timedwait(&c->cv, &c->lock, &deadline) == 0)
         ;
