@@ -256,11 +256,9 @@ bool cn_batch_wait_live_bytes(int64_t bytes, int64_t timeout_ms)
     if (bytes > atomic_load(&wake_at_or_below))
         atomic_store(&wake_at_or_below, bytes);
     bool reached;
-    while (!(reached = atomic_load(&live_batch_bytes) <= bytes))
-        if (pthread_cond_timedwait(&live_wait_cond, &live_wait_lock, &deadline) != 0)
-            break; /* timed out (the only error a valid deadline can give) */
-    if (!reached)
-        reached = atomic_load(&live_batch_bytes) <= bytes;
+    int timed_out = 0; /* the only error a valid deadline can give */
+    while (!(reached = atomic_load(&live_batch_bytes) <= bytes) && !timed_out)
+        timed_out = pthread_cond_timedwait(&live_wait_cond, &live_wait_lock, &deadline);
     /* A level left above what the remaining waiters need only costs them a spurious wake-up. */
     if (--live_waiters == 0)
         atomic_store(&wake_at_or_below, -1);

@@ -40,15 +40,16 @@ typedef struct conn_state {
     atomic_bool abandoned; /* set when nngrx_close_socket gave up: callbacks do nothing */
 } conn_state;
 
-/* WORKER_PAUSE: parked, waiting out the service's memory_limit before taking a request (rep.c). */
-typedef enum worker_state { WORKER_RECV, WORKER_SEND, WORKER_PAUSE } worker_state;
+/* What the context's aio is doing. A context parked at memory_limit has no aio operation: it is on the
+ * receiver's parked list instead (rep.c). */
+typedef enum worker_state { WORKER_RECV, WORKER_SEND } worker_state;
 
 typedef struct rep_worker {
     nng_receiver *rx;
     nng_ctx ctx;
     nng_aio *aio;
     worker_state state;
-    /* While parked (WORKER_PAUSE), under the receiver's park_lock: */
+    /* While parked, under the receiver's park_lock: */
     struct rep_worker *next_parked;
     int64_t parked_since_ms; /* monotonic */
     bool ctx_open;

@@ -56,7 +56,6 @@ static void take_next_request(rep_worker *w)
         return;
     }
     cn_metric_inc(rx->intake_pauses);
-    w->state = WORKER_PAUSE;
     pthread_mutex_lock(&rx->park_lock);
     w->parked_since_ms = cn_mono_ms();
     w->next_parked = rx->parked;
